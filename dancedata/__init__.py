@@ -1,0 +1,27 @@
+"""dancedata: a folder of dance videos -> sharded TFRecords of frame features -> tf.data for training."""
+
+__version__ = "0.1.0"
+
+from dancedata.build_shards import build_shards  # noqa: E402  (rebinds the name from module to function)
+from dancedata.config import BuildConfig, ExtractorConfig, SamplingConfig  # noqa: E402
+from dancedata.errors import (  # noqa: E402
+    ConfigError,
+    DanceDataError,
+    InputError,
+    LeakageError,
+    ManifestError,
+    WeightsError,
+)
+
+__all__ = [
+    "BuildConfig",
+    "ConfigError",
+    "DanceDataError",
+    "ExtractorConfig",
+    "InputError",
+    "LeakageError",
+    "ManifestError",
+    "SamplingConfig",
+    "WeightsError",
+    "build_shards",
+]

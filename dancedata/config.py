@@ -1,0 +1,145 @@
+"""Flat, typed configuration. Each field is one CLI flag (`image_size` <-> `--image-size`), so the
+Python API and the command line cannot disagree; `__post_init__` rejects bad values with the field's
+name and the value received."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from dancedata.errors import ConfigError
+
+SAMPLINGS = ("uniform", "first", "stride")
+SPLITS = ("sequence", "dancer", "random", "crossmodal")
+LAYOUTS = ("auto", "aist", "folders", "csv")
+DTYPES = ("float16", "float32")
+
+
+def _help(text: str, **kwargs):
+    return dataclasses.field(metadata={"help": text}, **kwargs)
+
+
+def _positive(name: str, value, allow_zero: bool = False):
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = "non-negative" if allow_zero else "positive"
+        raise ConfigError(f"{name} must be {bound}, got {value!r}")
+
+
+def _choice(name: str, value, choices):
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Which frames of a video become the [T, D] feature sequence."""
+
+    frames: int = _help("frames per video (T); shorter videos are padded and masked", default=20)
+    sampling: str = _help(
+        "uniform: spread over the whole clip; first: the first N (the notebook); "
+        "stride: every k-th frame (--stride) or a target rate (--fps), up to N",
+        default="uniform",
+    )
+    stride: int = _help("with --sampling stride: keep every k-th frame (0: derive from --fps)", default=0)
+    fps: float = _help("with --sampling stride: target frames per second (0: use --stride)", default=0.0)
+
+    def __post_init__(self):
+        _positive("frames", self.frames)
+        _choice("sampling", self.sampling, SAMPLINGS)
+        _positive("stride", self.stride, allow_zero=True)
+        _positive("fps", self.fps, allow_zero=True)
+        if self.sampling == "stride" and not (self.stride or self.fps):
+            raise ConfigError("sampling 'stride' needs stride > 0 or fps > 0, got stride=0 and fps=0")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractorConfig:
+    """The image backbone that turns each sampled frame into a D-dim feature vector."""
+
+    backbone: str = _help("keras.applications backbone, e.g. InceptionV3, ResNet50, MobileNetV2", default="InceptionV3")
+    weights: str = _help(
+        "imagenet (Keras' cache in ~/.keras/models), none (seeded random weights), or a path to a .h5/.keras weights file",
+        default="imagenet",
+    )
+    image_size: int = _help("square input size in pixels (frames are centre-cropped, then resized)", default=224)
+    batch_size: int = _help("frames per extraction batch; every batch has this size, so nothing retraces", default=32)
+    seed: int = _help("seed of the random weights used with --weights none", default=0)
+    mixed_precision: str = _help("auto: float16 compute when a GPU is present; on; off", default="auto")
+    jit_compile: bool = _help("compile the extractor with XLA", default=False)
+
+    def __post_init__(self):
+        if self.image_size < 32:
+            raise ConfigError(f"image_size must be at least 32, got {self.image_size!r}")
+        _positive("batch_size", self.batch_size)
+        _choice("mixed_precision", self.mixed_precision, ("auto", "on", "off"))
+        if self.weights not in ("imagenet", "none") and not os.path.isfile(self.weights):
+            raise ConfigError(f"weights must be imagenet, none or an existing file; no file at {self.weights!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """Where shards go and how videos are split, stored and decoded."""
+
+    out: str = _help("output folder for shards and manifest.json", default="tfrecords")
+    layout: str = _help("auto, aist (parse AIST names), folders (one subfolder per class), csv (path,label)", default="auto")
+    split: str = _help(
+        "sequence: all camera views of a performance in one split; dancer: held-out dancers; "
+        "random: per video, seeded (leaks views across splits); crossmodal: the official AIST++ rule",
+        default="sequence",
+    )
+    val_fraction: float = _help("fraction of groups held out for validation", default=0.1)
+    test_fraction: float = _help("fraction of groups held out for test", default=0.2)
+    seed: int = _help("seed for the split and the shard order", default=0)
+    dtype: str = _help("feature storage dtype", default="float16")
+    workers: int = _help("parallel decoding threads", default=2)
+    shard_mb: float = _help("target shard size in MB", default=100.0)
+    overwrite: bool = _help("replace an earlier build in --out", default=False)
+    quiet: bool = _help("no progress bar", default=False)
+
+    def __post_init__(self):
+        _choice("layout", self.layout, LAYOUTS)
+        _choice("split", self.split, SPLITS)
+        _choice("dtype", self.dtype, DTYPES)
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0 <= value < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(
+                f"val_fraction + test_fraction must leave room for train, got {self.val_fraction} + {self.test_fraction}"
+            )
+        _positive("workers", self.workers)
+        _positive("shard_mb", self.shard_mb)
+
+
+def split_options(options: dict, *classes) -> list:
+    """Routes flat keyword options to the config classes that own them; unknown names are an error."""
+    remaining = dict(options)
+    configs = []
+    for cls in classes:
+        names = {f.name for f in dataclasses.fields(cls)}
+        configs.append(cls(**{k: remaining.pop(k) for k in list(remaining) if k in names}))
+    if remaining:
+        raise ConfigError(f"unknown option(s): {', '.join(sorted(remaining))}")
+    return configs
+
+
+def add_flags(parser, *classes) -> None:
+    """One `--flag` per dataclass field, with the field's default, type and help."""
+    for cls in classes:
+        group = parser.add_argument_group(cls.__name__)
+        for field in dataclasses.fields(cls):
+            flag = "--" + field.name.replace("_", "-")
+            help_text = f"{field.metadata['help']} (default: {field.default})"
+            if field.type in ("bool", bool):
+                group.add_argument(flag, action="store_true", default=field.default, help=help_text)
+            else:
+                kind = {"int": int, "float": float, "str": str}[field.type]
+                group.add_argument(flag, type=kind, default=field.default, help=help_text, metavar=field.name.upper())
+
+
+def asdict(instance) -> dict:
+    return dataclasses.asdict(instance)
+
+
+def from_flags(args, cls):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})

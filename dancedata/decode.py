@@ -1,0 +1,101 @@
+"""Decode only the sampled frames of a video, in one forward pass that stops after the last one.
+
+Frames that are not kept are `grab()`bed (decoded, never converted); kept frames are retrieved,
+centre-cropped to a square, resized and turned into RGB. The whole video is never in memory: only
+the T kept frames at the output size are.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # bad files are reported by us, with their path
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from dancedata import sampling  # noqa: E402
+from dancedata.config import SamplingConfig  # noqa: E402
+from dancedata.errors import DecodeError  # noqa: E402
+
+
+@dataclasses.dataclass
+class Clip:
+    """The kept frames of one video. `frames` holds only the real ones: [mask.sum(), S, S, 3] uint8 RGB."""
+
+    frames: np.ndarray
+    indices: np.ndarray  # [T] int64, -1 where padded
+    mask: np.ndarray  # [T] bool
+    claimed_frames: int  # what the container says; may be wrong
+    fps: float
+
+
+def to_square_rgb(frame_bgr: np.ndarray, size: int) -> np.ndarray:
+    """Centre square crop, resize to size x size, BGR -> RGB."""
+    height, width = frame_bgr.shape[:2]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    square = frame_bgr[top : top + side, left : left + side]
+    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    resized = cv2.resize(square, (size, size), interpolation=interpolation)
+    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+
+
+def _open(path: str) -> cv2.VideoCapture:
+    if not os.path.exists(path):
+        raise DecodeError("file not found")
+    if os.path.getsize(path) == 0:
+        raise DecodeError("empty file (0 bytes)")
+    capture = cv2.VideoCapture(path)
+    if not capture.isOpened():
+        raise DecodeError("cannot be opened as a video (not a video file, or an unsupported codec)")
+    return capture
+
+
+def count_frames(path: str) -> int:
+    """Frames the stream really decodes to (a grab-only pass): for containers that state no count."""
+    capture = _open(path)
+    count = 0
+    while capture.grab():
+        count += 1
+    capture.release()
+    return count
+
+
+def read_clip(path: str, config: SamplingConfig, size: int) -> Clip:
+    """Decodes the frames `config` samples from `path`, stopping after the last one.
+
+    A container may over-state its frame count (a truncated file claims 120 and decodes 58): the clip
+    then holds the sampled frames that exist and its mask says which those are.
+    Raises DecodeError when not a single frame can be decoded.
+    """
+    capture = _open(path)
+    try:
+        claimed = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        frame_count = claimed if claimed > 0 else sampling.UNKNOWN
+        if frame_count == sampling.UNKNOWN and sampling.needs_frame_count(config):
+            frame_count = count_frames(path)
+        indices, mask = sampling.sample(config, frame_count, fps)
+        wanted = indices[mask]
+        kept = []
+        position = 0
+        for target in wanted:
+            while position < target and capture.grab():
+                position += 1
+            if position < target or not capture.grab():
+                break  # the stream ended before this frame
+            ok, frame = capture.retrieve()
+            position += 1
+            if not ok or frame is None:
+                break
+            kept.append(to_square_rgb(frame, size))
+    finally:
+        capture.release()
+    if not kept:
+        raise DecodeError(f"no frame could be decoded (container claims {claimed} frames)")
+    real = len(kept)
+    indices[real:] = -1
+    mask[real:] = False
+    return Clip(np.stack(kept), indices, mask, claimed, fps)

@@ -1,0 +1,70 @@
+"""`python -m dancedata.inspect tfrecords/`: what a build holds, as a person wants to read it."""
+from __future__ import annotations
+
+import collections
+import sys
+
+from dancedata import cli, manifest, naming
+
+SPLIT_ORDER = ("train", "val", "test")
+
+
+def _genre_table(info: dict) -> list:
+    splits = [name for name in SPLIT_ORDER if name in info["splits"]]
+    lines = [f"  {'genre':<20}" + "".join(f"{name:>8}" for name in splits) + f"{'total':>8}"]
+    for genre in info["classes"]:
+        counts = [info["splits"][name]["genres"].get(genre, 0) for name in splits]
+        if any(counts):
+            label = f"{genre} ({naming.genre_name(genre)})" if genre in naming.GENRES else genre
+            lines.append(f"  {label:<20}" + "".join(f"{c:>8}" for c in counts) + f"{sum(counts):>8}")
+    totals = [info["splits"][name]["num_examples"] for name in splits]
+    lines.append(f"  {'all':<20}" + "".join(f"{c:>8}" for c in totals) + f"{sum(totals):>8}")
+    return lines
+
+
+def summary(info: dict, show_paths: int = 5) -> str:
+    extractor, sampling, split = info["extractor"], info["sampling"], info["split"]
+    lines = [
+        f"examples: [{info['num_frames']} frames x {info['feature_dim']}] {info['feature_dtype']} features, "
+        f"{len(info['classes'])} classes (schema v{info['schema_version']})",
+        f"extractor: {extractor['backbone']} @{extractor['image_size']}px, weights={extractor['weights']}",
+        f"sampling: {sampling['sampling']}, {sampling['frames']} frames"
+        + (f", stride {sampling['stride'] or 'for ' + str(sampling['fps']) + ' fps'}" if sampling["sampling"] == "stride" else ""),
+        f"split: {split['strategy']} (val {split['val_fraction']}, test {split['test_fraction']}, seed {split['seed']})"
+        + (f"; {split['leaked_sequences']} sequences span splits" if split.get("leaked_sequences") else ""),
+        "",
+        *_genre_table(info),
+        "",
+    ]
+    for name in SPLIT_ORDER:
+        if name in info["splits"]:
+            shards = info["splits"][name]["shards"]
+            lines.append(f"{name}: {len(shards)} shard(s), e.g. {shards[0]['file']}")
+    skipped = info["skipped"]
+    lines.append(f"skipped: {len(skipped)} file(s)")
+    by_reason = collections.defaultdict(list)
+    for entry in skipped:
+        by_reason[entry["reason"]].append(entry["path"])
+    for reason, paths in sorted(by_reason.items(), key=lambda item: -len(item[1])):
+        lines.append(f"  {len(paths):>5} x {reason}")
+        lines += [f"          {path}" for path in paths[:show_paths]]
+        if len(paths) > show_paths:
+            lines.append(f"          ... and {len(paths) - show_paths} more")
+    build = info.get("build", {})
+    if build:
+        lines.append(f"built {build.get('created')} in {build.get('elapsed_s')} s")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = cli.ArgumentParser(prog="python -m dancedata.inspect", description="Summarise a shard folder's manifest.")
+    parser.add_argument("shards", help="folder holding manifest.json (local or gs://)")
+    parser.add_argument("--all", action="store_true", help="list every skipped path, not the first five per reason")
+    args = parser.parse_args(argv)
+    info = manifest.load(args.shards)
+    print(summary(info, show_paths=len(info["skipped"]) if args.all else 5))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main, "inspect"))

@@ -1,0 +1,75 @@
+"""The shard schema, declared once: feature keys, dtypes, shapes, the parse spec and `to_example`.
+
+The writer and the reader both import this module; nothing else spells a feature key. The manifest
+carries `feature_spec(...)` as JSON, and `parse_spec` turns that JSON back into the dict
+`tf.io.parse_example` takes, so plain tf.data code can read shards with the manifest alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+FEATURES = "features"  # [T, D] raw little-endian bytes of `feature_dtype`
+MASK = "mask"  # [T] int64, 1 = real frame
+LABEL = "label"  # int64 index into manifest["classes"]
+FRAME_INDICES = "frame_indices"  # [T] int64 source frame numbers, -1 = padding
+METADATA = ("video_id", "sequence_id", "genre", "dancer", "camera", "music", "choreography", "situation")
+
+
+def feature_spec(num_frames: int, feature_dim: int, feature_dtype: str) -> dict:
+    """JSON description of every key in an example; stored in manifest.json."""
+    spec = {
+        FEATURES: {
+            "dtype": "string",
+            "shape": [],
+            "encoding": f"raw bytes of {feature_dtype} [{num_frames}, {feature_dim}], little-endian",
+        },
+        MASK: {"dtype": "int64", "shape": [num_frames]},
+        LABEL: {"dtype": "int64", "shape": []},
+        FRAME_INDICES: {"dtype": "int64", "shape": [num_frames]},
+    }
+    spec.update({key: {"dtype": "string", "shape": []} for key in METADATA})
+    return spec
+
+
+def parse_spec(spec: dict) -> dict:
+    """manifest["feature_spec"] -> {key: tf.io.FixedLenFeature} for tf.io.parse_example."""
+    import tensorflow as tf
+
+    return {key: tf.io.FixedLenFeature(entry["shape"], tf.dtypes.as_dtype(entry["dtype"])) for key, entry in spec.items()}
+
+
+def to_example(features: np.ndarray, mask: np.ndarray, frame_indices: np.ndarray, label: int, metadata: dict, dtype: str):
+    """One video -> tf.train.Example. `features` is [T, D]; rows where mask is 0 should be zeros."""
+    import tensorflow as tf
+
+    def ints(values):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in np.ravel(values)]))
+
+    def text(value):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(value).encode("utf-8")]))
+
+    raw = np.ascontiguousarray(features, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+    feature = {
+        FEATURES: tf.train.Feature(bytes_list=tf.train.BytesList(value=[raw])),
+        MASK: ints(mask.astype(np.int64)),
+        LABEL: ints([label]),
+        FRAME_INDICES: ints(frame_indices),
+    }
+    feature.update({key: text(metadata.get(key, "")) for key in METADATA})
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def decode_batch(serialized, spec: dict, num_frames: int, feature_dim: int, feature_dtype: str) -> dict:
+    """A batch of serialized examples -> dict of tensors; features [B, T, D] float32, mask [B, T] bool.
+
+    Labels and metadata are left as parsed; turning the dict into model inputs is the reader's job.
+    """
+    import tensorflow as tf
+
+    parsed = tf.io.parse_example(serialized, parse_spec(spec))
+    raw = tf.io.decode_raw(parsed[FEATURES], tf.dtypes.as_dtype(feature_dtype), little_endian=True)
+    parsed[FEATURES] = tf.cast(tf.reshape(raw, [-1, num_frames, feature_dim]), tf.float32)
+    parsed[MASK] = tf.cast(parsed[MASK], tf.bool)
+    return parsed

@@ -1,0 +1,1 @@
+"""Classifiers trained on dancedata shards (kept apart from the library)."""
