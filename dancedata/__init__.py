@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from dancedata.build_shards import build_shards  # noqa: E402  (rebinds the name from module to function)
 from dancedata.config import BuildConfig, ExtractorConfig, SamplingConfig  # noqa: E402
+from dancedata.read import DatasetBuilder, DatasetInfo  # noqa: E402
 from dancedata.errors import (  # noqa: E402
     ConfigError,
     DanceDataError,
@@ -16,6 +17,8 @@ from dancedata.errors import (  # noqa: E402
 __all__ = [
     "BuildConfig",
     "ConfigError",
+    "DatasetBuilder",
+    "DatasetInfo",
     "DanceDataError",
     "ExtractorConfig",
     "InputError",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from dancedata.errors import DanceDataError
@@ -16,6 +17,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run(main, prog: str, argv=None) -> int:
     """Calls main(argv); turns a DanceDataError into `prog: error: message` and status 2."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep C++ info logs quiet
     try:
         return main(argv)
     except DanceDataError as error:

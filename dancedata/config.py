@@ -14,7 +14,7 @@ LAYOUTS = ("auto", "aist", "folders", "csv")
 DTYPES = ("float16", "float32")
 
 
-def _help(text: str, **kwargs):
+def flag(text: str, **kwargs):
     return dataclasses.field(metadata={"help": text}, **kwargs)
 
 
@@ -33,14 +33,14 @@ def _choice(name: str, value, choices):
 class SamplingConfig:
     """Which frames of a video become the [T, D] feature sequence."""
 
-    frames: int = _help("frames per video (T); shorter videos are padded and masked", default=20)
-    sampling: str = _help(
+    frames: int = flag("frames per video (T); shorter videos are padded and masked", default=20)
+    sampling: str = flag(
         "uniform: spread over the whole clip; first: the first N (the notebook); "
         "stride: every k-th frame (--stride) or a target rate (--fps), up to N",
         default="uniform",
     )
-    stride: int = _help("with --sampling stride: keep every k-th frame (0: derive from --fps)", default=0)
-    fps: float = _help("with --sampling stride: target frames per second (0: use --stride)", default=0.0)
+    stride: int = flag("with --sampling stride: keep every k-th frame (0: derive from --fps)", default=0)
+    fps: float = flag("with --sampling stride: target frames per second (0: use --stride)", default=0.0)
 
     def __post_init__(self):
         _positive("frames", self.frames)
@@ -55,16 +55,16 @@ class SamplingConfig:
 class ExtractorConfig:
     """The image backbone that turns each sampled frame into a D-dim feature vector."""
 
-    backbone: str = _help("keras.applications backbone, e.g. InceptionV3, ResNet50, MobileNetV2", default="InceptionV3")
-    weights: str = _help(
+    backbone: str = flag("keras.applications backbone, e.g. InceptionV3, ResNet50, MobileNetV2", default="InceptionV3")
+    weights: str = flag(
         "imagenet (Keras' cache in ~/.keras/models), none (seeded random weights), or a path to a .h5/.keras weights file",
         default="imagenet",
     )
-    image_size: int = _help("square input size in pixels (frames are centre-cropped, then resized)", default=224)
-    batch_size: int = _help("frames per extraction batch; every batch has this size, so nothing retraces", default=32)
-    seed: int = _help("seed of the random weights used with --weights none", default=0)
-    mixed_precision: str = _help("auto: float16 compute when a GPU is present; on; off", default="auto")
-    jit_compile: bool = _help("compile the extractor with XLA", default=False)
+    image_size: int = flag("square input size in pixels (frames are centre-cropped, then resized)", default=224)
+    batch_size: int = flag("frames per extraction batch; every batch has this size, so nothing retraces", default=32)
+    seed: int = flag("seed of the random weights used with --weights none", default=0)
+    mixed_precision: str = flag("auto: float16 compute when a GPU is present; on; off", default="auto")
+    jit_compile: bool = flag("compile the extractor with XLA", default=False)
 
     def __post_init__(self):
         if self.image_size < 32:
@@ -79,21 +79,21 @@ class ExtractorConfig:
 class BuildConfig:
     """Where shards go and how videos are split, stored and decoded."""
 
-    out: str = _help("output folder for shards and manifest.json", default="tfrecords")
-    layout: str = _help("auto, aist (parse AIST names), folders (one subfolder per class), csv (path,label)", default="auto")
-    split: str = _help(
+    out: str = flag("output folder for shards and manifest.json", default="tfrecords")
+    layout: str = flag("auto, aist (parse AIST names), folders (one subfolder per class), csv (path,label)", default="auto")
+    split: str = flag(
         "sequence: all camera views of a performance in one split; dancer: held-out dancers; "
         "random: per video, seeded (leaks views across splits); crossmodal: the official AIST++ rule",
         default="sequence",
     )
-    val_fraction: float = _help("fraction of groups held out for validation", default=0.1)
-    test_fraction: float = _help("fraction of groups held out for test", default=0.2)
-    seed: int = _help("seed for the split and the shard order", default=0)
-    dtype: str = _help("feature storage dtype", default="float16")
-    workers: int = _help("parallel decoding threads", default=2)
-    shard_mb: float = _help("target shard size in MB", default=100.0)
-    overwrite: bool = _help("replace an earlier build in --out", default=False)
-    quiet: bool = _help("no progress bar", default=False)
+    val_fraction: float = flag("fraction of groups held out for validation", default=0.1)
+    test_fraction: float = flag("fraction of groups held out for test", default=0.2)
+    seed: int = flag("seed for the split and the shard order", default=0)
+    dtype: str = flag("feature storage dtype", default="float16")
+    workers: int = flag("parallel decoding threads", default=2)
+    shard_mb: float = flag("target shard size in MB", default=100.0)
+    overwrite: bool = flag("replace an earlier build in --out", default=False)
+    quiet: bool = flag("no progress bar", default=False)
 
     def __post_init__(self):
         _choice("layout", self.layout, LAYOUTS)

@@ -1,0 +1,208 @@
+"""Read shards back as a tf.data pipeline that `Model.fit` takes directly.
+
+    builder = DatasetBuilder("tfrecords/")          # or gs://bucket/prefix
+    ds = builder.as_dataset("train", batch_size=64, shuffle=True, seed=0)
+    # ((features float32 [B, T, D], mask bool [B, T]), label int32 [B])
+
+`schema.decode_batch` turns bytes into a dict of tensors; this module turns that dict into model
+inputs (windows, casts), so predict and other tools can reuse the first without labels.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+
+from dancedata import manifest as manifest_lib
+from dancedata import schema
+from dancedata.errors import ConfigError, ManifestError
+
+_HOLDOUT_BUCKETS = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    classes: list
+    splits: dict  # name -> number of examples
+    num_frames: int
+    feature_dim: int
+    feature_dtype: str
+    extractor: dict
+    sampling: dict
+    skipped: list
+    manifest: dict
+
+
+def window(features, mask, seq_len: int, training: bool, seed):
+    """A seq_len window per example: random within the real frames in training, centred otherwise."""
+    import tensorflow as tf
+
+    real = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
+    room = tf.maximum(real - seq_len, 0)
+    if training:
+        fraction = tf.random.stateless_uniform(tf.shape(real), seed=seed)
+        start = tf.cast(tf.floor(fraction * tf.cast(room + 1, tf.float32)), tf.int32)
+        start = tf.minimum(start, room)
+    else:
+        start = room // 2
+    positions = start[:, None] + tf.range(seq_len)[None, :]
+    return tf.gather(features, positions, batch_dims=1), tf.gather(mask, positions, batch_dims=1)
+
+
+class DatasetBuilder:
+    """A shard folder's manifest, and tf.data pipelines over its splits."""
+
+    def __init__(self, path: str):
+        self.path = path.rstrip("/")
+        self.manifest = manifest_lib.load(self.path)
+        m = self.manifest
+        self.info = DatasetInfo(
+            classes=list(m["classes"]),
+            splits={name: split["num_examples"] for name, split in m["splits"].items()},
+            num_frames=m["num_frames"],
+            feature_dim=m["feature_dim"],
+            feature_dtype=m["feature_dtype"],
+            extractor=m.get("extractor", {}),
+            sampling=m.get("sampling", {}),
+            skipped=m.get("skipped", []),
+            manifest=m,
+        )
+
+    def files(self, split: str) -> list:
+        if split not in self.manifest["splits"]:
+            known = ", ".join(self.manifest["splits"]) or "none"
+            raise ConfigError(f"unknown split {split!r}; {self.path} has: {known}")
+        return [f"{self.path}/{shard['file']}" for shard in self.manifest["splits"][split]["shards"]]
+
+    def verify(self, split: str) -> None:
+        """Checks every shard of `split` exists and matches the manifest's sha256."""
+        import tensorflow as tf
+
+        for shard, path in zip(self.manifest["splits"][split]["shards"], self.files(split)):
+            if not tf.io.gfile.exists(path):
+                raise ManifestError(f"shard missing: {path}; rebuild, or copy the whole folder again")
+            digest = hashlib.sha256()
+            with tf.io.gfile.GFile(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 22), b""):
+                    digest.update(block)
+            if digest.hexdigest() != shard["sha256"]:
+                raise ManifestError(f"shard {path} does not match its sha256 in the manifest: it changed or is corrupt")
+
+    def decode(self, serialized):
+        """Batch of serialized examples -> dict of tensors (features float32 [B, T, D], mask bool [B, T], ...)."""
+        m = self.manifest
+        return schema.decode_batch(serialized, m["feature_spec"], m["num_frames"], m["feature_dim"], m["feature_dtype"])
+
+    def as_dataset(
+        self,
+        split: str,
+        batch_size: int = 32,
+        shuffle: bool = False,
+        seed: int | None = None,
+        seq_len: int | None = None,
+        repeat: bool = False,
+        cache: bool = False,
+        drop_remainder: bool = False,
+        verify: bool = False,
+        with_metadata: bool = False,
+        training: bool | None = None,
+        shuffle_buffer: int = 1024,
+        holdout_fraction: float = 0.0,
+        holdout: bool = False,
+        input_context=None,
+    ):
+        """((features, mask), label) batches of `split`; with_metadata adds a dict of string fields.
+
+        training (default: shuffle) picks random seq_len windows instead of centred ones.
+        holdout_fraction > 0 removes a hashed-by-sequence_id part of the split (holdout=True keeps only
+        it): a validation set that shares no performance with what it is taken from.
+        """
+        import tensorflow as tf
+
+        if batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        if seq_len is not None and not 0 < seq_len <= self.info.num_frames:
+            raise ConfigError(f"seq_len must be in 1..{self.info.num_frames} (the stored frames), got {seq_len}")
+        if not 0 <= holdout_fraction < 1:
+            raise ConfigError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+        training = shuffle if training is None else training
+        paths = self.files(split)
+        if verify:
+            self.verify(split)
+        if input_context is not None:  # tf.distribute: each input pipeline reads its own shards
+            paths = paths[input_context.input_pipeline_id :: input_context.num_input_pipelines] or paths
+            batch_size = input_context.get_per_replica_batch_size(batch_size)
+
+        files = tf.data.Dataset.from_tensor_slices(paths)
+        if shuffle:  # seeded, so the same seed gives the same order of files every run
+            files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        # Reading several shards at once hides per-file latency (remote storage) and mixes shards.
+        records = files.interleave(
+            tf.data.TFRecordDataset,
+            cycle_length=min(len(paths), 8),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        if holdout_fraction:
+            records = records.filter(self._holdout_filter(holdout_fraction, holdout))
+        if cache:  # serialized records: a cached epoch still reshuffles below
+            records = records.cache()
+        if repeat:
+            records = records.repeat()
+        if shuffle:
+            records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        # Batch first, then parse the whole batch in one vectorised parse_example call.
+        batches = records.batch(batch_size, drop_remainder=drop_remainder)
+        if seq_len is not None and training:
+            # One stateless seed per batch from a seeded stream: windows are reproducible.
+            seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+            batches = tf.data.Dataset.zip((batches, seeds))
+        else:
+            batches = batches.map(lambda serialized: (serialized, tf.zeros([2], tf.int64)))
+        parse = self._parser(seq_len, training, with_metadata)
+        return batches.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+    def _holdout_filter(self, fraction: float, keep_holdout: bool):
+        import tensorflow as tf
+
+        spec = {"sequence_id": tf.io.FixedLenFeature([], tf.string)}
+        limit = int(round(fraction * _HOLDOUT_BUCKETS))
+
+        def keep(serialized):
+            sequence = tf.io.parse_single_example(serialized, spec)["sequence_id"]
+            held = tf.strings.to_hash_bucket_fast(sequence, _HOLDOUT_BUCKETS) < limit
+            return held if keep_holdout else tf.logical_not(held)
+
+        return keep
+
+    def _parser(self, seq_len, training: bool, with_metadata: bool):
+        import tensorflow as tf
+
+        def parse(serialized, seed):
+            parsed = self.decode(serialized)
+            features, mask = parsed[schema.FEATURES], parsed[schema.MASK]
+            if seq_len is not None and seq_len < self.info.num_frames:
+                features, mask = window(features, mask, seq_len, training, seed)
+            label = tf.cast(parsed[schema.LABEL], tf.int32)
+            if with_metadata:
+                metadata = {key: parsed[key] for key in schema.METADATA + (schema.FRAME_INDICES,)}
+                return (features, mask), label, metadata
+            return (features, mask), label
+
+        return parse
+
+
+def feature_moments(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and variance over the real frames of a ((features, mask), label) dataset."""
+    total = squares = None
+    count = 0
+    for (features, mask), *_ in dataset:
+        real = features.numpy()[mask.numpy()].astype(np.float64)
+        total = real.sum(0) if total is None else total + real.sum(0)
+        squares = (real**2).sum(0) if squares is None else squares + (real**2).sum(0)
+        count += len(real)
+    if not count:
+        raise ConfigError("no real frames to compute feature statistics from")
+    mean = total / count
+    return mean.astype(np.float32), np.maximum(squares / count - mean**2, 0).astype(np.float32)

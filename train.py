@@ -1,0 +1,147 @@
+"""Train a genre classifier on dancedata shards: `python train.py --shards tfrecords/`.
+
+flags -> TrainConfig -> datasets -> model -> fit (best weights on validation) -> evaluate -> artefacts
+in --out: model.keras, labels.json, metrics.json, history.csv, PNGs, dataset.json (for predict).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import sys
+
+from dancedata import cli, config
+from dancedata.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    shards: str = config.flag("shard folder with manifest.json (local or gs://)", default="tfrecords")
+    out: str = config.flag("run folder (default: runs/<timestamp>)", default="")
+    model: str = config.flag("architecture: gru (the notebook's) or transformer", default="gru")
+    epochs: int = config.flag("training epochs", default=30)
+    batch_size: int = config.flag("examples per batch", default=64)
+    learning_rate: float = config.flag("Adam learning rate", default=1e-3)
+    seq_len: int = config.flag("frames per example window (0: all stored frames)", default=0)
+    seed: int = config.flag("seed for weights, shuffling and windows", default=0)
+    patience: int = config.flag("stop after this many epochs without val improvement (0: never)", default=0)
+    val_fraction: float = config.flag("when the shards have no val split: part of train held out by sequence", default=0.1)
+    cache: bool = config.flag("cache the parsed training records in memory after the first epoch", default=False)
+    verify: bool = config.flag("check shard sha256 against the manifest before training", default=False)
+
+    def __post_init__(self):
+        from models import ARCHITECTURES
+
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        if self.seq_len < 0 or self.patience < 0:
+            raise ConfigError(f"seq_len and patience must be non-negative, got {self.seq_len!r} and {self.patience!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if self.model not in ARCHITECTURES:
+            raise ConfigError(f"model must be one of {', '.join(ARCHITECTURES)}; got {self.model!r}")
+
+
+def _holdout(builder, cfg: TrainConfig) -> float:
+    """Without a val split, validation is a part of train chosen by sequence id (no shared performances)."""
+    return 0.0 if "val" in builder.info.splits else cfg.val_fraction
+
+
+def _datasets(builder, cfg: TrainConfig):
+    """(train, validation or None, evaluation split name)."""
+    common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, verify=cfg.verify)
+    holdout = _holdout(builder, cfg)
+    train = builder.as_dataset("train", shuffle=True, seed=cfg.seed, cache=cfg.cache, holdout_fraction=holdout, **common)
+    if "val" in builder.info.splits:
+        val = builder.as_dataset("val", **common)
+    else:
+        val = builder.as_dataset("train", holdout_fraction=holdout, holdout=True, **common)
+        if not sum(1 for _ in val.unbatch()):
+            print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
+            val = None
+    evaluate_on = "test" if "test" in builder.info.splits else "val" if "val" in builder.info.splits else None
+    return train, val, evaluate_on
+
+
+def train(cfg: TrainConfig) -> dict:
+    import keras
+    import numpy as np
+
+    import models
+    from dancedata import naming
+    from dancedata.read import DatasetBuilder, feature_moments
+    from models import report
+
+    builder = DatasetBuilder(cfg.shards)
+    info = builder.info
+    if "train" not in info.splits:
+        raise ConfigError(f"{cfg.shards} has no train split (splits: {', '.join(info.splits) or 'none'})")
+    out = cfg.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    os.makedirs(out, exist_ok=True)
+    keras.utils.set_random_seed(cfg.seed)
+
+    train_ds, val_ds, evaluate_on = _datasets(builder, cfg)
+    mean, variance = feature_moments(builder.as_dataset("train", batch_size=256, holdout_fraction=_holdout(builder, cfg)))
+    num_frames = cfg.seq_len or info.num_frames
+    model = models.build_model(cfg.model, len(info.classes), num_frames, info.feature_dim, mean, variance)
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    best = os.path.join(out, "checkpoints", "best.weights.h5")
+    os.makedirs(os.path.dirname(best), exist_ok=True)
+    callbacks = [keras.callbacks.CSVLogger(os.path.join(out, "history.csv")), keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
+    if val_ds is not None:
+        callbacks.append(keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", save_best_only=True, save_weights_only=True))
+        if cfg.patience:
+            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))
+    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+    if val_ds is not None and os.path.exists(best):
+        model.load_weights(best)  # the best epoch on validation, not the last
+
+    metrics = {"evaluated_split": evaluate_on}
+    if evaluate_on:
+        labels, probabilities = [], []
+        for (features, mask), label in builder.as_dataset(evaluate_on, batch_size=cfg.batch_size, seq_len=cfg.seq_len or None):
+            probabilities.append(model.predict_on_batch((features, mask)))
+            labels.append(label.numpy())
+        labels, probabilities = np.concatenate(labels), np.concatenate(probabilities)
+        loss = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+        scores = report.classification_metrics(labels, probabilities.argmax(1), info.classes)
+        metrics.update(
+            test_accuracy=scores.pop("accuracy"),
+            test_loss=float(np.mean(keras.ops.convert_to_numpy(loss))),
+            num_examples=int(len(labels)),
+            **scores,
+        )
+    model.save(os.path.join(out, "model.keras"))
+    report.write_json(os.path.join(out, "labels.json"), {"classes": info.classes, "names": [naming.genre_name(c) for c in info.classes]})
+    report.write_json(
+        os.path.join(out, "dataset.json"),
+        {key: info.manifest[key] for key in ("classes", "num_frames", "feature_dim", "feature_dtype", "extractor", "sampling")}
+        | {"seq_len": cfg.seq_len or None, "shards": os.path.abspath(cfg.shards)},
+    )
+    report.write_json(os.path.join(out, "train_config.json"), dataclasses.asdict(cfg) | {"out": out})
+    if evaluate_on:
+        report.write_all(out, metrics, info.classes, history.history)
+        print(f"run saved in {out}")
+        print(f"{evaluate_on} accuracy: {metrics['test_accuracy']:.4f}")
+    else:
+        print(f"run saved in {out}; no test or val split to evaluate on")
+    return metrics
+
+
+def main(argv=None) -> int:
+    parser = cli.ArgumentParser(prog="python train.py", description="Train a genre classifier on dancedata shards.")
+    config.add_flags(parser, TrainConfig)
+    args = parser.parse_args(argv)
+    train(config.from_flags(args, TrainConfig))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main, "train.py"))
