@@ -83,12 +83,12 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
     rows = ordered.to_dict("records")
 
     shards = write.ShardSequence(build.out, ordered)
-    frames_done = 0
+    frames_done = values_lost = values_seen = 0
     batcher = FrameBatcher(extractor)
     progress = _progress(len(rows), build.quiet)
 
     def emit(row, clip, features):
-        nonlocal frames_done
+        nonlocal frames_done, values_lost, values_seen
         shard = shards.get(row["split"], row["shard"])
         if isinstance(clip, DecodeError):
             entry = {"path": row["path"], "reason": str(clip)}
@@ -99,6 +99,8 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
             full[clip.mask] = features
             shard.write(schema.to_example(full, clip.mask, clip.indices, row["label"], row, build.dtype), row["genre"])
             frames_done += len(features)
+            values_lost += schema.values_lost(features, build.dtype)
+            values_seen += features.size
         progress.update(1)
         progress.set_postfix_str(f"{frames_done / max(time.time() - started, 1e-9):.1f} frames/s", refresh=False)
 
@@ -121,6 +123,7 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
         write.prepare(build.out, overwrite=True)
         raise InputError(_nothing_usable(input_path, skipped))
     result = _manifest(input_path, found.layout, classes, sampling, extractor, build, shards, skipped, leaked, started)
+    result["precision_loss"] = {"dtype": build.dtype, "fraction_of_values_lost": values_lost / max(values_seen, 1)}
     manifest.write(build.out, result)
     return result
 

@@ -23,6 +23,8 @@ def run(main, prog: str, argv=None) -> int:
     except DanceDataError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except SystemExit as stop:  # argparse's exits (--help, a bad flag) become a status too
+        return stop.code if isinstance(stop.code, int) else 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

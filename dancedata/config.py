@@ -62,7 +62,7 @@ class ExtractorConfig:
     )
     image_size: int = flag("square input size in pixels (frames are centre-cropped, then resized)", default=224)
     batch_size: int = flag("frames per extraction batch; every batch has this size, so nothing retraces", default=32)
-    seed: int = flag("seed of the random weights used with --weights none", default=0)
+    weights_seed: int = flag("seed of the random weights used with --weights none", default=0)
     mixed_precision: str = flag("auto: float16 compute when a GPU is present; on; off", default="auto")
     jit_compile: bool = flag("compile the extractor with XLA", default=False)
 

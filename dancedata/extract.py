@@ -63,7 +63,7 @@ def build_backbone(config: ExtractorConfig):
     try:
         shape = (config.image_size, config.image_size, 3)
         if config.weights == "none":
-            keras.utils.set_random_seed(config.seed)  # same seed -> same random extractor, so predict matches
+            keras.utils.set_random_seed(config.weights_seed)  # same seed -> same random extractor, so predict matches
             return constructor(include_top=False, weights=None, pooling="avg", input_shape=shape)
         try:
             return constructor(include_top=False, weights=config.weights, pooling="avg", input_shape=shape)
@@ -121,7 +121,7 @@ class Extractor:
         return {
             "backbone": self.config.backbone,
             "weights": self.config.weights,
-            "seed": self.config.seed,
+            "weights_seed": self.config.weights_seed,
             "image_size": self.config.image_size,
             "preprocessing": preprocessing_name(self.config.backbone),
             "crop": "centre square",

@@ -50,6 +50,12 @@ def summary(info: dict, show_paths: int = 5) -> str:
         lines += [f"          {path}" for path in paths[:show_paths]]
         if len(paths) > show_paths:
             lines.append(f"          ... and {len(paths) - show_paths} more")
+    lost = info.get("precision_loss", {}).get("fraction_of_values_lost", 0)
+    if lost > 0.001:
+        lines.append(
+            f"WARNING: {lost:.1%} of feature values underflowed to 0 (or overflowed) in {info['feature_dtype']}: "
+            "this backbone's features are out of float16 range; rebuild with --dtype float32"
+        )
     build = info.get("build", {})
     if build:
         lines.append(f"built {build.get('created')} in {build.get('elapsed_s')} s")

@@ -42,7 +42,7 @@ def predict(videos: list, run_dir: str, top_k: int = 3, batch_size: int | None =
         backbone=recorded["backbone"],
         weights=recorded["weights"],
         image_size=recorded["image_size"],
-        seed=recorded.get("seed", 0),
+        weights_seed=recorded.get("weights_seed", 0),
         batch_size=batch_size or 32,
     )
     sampling = SamplingConfig(**dataset["sampling"])

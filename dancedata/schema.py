@@ -61,6 +61,14 @@ def to_example(features: np.ndarray, mask: np.ndarray, frame_indices: np.ndarray
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
+def values_lost(features: np.ndarray, dtype: str) -> int:
+    """How many values storing `features` as `dtype` flushes to zero or overflows to infinity."""
+    if dtype == "float32":
+        return 0
+    stored = features.astype(dtype)
+    return int(np.count_nonzero((stored == 0) & (features != 0)) + np.count_nonzero(np.isinf(stored) & np.isfinite(features)))
+
+
 def decode_batch(serialized, spec: dict, num_frames: int, feature_dim: int, feature_dtype: str) -> dict:
     """A batch of serialized examples -> dict of tensors; features [B, T, D] float32, mask [B, T] bool.
 

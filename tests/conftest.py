@@ -11,7 +11,7 @@ import pytest
 
 # One colour per genre, so a correct pipeline can learn genre from pixels (BGR).
 GENRE_COLOURS = {"BR": (0, 0, 220), "PO": (0, 200, 0), "LO": (220, 0, 0), "HO": (0, 220, 220)}
-FAST_EXTRACTOR = {"backbone": "MobileNetV2", "weights": "none", "image_size": 32, "batch_size": 8}
+FAST_EXTRACTOR = {"backbone": "ResNet50", "weights": "none", "image_size": 32, "batch_size": 8}
 
 
 def write_video(path, frames=12, colour=(0, 0, 255), size=(48, 64), fps=30, seed=0):
@@ -50,3 +50,48 @@ def make_aist_folder(root, genres=("BR", "PO", "LO", "HO"), performances=3, came
 def aist_folder(tmp_path):
     root = tmp_path / "aist"
     return root, make_aist_folder(root)
+
+
+def write_truncated_avi(path, frames=40, keep=0.5):
+    """An MJPG AVI whose header claims `frames` but whose data is cut after `keep` of its bytes."""
+    full = path.with_suffix(".full.avi")
+    writer = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), 30, (64, 48))
+    for i in range(frames):
+        writer.write(np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    data = full.read_bytes()
+    full.unlink()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def add_bad_files(root):
+    """Files a real download folder has: empty, truncated, not a video, unlabelled; returns their names."""
+    (root / "gBR_sBM_c01_d20_mBR0_ch10.mp4").write_bytes(b"")
+    data = (root / next(p.name for p in sorted(root.glob("g*.mp4")))).read_bytes()
+    (root / "gPO_sBM_c01_d21_mPO0_ch11.mp4").write_bytes(data[: len(data) // 3])  # mp4 cut: index lost
+    (root / "gLO_sBM_c01_d22_mLO0_ch12.mp4").write_text("<html>504 Gateway Time-out</html>")
+    (root / "README.txt").write_text("not a video")
+    write_video(root / "sSH_c01_v0.mp4", frames=4)
+    return {
+        "gBR_sBM_c01_d20_mBR0_ch10.mp4": "empty file",
+        "gPO_sBM_c01_d21_mPO0_ch11.mp4": "cannot be opened",
+        "gLO_sBM_c01_d22_mLO0_ch12.mp4": "cannot be opened",
+        "README.txt": "not a video file",
+        "sSH_c01_v0.mp4": "showcase",
+    }
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """One build shared by the reader tests: 4 genres x 4 performances x 2 cameras, plus bad files."""
+    import dancedata
+
+    root = tmp_path_factory.mktemp("data") / "aist"
+    made = make_aist_folder(root, performances=4)
+    write_truncated_avi(root / "gHO_sBM_c01_d23_mHO0_ch13.avi", frames=40)
+    made["gHO_sBM_c01_d23_mHO0_ch13"] = "HO"
+    bad = add_bad_files(root)
+    out = root.parent / "tfrecords"
+    manifest = dancedata.build_shards(str(root), str(out), frames=8, quiet=True, **FAST_EXTRACTOR)
+    return {"root": root, "out": out, "manifest": manifest, "videos": made, "bad": bad}

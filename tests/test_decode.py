@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+from conftest import write_truncated_avi, write_video
+
+from dancedata import decode
+from dancedata.config import SamplingConfig
+from dancedata.errors import DecodeError
+
+
+def test_reads_only_the_sampled_frames_at_the_output_size(tmp_path):
+    path = write_video(tmp_path / "v.mp4", frames=30, size=(48, 64))
+    clip = decode.read_clip(str(path), SamplingConfig(frames=5), size=32)
+    assert clip.frames.shape == (5, 32, 32, 3) and clip.frames.dtype == np.uint8
+    assert clip.indices.tolist() == [3, 9, 15, 21, 27]
+    assert clip.mask.all() and clip.claimed_frames == 30
+
+
+def test_frames_are_the_right_ones_in_rgb(tmp_path):
+    """Frame i is solid colour i*8 in blue (BGR), so the decoded RGB blue channel tells its index."""
+    import cv2
+
+    path = tmp_path / "ramp.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30, (32, 32))
+    for i in range(20):
+        writer.write(np.dstack([np.full((32, 32), i * 8, np.uint8), np.zeros((32, 32, 2), np.uint8)]))
+    writer.release()
+    clip = decode.read_clip(str(path), SamplingConfig(frames=4, sampling="stride", stride=5), size=16)
+    assert clip.indices.tolist() == [0, 5, 10, 15]
+    blue = clip.frames[..., 2].mean(axis=(1, 2))
+    assert np.allclose(blue, [0, 40, 80, 120], atol=3)
+    assert clip.frames[..., 0].max() < 5  # red stays empty: BGR was converted
+
+
+def test_truncated_file_yields_the_frames_it_has(tmp_path):
+    path = write_truncated_avi(tmp_path / "cut.avi", frames=40, keep=0.5)
+    clip = decode.read_clip(str(path), SamplingConfig(frames=40, sampling="first"), size=16)
+    assert clip.claimed_frames == 40
+    real = int(clip.mask.sum())
+    assert 0 < real < 40 and len(clip.frames) == real
+    assert clip.indices[:real].tolist() == list(range(real)) and (clip.indices[real:] == -1).all()
+    assert clip.mask.tolist() == [True] * real + [False] * (40 - real)
+
+
+def test_uniform_on_a_truncated_file_masks_the_missing_tail(tmp_path):
+    path = write_truncated_avi(tmp_path / "cut.avi", frames=40, keep=0.5)
+    clip = decode.read_clip(str(path), SamplingConfig(frames=10), size=16)
+    assert 0 < clip.mask.sum() < 10
+    assert clip.indices[clip.mask].max() < 40
+
+
+@pytest.mark.parametrize(
+    "content, reason",
+    [(b"", "empty file"), (b"definitely not a video" * 50, "cannot be opened as a video")],
+)
+def test_unreadable_files_raise_decode_error_with_reason(tmp_path, content, reason):
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(content)
+    with pytest.raises(DecodeError, match=reason):
+        decode.read_clip(str(path), SamplingConfig(), size=32)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DecodeError, match="file not found"):
+        decode.read_clip(str(tmp_path / "nope.mp4"), SamplingConfig(), size=32)
+
+
+def test_centre_square_crop():
+    frame = np.zeros((40, 80, 3), np.uint8)
+    frame[:, 20:60] = 255  # the centre square of a 40x80 frame
+    assert decode.to_square_rgb(frame, 10).min() == 255
