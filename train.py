@@ -99,7 +99,8 @@ def train(cfg: TrainConfig) -> dict:
         callbacks.append(keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", save_best_only=True, save_weights_only=True))
         if cfg.patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2)
+    # The dataset is already shuffled (files, then a buffer), seeded; Keras must not try again.
+    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2, shuffle=False)
     if val_ds is not None and os.path.exists(best):
         model.load_weights(best)  # the best epoch on validation, not the last
 

@@ -1,0 +1,130 @@
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dancedata import DatasetBuilder, schema
+from dancedata.errors import ConfigError, ManifestError
+
+
+def test_element_spec_is_what_fit_takes(built):
+    ds = DatasetBuilder(str(built["out"])).as_dataset("train", batch_size=4)
+    (features, mask), label = ds.element_spec
+    assert features.shape.as_list() == [None, 8, 2048] and features.dtype == tf.float32
+    assert mask.shape.as_list() == [None, 8] and mask.dtype == tf.bool
+    assert label.shape.as_list() == [None] and label.dtype == tf.int32
+
+
+def test_info_reports_the_manifest(built):
+    info = DatasetBuilder(str(built["out"])).info
+    assert info.splits == {name: s["num_examples"] for name, s in built["manifest"]["splits"].items()}
+    assert info.feature_dim == 2048 and info.num_frames == 8 and len(info.skipped) == 5
+    assert info.extractor["backbone"] == "ResNet50" and info.sampling["sampling"] == "uniform"
+
+
+def test_eager_and_in_pipeline_parsing_agree(built):
+    builder = DatasetBuilder(str(built["out"]))
+    records = [r.numpy() for r in tf.data.TFRecordDataset(builder.files("train"))]
+    eager = builder.decode(tf.constant(records))
+    in_graph = next(iter(tf.data.Dataset.from_tensors(tf.constant(records)).map(builder.decode)))
+    for key in eager:
+        np.testing.assert_array_equal(eager[key].numpy(), in_graph[key].numpy())
+
+
+def test_same_seed_same_batches_other_seed_other_order(built):
+    builder = DatasetBuilder(str(built["out"]))
+
+    def ids(seed):
+        ds = builder.as_dataset("train", batch_size=3, shuffle=True, seed=seed, with_metadata=True, seq_len=5)
+        return [(tuple(m["video_id"].numpy()), f.numpy().tobytes()) for (f, _), _, m in ds]
+
+    assert ids(7) == ids(7)
+    assert [a for a, _ in ids(7)] != [a for a, _ in ids(8)]
+
+
+def test_shuffling_and_batching_keep_labels_with_their_videos(built):
+    builder = DatasetBuilder(str(built["out"]))
+    classes = builder.info.classes
+    seen = 0
+    for split in builder.info.splits:
+        ds = builder.as_dataset(split, batch_size=5, shuffle=True, seed=1, with_metadata=True, shuffle_buffer=64)
+        for (features, mask), label, metadata in ds:
+            for i, video_id in enumerate(metadata["video_id"].numpy()):
+                assert classes[label[i]] == built["videos"][video_id.decode()] == metadata["genre"][i].numpy().decode()
+                seen += 1
+    assert seen == len(built["videos"])
+
+
+def test_seq_len_windows_and_masks(built):
+    builder = DatasetBuilder(str(built["out"]))
+    full = {m.decode(): (f, k) for (fs, ks), _, ms in builder.as_dataset("train", batch_size=64, with_metadata=True)
+            for f, k, m in zip(fs.numpy(), ks.numpy(), ms["video_id"].numpy())}
+    evaluation = builder.as_dataset("train", batch_size=64, seq_len=4, with_metadata=True)
+    for (features, mask), _, metadata in evaluation:
+        for f, k, video in zip(features.numpy(), mask.numpy(), metadata["video_id"].numpy()):
+            stored, stored_mask = full[video.decode()]
+            real = int(stored_mask.sum())
+            start = max(real - 4, 0) // 2  # centred within the real frames
+            np.testing.assert_array_equal(f, stored[start : start + 4])
+            np.testing.assert_array_equal(k, stored_mask[start : start + 4])
+    training = builder.as_dataset("train", batch_size=64, seq_len=4, shuffle=True, seed=0, with_metadata=True)
+    starts = set()
+    for (features, mask), _, metadata in training:
+        for f, k, video in zip(features.numpy(), mask.numpy(), metadata["video_id"].numpy()):
+            stored, _ = full[video.decode()]
+            matches = [s for s in range(5) if np.array_equal(stored[s : s + 4], f)]
+            assert matches and k.all()
+            starts.add(matches[0])
+    assert len(starts) > 1  # random windows in training
+
+
+def test_holdout_by_sequence_is_disjoint_and_complete(built):
+    builder = DatasetBuilder(str(built["out"]))
+
+    def sequences(**kwargs):
+        ds = builder.as_dataset("train", batch_size=64, with_metadata=True, holdout_fraction=0.5, **kwargs)
+        return [s.decode() for _, _, m in ds for s in m["sequence_id"].numpy()]
+
+    kept, held = sequences(), sequences(holdout=True)
+    assert kept and held and not set(kept) & set(held)
+    assert len(kept) + len(held) == builder.info.splits["train"]
+
+
+def test_verify_catches_a_changed_shard(built, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built["out"], copy)
+    builder = DatasetBuilder(str(copy))
+    builder.verify("train")
+    shard = copy / builder.manifest["splits"]["train"]["shards"][0]["file"]
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(ManifestError, match="does not match its sha256"):
+        builder.as_dataset("train", verify=True)
+
+
+def test_clear_errors(built, tmp_path):
+    with pytest.raises(ManifestError, match="no manifest.json in"):
+        DatasetBuilder(str(tmp_path))
+    with pytest.raises(ConfigError, match="unknown split 'dev'; .* has: train, val, test"):
+        DatasetBuilder(str(built["out"])).as_dataset("dev")
+    manifest = dict(built["manifest"], schema_version=99)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="schema version 99; this dancedata reads version 1"):
+        DatasetBuilder(str(tmp_path))
+    with pytest.raises(ConfigError, match="seq_len must be in 1..8"):
+        DatasetBuilder(str(built["out"])).as_dataset("train", seq_len=9)
+
+
+def test_works_under_a_distribution_strategy(built):
+    builder = DatasetBuilder(str(built["out"]))
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    distributed = strategy.distribute_datasets_from_function(lambda context: builder.as_dataset("train", batch_size=4, input_context=context))
+    (features, mask), label = next(iter(distributed))
+    assert features.shape[0] == label.shape[0] <= 4
+
+
+def test_plain_parse_spec_matches_schema_keys(built):
+    spec = schema.parse_spec(built["manifest"]["feature_spec"])
+    assert set(spec) == {schema.FEATURES, schema.MASK, schema.LABEL, schema.FRAME_INDICES, *schema.METADATA}
