@@ -77,7 +77,9 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
     ]
 
     write.prepare(build.out, build.overwrite)
+    setup_started = time.time()
     extractor = Extractor(extractor_config)
+    setup_s = time.time() - setup_started
     itemsize = np.dtype(build.dtype).itemsize
     ordered = write.plan(videos, build.seed, sampling.frames * extractor.feature_dim * itemsize + 1024, build.shard_mb)
     rows = ordered.to_dict("records")
@@ -123,6 +125,7 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
         write.prepare(build.out, overwrite=True)
         raise InputError(_nothing_usable(input_path, skipped))
     result = _manifest(input_path, found.layout, classes, sampling, extractor, build, shards, skipped, leaked, started)
+    result["build"]["extractor_setup_s"] = round(setup_s, 2)
     result["precision_loss"] = {"dtype": build.dtype, "fraction_of_values_lost": values_lost / max(values_seen, 1)}
     manifest.write(build.out, result)
     return result
