@@ -38,7 +38,7 @@ def plan(videos: pd.DataFrame, seed: int, example_bytes: int, shard_mb: float) -
         rows["num_shards"] = count
         rows["shard"] = np.arange(len(rows)) * count // len(rows)
         parts.append(rows)
-    return pd.concat(parts, ignore_index=True) if parts else videos.assign(shard=[], num_shards=[])
+    return pd.concat(parts, ignore_index=True) if parts else videos.iloc[:0].assign(shard=0, num_shards=0)
 
 
 def prepare(out: str, overwrite: bool) -> None:

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+from conftest import FAST_EXTRACTOR
+
+from dancedata.config import ExtractorConfig
+from dancedata.errors import ConfigError
+from dancedata.extract import Extractor, FrameBatcher
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return Extractor(ExtractorConfig(**FAST_EXTRACTOR))
+
+
+def frames(n, seed=0):
+    return np.random.default_rng(seed).integers(0, 255, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def test_batched_equals_one_by_one_and_never_retraces(extractor):
+    batch = frames(19)
+    together = extractor(batch)
+    alone = np.concatenate([extractor(batch[i : i + 1]) for i in range(19)])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
+    assert extractor._features.experimental_get_tracing_count() == 1
+
+
+def test_frame_batcher_keeps_videos_in_order_across_batches(extractor):
+    videos = [frames(n, seed=n) for n in (3, 0, 11, 5, 0, 9)]  # 0 frames: a failed video passing through
+    batcher = FrameBatcher(extractor)
+    out = []
+    for i, video in enumerate(videos):
+        out += batcher.add(i, video)
+    out += batcher.flush()
+    assert [item for item, _ in out] == list(range(len(videos)))
+    for (i, features), video in zip(out, videos):
+        assert features.shape == (len(video), extractor.feature_dim)
+        if len(video):
+            np.testing.assert_allclose(features, extractor(video), rtol=1e-5, atol=1e-5)
+
+
+def test_gpu_fast_path_runs_on_cpu():
+    """Mixed precision + XLA, the GPU configuration, gives the same features up to float16 rounding."""
+    fast = Extractor(ExtractorConfig(**FAST_EXTRACTOR, mixed_precision="on", jit_compile=True))
+    plain = Extractor(ExtractorConfig(**FAST_EXTRACTOR))
+    batch = frames(8)
+    a, b = fast(batch), plain(batch)
+    assert fast.model.layers[-1].compute_dtype == "float16"
+    np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05 * np.abs(b).mean())
+
+
+def test_random_weights_are_reproducible_across_instances(extractor):
+    assert Extractor(ExtractorConfig(**FAST_EXTRACTOR)).fingerprint == extractor.fingerprint
+    assert Extractor(ExtractorConfig(**{**FAST_EXTRACTOR, "weights_seed": 1})).fingerprint != extractor.fingerprint
+
+
+def test_weights_file_round_trip_and_unknown_backbone(extractor, tmp_path):
+    path = str(tmp_path / "backbone.weights.h5")
+    extractor.model.save_weights(path)
+    loaded = Extractor(ExtractorConfig(**{**FAST_EXTRACTOR, "weights": path, "weights_seed": 5}))
+    assert loaded.fingerprint == extractor.fingerprint
+    with pytest.raises(ConfigError, match="backbone must be one of"):
+        Extractor(ExtractorConfig(**{**FAST_EXTRACTOR, "backbone": "ResNet9000"}))
