@@ -135,7 +135,7 @@ def main():
         extract_s = extraction_floor(frames)
         rows[f"build_shards --sampling {sampling} --frames {FRAMES}"] = (actual, len(frames), (decode_s + extract_s) / actual)
         rows[f"  floor: decode only ({sampling})"] = (decode_s, len(frames), None)
-        rows[f"  floor: batched extraction only ({len(frames)} frames)"] = (extract_s, len(frames), None)
+        rows[f"  floor: batched extraction only ({sampling}, {len(frames)} frames)"] = (extract_s, len(frames), None)
 
     header = (
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

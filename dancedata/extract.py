@@ -1,7 +1,7 @@
 """Frame features in fixed-size batches through one compiled function.
 
-Every call sees a [batch_size, S, S, 3] uint8 tensor (the last batch is padded), so the function is
-traced once per process, not once per video. Frames of many videos share a batch (`FrameBatcher`).
+Every full batch is a [batch_size, S, S, 3] uint8 tensor, so the function is traced once per
+process, not once per video. Frames of many videos share a batch (`FrameBatcher`).
 """
 from __future__ import annotations
 
@@ -98,23 +98,24 @@ class Extractor:
         self.fingerprint = fingerprint(self.model)
         preprocess = importlib.import_module(f"keras.applications.{BACKBONES[config.backbone]}").preprocess_input
         size = config.image_size
-        signature = [tf.TensorSpec([config.batch_size, size, size, 3], tf.uint8)]
 
-        @tf.function(input_signature=signature, jit_compile=config.jit_compile)
         def features(frames):
             images = preprocess(tf.cast(frames, tf.float32))
             return tf.cast(self.model(images, training=False), tf.float32)
 
-        self._features = features
+        # Full batches all have one shape: one trace per process. The last, partial batch of a run
+        # goes through a second function of dynamic batch size instead of being padded to full size.
+        self._full = tf.function(features, input_signature=[tf.TensorSpec([config.batch_size, size, size, 3], tf.uint8)], jit_compile=config.jit_compile)
+        self._partial = tf.function(features, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], jit_compile=config.jit_compile)
+        self._full(np.zeros((config.batch_size, size, size, 3), np.uint8))  # trace now, as part of setup
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         size = self.config.batch_size
         out = np.empty((len(frames), self.feature_dim), np.float32)
         for start in range(0, len(frames), size):
             chunk = frames[start : start + size]
-            if len(chunk) < size:
-                chunk = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:], chunk.dtype)])
-            out[start : start + size] = self._features(chunk).numpy()[: len(frames) - start]
+            function = self._full if len(chunk) == size else self._partial
+            out[start : start + len(chunk)] = function(chunk).numpy()
         return out
 
     def manifest_entry(self) -> dict:
