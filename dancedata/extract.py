@@ -87,12 +87,13 @@ def fingerprint(model) -> str:
 
 
 class Extractor:
-    """uint8 RGB frames [N, S, S, 3] -> float32 features [N, D], in batches of `config.batch_size`."""
+    """uint8 RGB frames [N, S, S, 3] -> float32 features [N, D], in batches of `batch_size` (resolved from the config)."""
 
     def __init__(self, config: ExtractorConfig):
         import tensorflow as tf
 
         self.config = config
+        self.batch_size = config.batch_size or (64 if _gpu_present() else 8)
         self.model = build_backbone(config)
         self.feature_dim = int(self.model.output_shape[-1])
         self.fingerprint = fingerprint(self.model)
@@ -105,12 +106,12 @@ class Extractor:
 
         # Full batches all have one shape: one trace per process. The last, partial batch of a run
         # goes through a second function of dynamic batch size instead of being padded to full size.
-        self._full = tf.function(features, input_signature=[tf.TensorSpec([config.batch_size, size, size, 3], tf.uint8)], jit_compile=config.jit_compile)
+        self._full = tf.function(features, input_signature=[tf.TensorSpec([self.batch_size, size, size, 3], tf.uint8)], jit_compile=config.jit_compile)
         self._partial = tf.function(features, input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8)], jit_compile=config.jit_compile)
-        self._full(np.zeros((config.batch_size, size, size, 3), np.uint8))  # trace now, as part of setup
+        self._full(np.zeros((self.batch_size, size, size, 3), np.uint8))  # trace now, as part of setup
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        size = self.config.batch_size
+        size = self.batch_size
         out = np.empty((len(frames), self.feature_dim), np.float32)
         for start in range(0, len(frames), size):
             chunk = frames[start : start + size]
@@ -124,6 +125,7 @@ class Extractor:
             "weights": self.config.weights,
             "weights_seed": self.config.weights_seed,
             "image_size": self.config.image_size,
+            "batch_size": self.batch_size,
             "preprocessing": preprocessing_name(self.config.backbone),
             "crop": "centre square",
             "color": "RGB",
@@ -148,7 +150,7 @@ class FrameBatcher:
         self._waiting.append((item, len(frames)))
         self._frames.append(frames)
         self._buffered += len(frames)
-        size = self.extractor.config.batch_size
+        size = self.extractor.batch_size
         if self._buffered >= size:
             pooled = np.concatenate(self._frames)
             full = len(pooled) // size * size

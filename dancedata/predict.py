@@ -43,7 +43,7 @@ def predict(videos: list, run_dir: str, top_k: int = 3, batch_size: int | None =
         weights=recorded["weights"],
         image_size=recorded["image_size"],
         weights_seed=recorded.get("weights_seed", 0),
-        batch_size=batch_size or 32,
+        batch_size=batch_size or 0,
     )
     sampling = SamplingConfig(**dataset["sampling"])
     extractor = Extractor(extractor_config)
