@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import http.client
 import json
 import os
@@ -23,6 +22,7 @@ import urllib.request
 
 from dancedata import cli, config, naming
 from dancedata.errors import ConfigError, InputError
+from dancedata.write import sha256
 
 LIST_URL = "https://storage.googleapis.com/aist_plusplus_public/20121228/video_list.txt"
 BASE_URL = "https://aistdancedb.ongaaccel.jp/v1.0.0/video/10M/"
@@ -105,14 +105,6 @@ def select(names: list, cfg: DownloadConfig) -> list:
             continue
         chosen.append(name)
     return chosen[: cfg.limit] if cfg.limit else chosen
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Downloader:
