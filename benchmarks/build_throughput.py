@@ -67,24 +67,25 @@ def notebook_baseline(paths, model_size=SIZE):
     return time.perf_counter() - start
 
 
-def build(folder, sampling, out):
+def build(folder, sampling, out, keyframes=False):
     import dancedata
 
     shutil.rmtree(out, ignore_errors=True)
     manifest = dancedata.build_shards(
-        folder, out, frames=FRAMES, sampling=sampling, weights="none", backbone="InceptionV3", image_size=SIZE,
+        folder, out, frames=FRAMES, sampling=sampling, keyframes=keyframes, weights="none", backbone="InceptionV3", image_size=SIZE,
         batch_size=0, quiet=True, val_fraction=0.0, test_fraction=0.0, split="random",
     )
     # the extractor's one-time construction is excluded, as it is for the baseline
     return manifest["build"]["elapsed_s"] - manifest["build"]["extractor_setup_s"]
 
 
-def decode_floor(paths, sampling):
+def decode_floor(paths, sampling, keyframes=False):
     from dancedata import decode
     from dancedata.config import SamplingConfig
 
+    config = SamplingConfig(frames=FRAMES, sampling=sampling, keyframes=keyframes)
     start = time.perf_counter()
-    frames = [decode.read_clip(p, SamplingConfig(frames=FRAMES, sampling=sampling), SIZE).frames for p in paths]
+    frames = [decode.read_clip(p, config, SIZE).frames for p in paths]
     return time.perf_counter() - start, np.concatenate(frames)
 
 
@@ -128,13 +129,14 @@ def main():
     rows = {}
     baseline = notebook_baseline(paths)
     rows["notebook baseline (decode all, predict per frame)"] = (baseline, n * FRAMES, None)
-    for sampling in ("first", "uniform"):
-        actual = build(args.folder, sampling, os.path.join(tmp, sampling))
-        decode_s, frames = decode_floor(paths, sampling)
+    for sampling, keyframes in (("first", False), ("uniform", False), ("uniform", True)):
+        mode = sampling + (" --keyframes" if keyframes else "")
+        actual = build(args.folder, sampling, os.path.join(tmp, mode.replace(" ", "")), keyframes)
+        decode_s, frames = decode_floor(paths, sampling, keyframes)
         extract_s = extraction_floor(frames)
-        rows[f"build_shards --sampling {sampling} --frames {FRAMES}"] = (actual, len(frames), (decode_s + extract_s) / actual)
-        rows[f"  floor: decode only ({sampling})"] = (decode_s, len(frames), None)
-        rows[f"  floor: batched extraction only ({sampling}, {len(frames)} frames)"] = (extract_s, len(frames), None)
+        rows[f"build_shards --sampling {mode} --frames {FRAMES}"] = (actual, len(frames), (decode_s + extract_s) / actual)
+        rows[f"  floor: decode only ({mode})"] = (decode_s, len(frames), None)
+        rows[f"  floor: batched extraction only ({mode}, {len(frames)} frames)"] = (extract_s, len(frames), None)
 
     header = (
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

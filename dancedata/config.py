@@ -41,12 +41,19 @@ class SamplingConfig:
     )
     stride: int = flag("with --sampling stride: keep every k-th frame (0: derive from --fps)", default=0)
     fps: float = flag("with --sampling stride: target frames per second (0: use --stride)", default=0.0)
+    keyframes: bool = flag(
+        "fast mode: decode only the key frames and apply --sampling (uniform or first) to them; "
+        "far less decoding, but a clip has only as many distinct frames as key frames (needs PyAV: dancedata[fast])",
+        default=False,
+    )
 
     def __post_init__(self):
         _positive("frames", self.frames)
         _choice("sampling", self.sampling, SAMPLINGS)
         _positive("stride", self.stride, allow_zero=True)
         _positive("fps", self.fps, allow_zero=True)
+        if self.keyframes and self.sampling == "stride":
+            raise ConfigError("keyframes works with sampling uniform or first, got sampling='stride'")
         if self.sampling == "stride" and not (self.stride or self.fps):
             raise ConfigError("sampling 'stride' needs stride > 0 or fps > 0, got stride=0 and fps=0")
 

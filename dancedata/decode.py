@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 
 from dancedata import sampling  # noqa: E402
 from dancedata.config import SamplingConfig  # noqa: E402
-from dancedata.errors import DecodeError  # noqa: E402
+from dancedata.errors import ConfigError, DecodeError  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -63,6 +63,43 @@ def count_frames(path: str) -> int:
     return count
 
 
+def read_keyframes(path: str, config: SamplingConfig, size: int) -> Clip:
+    """Fast mode: only key frames are decoded (PyAV, `skip_frame=NONKEY`); the sampling rule then
+    picks among them. Each kept key frame is scaled by the decoder's own scaler, then centre-cropped."""
+    try:
+        import av
+    except ImportError:
+        raise ConfigError("keyframes sampling needs PyAV: pip install 'dancedata[fast]'") from None
+    _open(path).release()  # the same checks and reasons as the OpenCV path
+    indices, frames = [], []
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.skip_frame = "NONKEY"
+            stream.thread_type = "AUTO"
+            fps = float(stream.average_rate or 0)
+            claimed = stream.frames
+            for frame in container.decode(stream):
+                scale = size / min(frame.width, frame.height)
+                width, height = max(size, round(frame.width * scale)), max(size, round(frame.height * scale))
+                scaled = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
+                top, left = (height - size) // 2, (width - size) // 2
+                frames.append(scaled[top : top + size, left : left + size])
+                indices.append(round(frame.time * fps) if frame.time is not None and fps else len(indices))
+                if config.sampling == "first" and len(frames) == config.frames:
+                    break
+    except (av.error.FFmpegError, IndexError) as error:
+        if not frames:
+            raise DecodeError(f"cannot decode key frames: {error}") from None
+    if not frames:
+        raise DecodeError(f"no key frame could be decoded (container claims {claimed} frames)")
+    chosen, mask = sampling.sample(config, len(frames))
+    real = chosen[mask]
+    picked = np.full(config.frames, -1, dtype=np.int64)
+    picked[: len(real)] = np.asarray(indices)[real]
+    return Clip(np.stack([frames[i] for i in real]), picked, mask, claimed, fps)
+
+
 def read_clip(path: str, config: SamplingConfig, size: int) -> Clip:
     """Decodes the frames `config` samples from `path`, stopping after the last one.
 
@@ -70,6 +107,8 @@ def read_clip(path: str, config: SamplingConfig, size: int) -> Clip:
     then holds the sampled frames that exist and its mask says which those are.
     Raises DecodeError when not a single frame can be decoded.
     """
+    if config.keyframes:
+        return read_keyframes(path, config, size)
     capture = _open(path)
     try:
         claimed = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))

@@ -28,7 +28,7 @@ def summary(info: dict, show_paths: int = 5) -> str:
         f"examples: [{info['num_frames']} frames x {info['feature_dim']}] {info['feature_dtype']} features, "
         f"{len(info['classes'])} classes (schema v{info['schema_version']})",
         f"extractor: {extractor['backbone']} @{extractor['image_size']}px, weights={extractor['weights']}",
-        f"sampling: {sampling['sampling']}, {sampling['frames']} frames"
+        f"sampling: {sampling['sampling']}{' over key frames only' if sampling.get('keyframes') else ''}, {sampling['frames']} frames"
         + (f", stride {sampling['stride'] or 'for ' + str(sampling['fps']) + ' fps'}" if sampling["sampling"] == "stride" else ""),
         f"split: {split['strategy']} (val {split['val_fraction']}, test {split['test_fraction']}, seed {split['seed']})"
         + (f"; {split['leaked_sequences']} sequences span splits" if split.get("leaked_sequences") else ""),

@@ -59,6 +59,7 @@ def test_uniform_needs_a_frame_count():
         ({"sampling": "random"}, "sampling must be one of uniform, first, stride; got 'random'"),
         ({"sampling": "stride"}, "needs stride > 0 or fps > 0"),
         ({"stride": -2}, "stride must be non-negative, got -2"),
+        ({"sampling": "stride", "stride": 2, "keyframes": True}, "keyframes works with sampling uniform or first"),
     ],
 )
 def test_bad_sampling_config_names_the_field_and_value(kwargs, message):
