@@ -76,10 +76,11 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
         {"path": p, "reason": "excluded by the crossmodal split rule"} for p in videos.path[videos.split == split.EXCLUDED]
     ]
 
-    write.prepare(build.out, build.overwrite)
+    write.check_free(build.out, build.overwrite)
     setup_started = time.time()
-    extractor = Extractor(extractor_config)
+    extractor = Extractor(extractor_config)  # before touching --out: a weights problem leaves it as it was
     setup_s = time.time() - setup_started
+    write.prepare(build.out, build.overwrite)
     itemsize = np.dtype(build.dtype).itemsize
     ordered = write.plan(videos, build.seed, sampling.frames * extractor.feature_dim * itemsize + 1024, build.shard_mb)
     rows = ordered.to_dict("records")

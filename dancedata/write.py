@@ -41,20 +41,25 @@ def plan(videos: pd.DataFrame, seed: int, example_bytes: int, shard_mb: float) -
     return pd.concat(parts, ignore_index=True) if parts else videos.iloc[:0].assign(shard=0, num_shards=0)
 
 
+def check_free(out: str, overwrite: bool) -> None:
+    """Refuses to mix a new build with a finished one unless told to replace it. Leftovers of an
+    interrupted build (`.incomplete` files, `.build/` records) are not a finished build."""
+    finished = [n for n in os.listdir(out) if n.endswith(".tfrecord") or n == "manifest.json"] if os.path.isdir(out) else []
+    if finished and not overwrite:
+        raise InputError(f"{out} already holds a build ({len(finished)} shard/manifest files); pass --overwrite to replace it")
+
+
 def prepare(out: str, overwrite: bool) -> None:
-    """Creates `out`; refuses to mix a new build with an old one unless told to replace it."""
+    """Creates `out` and clears what an earlier build left there."""
+    check_free(out, overwrite)
     os.makedirs(out, exist_ok=True)
-    old = [n for n in os.listdir(out) if n.endswith((".tfrecord", PARTIAL)) or n in ("manifest.json", STATE_DIR)]
-    if old and not overwrite:
-        raise InputError(f"{out} already holds a build ({len(old)} shard/manifest files); pass --overwrite to replace it")
-    for name in old:
-        path = os.path.join(out, name)
-        if name == STATE_DIR:
-            for inner in os.listdir(path):
-                os.remove(os.path.join(path, inner))
-        else:
-            os.remove(path)
-    os.makedirs(os.path.join(out, STATE_DIR), exist_ok=True)
+    for name in os.listdir(out):
+        if name.endswith((".tfrecord", PARTIAL)) or name == "manifest.json":
+            os.remove(os.path.join(out, name))
+    state = os.path.join(out, STATE_DIR)
+    os.makedirs(state, exist_ok=True)
+    for name in os.listdir(state):
+        os.remove(os.path.join(state, name))
 
 
 def sha256(path: str) -> str:

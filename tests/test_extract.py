@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 from conftest import FAST_EXTRACTOR
@@ -61,3 +63,39 @@ def test_weights_file_round_trip_and_unknown_backbone(extractor, tmp_path):
     assert loaded.fingerprint == extractor.fingerprint
     with pytest.raises(ConfigError, match="backbone must be one of"):
         Extractor(ExtractorConfig(**{**FAST_EXTRACTOR, "backbone": "ResNet9000"}))
+
+
+def test_offline_imagenet_failure_says_what_to_do(monkeypatch):
+    import keras
+
+    from dancedata.errors import WeightsError
+
+    def offline(**kwargs):
+        raise Exception("URL fetch failure on https://example.invalid/x_notop.h5: None -- [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(keras.applications, "InceptionV3", offline)
+    with pytest.raises(WeightsError) as caught:
+        Extractor(ExtractorConfig(weights="imagenet", batch_size=8))
+    message = str(caught.value)
+    assert message.startswith("cannot load ImageNet weights for InceptionV3 (URL fetch failure")
+    assert "~/.keras/models/" in message and "--weights /path/to/weights.h5" in message and "--weights none" in message
+    assert "\n" not in message
+
+
+def test_a_failed_build_leaves_no_build_behind(tmp_path, monkeypatch, capsys):
+    """A weights failure happens before --out is touched; leftovers of an interrupted run do not block the next."""
+    import keras
+    from conftest import make_aist_folder
+
+    from dancedata import build_shards, cli
+
+    make_aist_folder(tmp_path / "aist", genres=("BR",), performances=1, cameras=1, frames=4)
+    (tmp_path / "out" / ".build").mkdir(parents=True)
+    (tmp_path / "out" / "train-00000-of-00001.tfrecord.incomplete").write_bytes(b"half")
+    monkeypatch.setattr(keras.applications, "InceptionV3", lambda **kwargs: (_ for _ in ()).throw(Exception("URL fetch failure")))
+    argv = [str(tmp_path / "aist"), "--out", str(tmp_path / "out"), "--quiet"]
+    assert cli.run(sys.modules["dancedata.build_shards"].main, "build_shards", argv) == 2
+    assert "cannot load ImageNet weights" in capsys.readouterr().err
+    manifest = build_shards(str(tmp_path / "aist"), str(tmp_path / "out"), frames=4, quiet=True, val_fraction=0, test_fraction=0, **FAST_EXTRACTOR)
+    assert manifest["splits"]["train"]["num_examples"] == 1
+    assert not list((tmp_path / "out").glob("*.incomplete"))
