@@ -65,17 +65,7 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
     skipped = list(found.skipped)
     if found.videos.empty:
         raise InputError(_nothing_usable(input_path, skipped))
-    videos = found.videos.copy()
-    classes = scan.classes(found.layout, videos)
-    videos["label"] = videos.genre.map({name: i for i, name in enumerate(classes)})
-    videos["split"] = split.assign(videos, build.split, build.val_fraction, build.test_fraction, build.seed)
-    leaked = split.leaked_sequences(videos, videos.split)
-    if build.split != "random":
-        split.check_no_leakage(videos, videos.split)
-    skipped += [
-        {"path": p, "reason": "excluded by the crossmodal split rule"} for p in videos.path[videos.split == split.EXCLUDED]
-    ]
-
+    videos, classes, leaked = _label_and_split(found, build, skipped)
     write.check_free(build.out, build.overwrite)
     setup_started = time.time()
     extractor = Extractor(extractor_config)  # before touching --out: a weights problem leaves it as it was
@@ -130,6 +120,20 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
     result["precision_loss"] = {"dtype": build.dtype, "fraction_of_values_lost": values_lost / max(values_seen, 1)}
     manifest.write(build.out, result)
     return result
+
+
+def _label_and_split(found, build: BuildConfig, skipped: list):
+    """Adds `label` and `split` to the scanned table; records videos the split rule excludes."""
+    videos = found.videos.copy()
+    classes = scan.classes(found.layout, videos)
+    videos["label"] = videos.genre.map({name: i for i, name in enumerate(classes)})
+    videos["split"] = split.assign(videos, build.split, build.val_fraction, build.test_fraction, build.seed)
+    leaked = split.leaked_sequences(videos, videos.split)
+    if build.split != "random":  # random is the notebook's leaky split, kept on purpose for comparison
+        split.check_no_leakage(videos, videos.split)
+    excluded = videos.path[videos.split == split.EXCLUDED]
+    skipped += [{"path": path, "reason": "excluded by the crossmodal split rule"} for path in excluded]
+    return videos, classes, leaked
 
 
 def _nothing_usable(input_path: str, skipped: list) -> str:
