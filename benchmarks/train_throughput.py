@@ -97,8 +97,9 @@ def main():
     print(f"| epoch, fit from shards (tf.data) | {shards_s:.2f} | {n / shards_s:.0f} |")
     print(f"| epoch, fit from numpy in memory | {numpy_s:.2f} | {n / numpy_s:.0f} |")
     print(f"| input pipeline alone (read, parse, cast, batch) | {pipeline_s:.2f} | {n / pipeline_s:.0f} |")
+    consumed = min(shards_s, numpy_s)  # the model's fastest observed consumption: the conservative ratio
     print(f"\nshards / numpy epoch time: {shards_s / numpy_s:.2f}x (target <= 1.1); "
-          f"pipeline delivers {numpy_s / pipeline_s:.1f}x what the model consumes (target >= 10)")
+          f"pipeline delivers {consumed / pipeline_s:.1f}x what the model consumes in its faster epoch (target >= 10)")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as handle:
         json.dump({"header": header, "shards_epoch_s": shards_s, "numpy_epoch_s": numpy_s, "pipeline_s": pipeline_s}, handle, indent=2)
