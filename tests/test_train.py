@@ -69,3 +69,16 @@ def test_transformer_option_trains(run, tmp_path):
     argv = ["--shards", str(base / "shards"), "--out", str(tmp_path / "t"), "--epochs", "2", "--model", "transformer", "--seq-len", "4"]
     assert cli.run(train_script.main, "train.py", argv) == 0
     assert (tmp_path / "t" / "model.keras").exists()
+
+
+def test_without_a_val_split_validation_is_held_out_by_sequence(tmp_path, capsys):
+    make_aist_folder(tmp_path / "aist", performances=3, cameras=2, frames=4)
+    dancedata.build_shards(str(tmp_path / "aist"), str(tmp_path / "shards"), frames=4, quiet=True,
+                           val_fraction=0.0, test_fraction=0.3, **FAST_EXTRACTOR)
+    builder = dancedata.DatasetBuilder(str(tmp_path / "shards"))
+    assert "val" not in builder.info.splits
+    argv = ["--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), "--epochs", "2", "--val-fraction", "0.5"]
+    assert cli.run(train_script.main, "train.py", argv) == 0
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()[0]
+    assert "val_accuracy" in history
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test accuracy: ")
