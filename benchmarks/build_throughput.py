@@ -29,6 +29,7 @@ import videos as video_maker  # noqa: E402
 
 FRAMES = 20
 SIZE = 224
+GPU_OPTIONS = {}  # --mixed-precision / --jit: the options a GPU run compares
 
 
 def notebook_baseline(paths, model_size=SIZE):
@@ -73,7 +74,7 @@ def build(folder, sampling, out, keyframes=False):
     shutil.rmtree(out, ignore_errors=True)
     manifest = dancedata.build_shards(
         folder, out, frames=FRAMES, sampling=sampling, keyframes=keyframes, weights="none", backbone="InceptionV3", image_size=SIZE,
-        batch_size=0, quiet=True, val_fraction=0.0, test_fraction=0.0, split="random",
+        batch_size=0, quiet=True, val_fraction=0.0, test_fraction=0.0, split="random", **GPU_OPTIONS,
     )
     # the extractor's one-time construction is excluded, as it is for the baseline
     return manifest["build"]["elapsed_s"] - manifest["build"]["extractor_setup_s"]
@@ -93,7 +94,7 @@ def extraction_floor(frames):
     from dancedata.config import ExtractorConfig
     from dancedata.extract import Extractor
 
-    extractor = Extractor(ExtractorConfig(weights="none", image_size=SIZE))
+    extractor = Extractor(ExtractorConfig(weights="none", image_size=SIZE, **GPU_OPTIONS))
     start = time.perf_counter()
     extractor(frames)
     return time.perf_counter() - start
@@ -119,7 +120,10 @@ def main():
     parser.add_argument("--folder", default=os.path.join(os.path.dirname(__file__), "data", "videos"))
     parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "build.json"))
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--mixed-precision", default="auto", choices=("auto", "on", "off"), help="extractor compute dtype")
+    parser.add_argument("--jit", action="store_true", help="compile the extractor with XLA")
     args = parser.parse_args()
+    GPU_OPTIONS.update(mixed_precision=args.mixed_precision, jit_compile=args.jit)
 
     import tensorflow as tf
 
@@ -141,7 +145,8 @@ def main():
     header = (
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"GPU: {', '.join(d.name for d in tf.config.list_physical_devices('GPU')) or 'none'}; "
-        f"TensorFlow {tf.__version__}; {n} videos, 1920x1080 60 fps H.264 ~10 Mbps 10 s; InceptionV3 @{SIZE}"
+        f"TensorFlow {tf.__version__}; {n} videos, 1920x1080 60 fps H.264 ~10 Mbps 10 s; InceptionV3 @{SIZE}; "
+        f"mixed precision {args.mixed_precision}, XLA {'on' if args.jit else 'off'}"
     )
     print(header + "\n")
     print("| path | s/video | frames/s | speed-up vs baseline | efficiency |")

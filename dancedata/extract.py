@@ -115,8 +115,12 @@ class Extractor:
         out = np.empty((len(frames), self.feature_dim), np.float32)
         for start in range(0, len(frames), size):
             chunk = frames[start : start + size]
+            count = len(chunk)
+            if count < size and self.config.jit_compile:
+                # XLA compiles once per shape, which costs more than computing a padded batch.
+                chunk = np.concatenate([chunk, np.zeros((size - count,) + chunk.shape[1:], chunk.dtype)])
             function = self._full if len(chunk) == size else self._partial
-            out[start : start + len(chunk)] = function(chunk).numpy()
+            out[start : start + count] = function(chunk).numpy()[:count]
         return out
 
     def manifest_entry(self) -> dict:
