@@ -51,7 +51,7 @@ def _holdout(builder, cfg: TrainConfig) -> float:
 
 
 def _datasets(builder, cfg: TrainConfig):
-    """(train, validation or None, evaluation split name)."""
+    """(train, validation or None); validation never shares a performance with train."""
     common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, verify=cfg.verify)
     holdout = _holdout(builder, cfg)
     train = builder.as_dataset("train", shuffle=True, seed=cfg.seed, cache=cfg.cache, holdout_fraction=holdout, **common)
@@ -62,13 +62,41 @@ def _datasets(builder, cfg: TrainConfig):
         if not sum(1 for _ in val.unbatch()):
             print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
             val = None
-    evaluate_on = "test" if "test" in builder.info.splits else "val" if "val" in builder.info.splits else None
-    return train, val, evaluate_on
+    return train, val
+
+
+def _evaluation(builder, cfg: TrainConfig, val_ds):
+    """(name, dataset) to report on: test, else val, else the held-out part of train (by sequence)."""
+    for split in ("test", "val"):
+        if split in builder.info.splits:
+            return split, builder.as_dataset(split, batch_size=cfg.batch_size, seq_len=cfg.seq_len or None)
+    return ("train-holdout", val_ds) if val_ds is not None else (None, None)
+
+
+def _evaluate(model, dataset, classes: list) -> dict:
+    """test_accuracy, test_loss, per-class precision/recall/F1 and the confusion matrix."""
+    import keras
+    import numpy as np
+
+    from models import report
+
+    labels, probabilities = [], []
+    for (features, mask), label in dataset:
+        probabilities.append(model.predict_on_batch((features, mask)))
+        labels.append(label.numpy())
+    labels, probabilities = np.concatenate(labels), np.concatenate(probabilities)
+    loss = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+    scores = report.classification_metrics(labels, probabilities.argmax(1), classes)
+    return {
+        "test_accuracy": scores.pop("accuracy"),
+        "test_loss": float(np.mean(keras.ops.convert_to_numpy(loss))),
+        "num_examples": int(len(labels)),
+        **scores,
+    }
 
 
 def train(cfg: TrainConfig) -> dict:
     import keras
-    import numpy as np
 
     import models
     from dancedata import naming
@@ -83,7 +111,7 @@ def train(cfg: TrainConfig) -> dict:
     os.makedirs(out, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
 
-    train_ds, val_ds, evaluate_on = _datasets(builder, cfg)
+    train_ds, val_ds = _datasets(builder, cfg)
     mean, variance = feature_moments(builder.as_dataset("train", batch_size=256, holdout_fraction=_holdout(builder, cfg)))
     num_frames = cfg.seq_len or info.num_frames
     model = models.build_model(cfg.model, len(info.classes), num_frames, info.feature_dim, mean, variance)
@@ -104,21 +132,10 @@ def train(cfg: TrainConfig) -> dict:
     if val_ds is not None and os.path.exists(best):
         model.load_weights(best)  # the best epoch on validation, not the last
 
+    evaluate_on, evaluation = _evaluation(builder, cfg, val_ds)
     metrics = {"evaluated_split": evaluate_on}
-    if evaluate_on:
-        labels, probabilities = [], []
-        for (features, mask), label in builder.as_dataset(evaluate_on, batch_size=cfg.batch_size, seq_len=cfg.seq_len or None):
-            probabilities.append(model.predict_on_batch((features, mask)))
-            labels.append(label.numpy())
-        labels, probabilities = np.concatenate(labels), np.concatenate(probabilities)
-        loss = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
-        scores = report.classification_metrics(labels, probabilities.argmax(1), info.classes)
-        metrics.update(
-            test_accuracy=scores.pop("accuracy"),
-            test_loss=float(np.mean(keras.ops.convert_to_numpy(loss))),
-            num_examples=int(len(labels)),
-            **scores,
-        )
+    if evaluation is not None:
+        metrics.update(_evaluate(model, evaluation, info.classes))
     model.save(os.path.join(out, "model.keras"))
     report.write_json(os.path.join(out, "labels.json"), {"classes": info.classes, "names": [naming.genre_name(c) for c in info.classes]})
     report.write_json(
@@ -127,12 +144,12 @@ def train(cfg: TrainConfig) -> dict:
         | {"seq_len": cfg.seq_len or None, "shards": os.path.abspath(cfg.shards)},
     )
     report.write_json(os.path.join(out, "train_config.json"), dataclasses.asdict(cfg) | {"out": out})
-    if evaluate_on:
-        report.write_all(out, metrics, info.classes, history.history)
-        print(f"run saved in {out}")
-        print(f"{evaluate_on} accuracy: {metrics['test_accuracy']:.4f}")
+    report.write_all(out, metrics, info.classes, history.history)
+    print(f"run saved in {out}")
+    if evaluation is None:
+        print("no test split, val split or held-out sequences to evaluate on", file=sys.stderr)
     else:
-        print(f"run saved in {out}; no test or val split to evaluate on")
+        print(f"{'test' if evaluate_on == 'test' else evaluate_on + ' (no test split)'} accuracy: {metrics['test_accuracy']:.4f}")
     return metrics
 
 

@@ -36,6 +36,10 @@ def _dancer_groups(videos: pd.DataFrame) -> pd.Series:
 def _group_split(groups: pd.Series, strata: pd.Series, val_fraction: float, test_fraction: float, seed: int) -> pd.Series:
     """Shuffles the groups of each stratum (seeded) and cuts them by the fractions."""
     rng = np.random.default_rng(seed)
+    per_stratum = groups.groupby(strata).nunique()
+    # Genres with too few performances to split on their own are pooled, so a small subset still
+    # gets val and test examples.
+    strata = strata.where(~strata.isin(per_stratum.index[per_stratum < 3]), "\0pooled")
     by_group = {}
     for stratum in sorted(strata.unique()):
         names = np.array(sorted(groups[strata == stratum].unique()))

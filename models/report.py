@@ -76,5 +76,6 @@ def write_json(path: str, value) -> None:
 
 def write_all(out: str, metrics: dict, classes: list, history: dict) -> None:
     write_json(os.path.join(out, "metrics.json"), metrics)
-    plot_confusion(metrics["confusion_matrix"], classes, os.path.join(out, "confusion_matrix.png"))
+    if "confusion_matrix" in metrics:
+        plot_confusion(metrics["confusion_matrix"], classes, os.path.join(out, "confusion_matrix.png"))
     plot_history(history, os.path.join(out, "training_curves.png"))

@@ -72,3 +72,12 @@ def test_crossmodal_needs_aist_metadata():
     videos = pd.DataFrame({"video_id": ["a"], "sequence_id": ["a"], "genre": ["x"], "music": [""], "dancer": [""]})
     with pytest.raises(ConfigError, match="crossmodal needs AIST names"):
         split.assign(videos, "crossmodal", 0.1, 0.2, seed=0)
+
+
+def test_genres_too_small_to_split_alone_are_pooled():
+    """One performance per genre (a small subset): val and test still get performances, none split apart."""
+    stems = [f"g{g}_sBM_c{c:02d}_d01_m{g}0_ch01" for g in naming.GENRES for c in (1, 2)]
+    videos = table(stems)
+    splits = split.assign(videos, "sequence", 0.1, 0.2, seed=0)
+    split.check_no_leakage(videos, splits)
+    assert (splits == "test").sum() == 4 and (splits == "val").sum() == 2  # 2 and 1 of 10 performances
