@@ -34,19 +34,25 @@ class DatasetInfo:
     manifest: dict
 
 
-def window(features, mask, seq_len: int, training: bool, seed):
-    """A seq_len window per example: random within the real frames in training, centred otherwise."""
+def window_positions(mask, seq_len: int, training: bool, seed):
+    """[B, seq_len] frame positions: a random window within the real frames in training, centred otherwise."""
     import tensorflow as tf
 
     real = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
     room = tf.maximum(real - seq_len, 0)
     if training:
         fraction = tf.random.stateless_uniform(tf.shape(real), seed=seed)
-        start = tf.cast(tf.floor(fraction * tf.cast(room + 1, tf.float32)), tf.int32)
-        start = tf.minimum(start, room)
+        start = tf.minimum(tf.cast(tf.floor(fraction * tf.cast(room + 1, tf.float32)), tf.int32), room)
     else:
         start = room // 2
-    positions = start[:, None] + tf.range(seq_len)[None, :]
+    return start[:, None] + tf.range(seq_len)[None, :]
+
+
+def window(features, mask, seq_len: int, training: bool = False, seed=None):
+    """(features, mask) cut to seq_len frames per example (see window_positions)."""
+    import tensorflow as tf
+
+    positions = window_positions(mask, seq_len, training, seed)
     return tf.gather(features, positions, batch_dims=1), tf.gather(mask, positions, batch_dims=1)
 
 
@@ -130,8 +136,13 @@ class DatasetBuilder:
         paths = self.files(split)
         if verify:
             self.verify(split)
-        if input_context is not None:  # tf.distribute: each input pipeline reads its own shards
-            paths = paths[input_context.input_pipeline_id :: input_context.num_input_pipelines] or paths
+        shard_records = False
+        if input_context is not None:  # tf.distribute: each input pipeline reads its own part
+            pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
+            if len(paths) >= pipelines:
+                paths = paths[pipeline::pipelines]
+            else:  # fewer files than pipelines: every pipeline reads all files, keeps every n-th record
+                shard_records = True
             batch_size = input_context.get_per_replica_batch_size(batch_size)
 
         files = tf.data.Dataset.from_tensor_slices(paths)
@@ -144,6 +155,8 @@ class DatasetBuilder:
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
+        if shard_records:
+            records = records.shard(pipelines, pipeline)
         if holdout_fraction:
             records = records.filter(self._holdout_filter(holdout_fraction, holdout))
         if cache:  # serialized records: a cached epoch still reshuffles below
@@ -168,11 +181,11 @@ class DatasetBuilder:
     def _holdout_filter(self, fraction: float, keep_holdout: bool):
         import tensorflow as tf
 
-        spec = {"sequence_id": tf.io.FixedLenFeature([], tf.string)}
+        spec = {schema.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string)}
         limit = int(round(fraction * _HOLDOUT_BUCKETS))
 
         def keep(serialized):
-            sequence = tf.io.parse_single_example(serialized, spec)["sequence_id"]
+            sequence = tf.io.parse_single_example(serialized, spec)[schema.SEQUENCE_ID]
             held = tf.strings.to_hash_bucket_fast(sequence, _HOLDOUT_BUCKETS) < limit
             return held if keep_holdout else tf.logical_not(held)
 
@@ -185,9 +198,12 @@ class DatasetBuilder:
 
         def parse(serialized, seed):
             parsed = self.decode(serialized, keys)
-            features, mask = parsed[schema.FEATURES], parsed[schema.MASK]
             if seq_len is not None and seq_len < self.info.num_frames:
-                features, mask = window(features, mask, seq_len, training, seed)
+                positions = window_positions(parsed[schema.MASK], seq_len, training, seed)
+                for key in (schema.FEATURES, schema.MASK, schema.FRAME_INDICES):
+                    if key in parsed:
+                        parsed[key] = tf.gather(parsed[key], positions, batch_dims=1)
+            features, mask = parsed[schema.FEATURES], parsed[schema.MASK]
             label = tf.cast(parsed[schema.LABEL], tf.int32)
             if with_metadata:
                 metadata = {key: parsed[key] for key in schema.METADATA + (schema.FRAME_INDICES,)}

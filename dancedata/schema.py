@@ -14,7 +14,8 @@ FEATURES = "features"  # [T, D] raw little-endian bytes of `feature_dtype`
 MASK = "mask"  # [T] int64, 1 = real frame
 LABEL = "label"  # int64 index into manifest["classes"]
 FRAME_INDICES = "frame_indices"  # [T] int64 source frame numbers, -1 = padding
-METADATA = ("video_id", "sequence_id", "genre", "dancer", "camera", "music", "choreography", "situation")
+SEQUENCE_ID = "sequence_id"  # every camera view of one performance shares it
+METADATA = ("video_id", SEQUENCE_ID, "genre", "dancer", "camera", "music", "choreography", "situation")
 
 
 def feature_spec(num_frames: int, feature_dim: int, feature_dtype: str) -> dict:

@@ -128,3 +128,22 @@ def test_works_under_a_distribution_strategy(built):
 def test_plain_parse_spec_matches_schema_keys(built):
     spec = schema.parse_spec(built["manifest"]["feature_spec"])
     assert set(spec) == {schema.FEATURES, schema.MASK, schema.LABEL, schema.FRAME_INDICES, *schema.METADATA}
+
+
+def test_windows_cut_frame_indices_with_the_features(built):
+    builder = DatasetBuilder(str(built["out"]))
+    for (features, mask), _, metadata in builder.as_dataset("train", batch_size=64, seq_len=3, with_metadata=True):
+        indices = metadata["frame_indices"].numpy()
+        assert indices.shape == (len(features), 3)
+        assert ((indices >= 0) == mask.numpy()).all()
+
+
+@pytest.mark.parametrize("pipelines", [1, 3])
+def test_input_pipelines_split_the_data_without_overlap(built, pipelines):
+    builder = DatasetBuilder(str(built["out"]))
+    seen = []
+    for pipeline in range(pipelines):
+        context = tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=pipeline, num_replicas_in_sync=pipelines)
+        ds = builder.as_dataset("train", batch_size=6, with_metadata=True, input_context=context)
+        seen += [v.decode() for _, _, m in ds for v in m["video_id"].numpy()]
+    assert len(seen) == len(set(seen)) == builder.info.splits["train"]
