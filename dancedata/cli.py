@@ -23,6 +23,10 @@ def run(main, prog: str, argv=None) -> int:
     except DanceDataError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # permission denied, a file where a folder should be, disk full, ...
+        where = f": {error.filename}" if error.filename else ""
+        print(f"{prog}: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 2
     except SystemExit as stop:  # argparse's exits (--help, a bad flag) become a status too
         return stop.code if isinstance(stop.code, int) else 2
     except KeyboardInterrupt:

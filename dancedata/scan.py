@@ -110,6 +110,8 @@ def scan(path: str, layout: str = "auto") -> Scan:
     """The videos under `path` that can be labelled. Raises InputError when `path` is unusable."""
     if not os.path.exists(path):
         raise InputError(f"input folder not found: {path}")
+    if layout == "auto" and os.path.isfile(path) and not path.lower().endswith(".csv"):
+        raise InputError(f"input is not a folder: {path} (pass a folder of videos, or a CSV of path,label)")
     if layout == "auto":
         layout = detect_layout(path)
     if layout == "csv" and not os.path.isfile(path):

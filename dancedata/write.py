@@ -44,6 +44,8 @@ def plan(videos: pd.DataFrame, seed: int, example_bytes: int, shard_mb: float) -
 def check_free(out: str, overwrite: bool) -> None:
     """Refuses to mix a new build with a finished one unless told to replace it. Leftovers of an
     interrupted build (`.incomplete` files, `.build/` records) are not a finished build."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"output {out} is a file, not a folder; pass --out with a folder path")
     finished = [n for n in os.listdir(out) if n.endswith(".tfrecord") or n == "manifest.json"] if os.path.isdir(out) else []
     if finished and not overwrite:
         raise InputError(f"{out} already holds a build ({len(finished)} shard/manifest files); pass --overwrite to replace it")

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -91,13 +92,12 @@ def test_manifest_contract(built):
         assert key in manifest
     assert manifest["feature_dtype"] == "float16" and manifest["num_frames"] == 8
     assert manifest["extractor"]["backbone"] == "ResNet50" and manifest["extractor"]["image_size"] == 32
-    for split in manifest["splits"].values():
+    for name, split in manifest["splits"].items():
         assert split["num_examples"] == sum(s["num_examples"] for s in split["shards"])
         for shard in split["shards"]:
             path = built["out"] / shard["file"]
             assert path.exists() and len(shard["sha256"]) == 64
-            count = len(shard["file"].split("-of-")) == 2
-            assert count
+            assert re.fullmatch(rf"{name}-\d{{5}}-of-{len(split['shards']):05d}\.tfrecord", shard["file"])
     assert not list(built["out"].glob("*.incomplete"))
 
 
