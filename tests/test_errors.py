@@ -64,3 +64,13 @@ def test_output_path_that_is_a_file_is_one_line(tmp_path, capsys):
     assert cli.run(main, "build_shards", argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"build_shards: error: output {tmp_path / 'taken'} is a file, not a folder; pass --out with a folder path"]
+
+
+def test_cli_turns_filesystem_errors_into_one_line(capsys):
+    from dancedata import cli
+
+    def main(argv):
+        raise PermissionError(13, "Permission denied", "/data/aist/x.mp4")
+
+    assert cli.run(main, "build_shards", []) == 2
+    assert capsys.readouterr().err == "build_shards: error: Permission denied: /data/aist/x.mp4\n"
