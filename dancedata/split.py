@@ -11,7 +11,6 @@ import pandas as pd
 
 from dancedata.errors import ConfigError, LeakageError
 
-SPLIT_NAMES = ("train", "val", "test")
 CROSSMODAL_MUSIC = ("mBR0", "mPO1", "mLO2", "mMH3", "mLH4", "mHO5", "mWA0", "mKR2", "mJS3", "mJB5")
 EXCLUDED = ""  # assignment of a video that belongs to no split
 
