@@ -52,7 +52,10 @@ def _holdout(builder, cfg: TrainConfig) -> float:
 
 def _datasets(builder, cfg: TrainConfig):
     """(train, validation or None); validation never shares a performance with train."""
-    common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, verify=cfg.verify)
+    if cfg.verify:  # once per split, before any dataset reads it
+        for split in builder.info.splits:
+            builder.verify(split)
+    common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None)
     holdout = _holdout(builder, cfg)
     train = builder.as_dataset("train", shuffle=True, seed=cfg.seed, cache=cfg.cache, holdout_fraction=holdout, **common)
     if "val" in builder.info.splits:

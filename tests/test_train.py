@@ -77,7 +77,7 @@ def test_without_a_val_split_validation_is_held_out_by_sequence(tmp_path, capsys
                            val_fraction=0.0, test_fraction=0.3, **FAST_EXTRACTOR)
     builder = dancedata.DatasetBuilder(str(tmp_path / "shards"))
     assert "val" not in builder.info.splits
-    argv = ["--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), "--epochs", "2", "--val-fraction", "0.5"]
+    argv = ["--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), "--epochs", "2", "--val-fraction", "0.5", "--verify"]
     assert cli.run(train_script.main, "train.py", argv) == 0
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()[0]
     assert "val_accuracy" in history
