@@ -32,12 +32,7 @@ def decoded(rows: list, sampling: SamplingConfig, size: int, workers: int):
     """Yields (row, Clip or DecodeError) in row order, decoding up to 2 * workers videos ahead."""
 
     def job(row):
-        try:
-            return decode.read_clip(row["path"], sampling, size)
-        except DecodeError as error:
-            return error
-        except Exception as error:  # a broken file must not stop a 13,939-video build
-            return DecodeError(f"{type(error).__name__}: {error}")
+        return decode.read_clip_or_error(row["path"], sampling, size)
 
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         window = collections.deque()

@@ -42,14 +42,21 @@ def to_square_rgb(frame_bgr: np.ndarray, size: int) -> np.ndarray:
     return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
 
 
-def _open(path: str) -> cv2.VideoCapture:
+UNOPENABLE = "cannot be opened as a video (not a video file, or an unsupported codec)"
+
+
+def _check_file(path: str) -> None:
     if not os.path.exists(path):
         raise DecodeError("file not found")
     if os.path.getsize(path) == 0:
         raise DecodeError("empty file (0 bytes)")
+
+
+def _open(path: str) -> cv2.VideoCapture:
+    _check_file(path)
     capture = cv2.VideoCapture(path)
     if not capture.isOpened():
-        raise DecodeError("cannot be opened as a video (not a video file, or an unsupported codec)")
+        raise DecodeError(UNOPENABLE)
     return capture
 
 
@@ -70,10 +77,14 @@ def read_keyframes(path: str, config: SamplingConfig, size: int) -> Clip:
         import av
     except ImportError:
         raise ConfigError("keyframes sampling needs PyAV: pip install 'dancedata[fast]'") from None
-    _open(path).release()  # the same checks and reasons as the OpenCV path
-    indices, frames = [], []
+    _check_file(path)
+    indices, frames, claimed = [], [], 0
     try:
-        with av.open(path) as container:
+        container = av.open(path)
+    except (av.error.FFmpegError, OSError):
+        raise DecodeError(UNOPENABLE) from None
+    try:
+        with container:
             stream = container.streams.video[0]
             stream.codec_context.skip_frame = "NONKEY"
             stream.thread_type = "AUTO"
@@ -138,3 +149,16 @@ def read_clip(path: str, config: SamplingConfig, size: int) -> Clip:
     indices[real:] = -1
     mask[real:] = False
     return Clip(np.stack(kept), indices, mask, claimed, fps)
+
+
+def read_clip_or_error(path: str, config: SamplingConfig, size: int):
+    """read_clip, but any failure comes back as a DecodeError value: one broken file in a
+    13,939-video dataset must not stop the others. Configuration errors still raise."""
+    try:
+        return read_clip(path, config, size)
+    except ConfigError:
+        raise
+    except DecodeError as error:
+        return error
+    except Exception as error:  # OpenCV and FFmpeg raise assorted types on damaged files
+        return DecodeError(f"{type(error).__name__}: {error}")

@@ -138,7 +138,8 @@ class Extractor:
 
 
 class FrameBatcher:
-    """Pools frames of successive videos into full batches; yields (item, features [n, D]) in order.
+    """Pools frames of successive videos into full batches. `add` and `flush` return the
+    (item, features [n, D]) pairs completed so far, in the order the items were added.
 
     Holds at most one batch plus one video of frames, however many videos pass through.
     """

@@ -56,10 +56,9 @@ def predict(videos: list, run_dir: str, top_k: int = 3, batch_size: int | None =
     results, ready = {}, []
     batcher = FrameBatcher(extractor)
     for video in videos:
-        try:
-            clip = decode.read_clip(video, sampling, extractor_config.image_size)
-        except DecodeError as error:
-            results[video] = {"video": video, "error": str(error)}
+        clip = decode.read_clip_or_error(video, sampling, extractor_config.image_size)
+        if isinstance(clip, DecodeError):
+            results[video] = {"video": video, "error": str(clip)}
             continue
         ready += batcher.add((video, clip), clip.frames)
     ready += batcher.flush()

@@ -28,11 +28,11 @@ def shard_name(split: str, index: int, count: int) -> str:
 def plan(videos: pd.DataFrame, seed: int, example_bytes: int, shard_mb: float) -> pd.DataFrame:
     """Adds `shard` and `num_shards` to each video with a split; rows come back in writing order."""
     parts = []
-    for split in ("train", "val", "test"):
+    for number, split in enumerate(("train", "val", "test")):
         rows = videos[videos.split == split]
         if rows.empty:
             continue
-        order = np.random.default_rng([seed, len(parts)]).permutation(len(rows))
+        order = np.random.default_rng([seed, number]).permutation(len(rows))
         rows = rows.iloc[order].copy()
         count = max(1, math.ceil(len(rows) * example_bytes / (shard_mb * 1e6)))
         rows["num_shards"] = count

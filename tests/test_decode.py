@@ -89,9 +89,19 @@ def test_keyframes_mode_decodes_only_key_frames(tmp_path):
     assert np.abs(first.frames[0].astype(int) - exact.frames[0].astype(int)).mean() < 12
 
 
-def test_keyframes_mode_reports_bad_files_like_the_default_path(tmp_path):
+@pytest.mark.parametrize("content, reason", [(b"", "empty file"), (b"<html>504</html>" * 20, "cannot be opened as a video")])
+def test_keyframes_mode_reports_bad_files_like_the_default_path(tmp_path, content, reason):
     pytest.importorskip("av")
     path = tmp_path / "bad.mp4"
-    path.write_bytes(b"")
-    with pytest.raises(DecodeError, match="empty file"):
+    path.write_bytes(content)
+    with pytest.raises(DecodeError, match=reason):
         decode.read_clip(str(path), SamplingConfig(keyframes=True), size=32)
+
+
+def test_any_decoder_failure_becomes_a_recorded_reason(tmp_path, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("avcodec exploded")
+
+    monkeypatch.setattr(decode, "read_clip", broken)
+    error = decode.read_clip_or_error(str(tmp_path / "x.mp4"), SamplingConfig(), 32)
+    assert isinstance(error, DecodeError) and str(error) == "RuntimeError: avcodec exploded"
