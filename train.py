@@ -26,7 +26,11 @@ class TrainConfig:
     seed: int = config.flag("seed for weights, shuffling and windows", default=0)
     patience: int = config.flag("stop after this many epochs without val improvement (0: never)", default=0)
     val_fraction: float = config.flag("when the shards have no val split: part of train held out by sequence", default=0.1)
-    cache: bool = config.flag("cache the parsed training records in memory after the first epoch", default=False)
+    cache: bool | None = config.flag(
+        "keep the decoded training split in memory after the first epoch (default: when it fits in a "
+        "quarter of the available memory)",
+        default=None,
+    )
     verify: bool = config.flag("check shard sha256 against the manifest before training", default=False)
 
     def __post_init__(self):
@@ -50,6 +54,17 @@ def _holdout(builder, cfg: TrainConfig) -> float:
     return 0.0 if "val" in builder.info.splits else cfg.val_fraction
 
 
+def _fits_in_memory(nbytes: int) -> bool:
+    """True when nbytes is at most a quarter of the memory available now (Linux), else of all memory."""
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return nbytes <= available / 4
+
+
 def _datasets(builder, cfg: TrainConfig):
     """(train, validation or None); validation never shares a performance with train."""
     if cfg.verify:  # once per split, before any dataset reads it
@@ -57,7 +72,13 @@ def _datasets(builder, cfg: TrainConfig):
             builder.verify(split)
     common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None)
     holdout = _holdout(builder, cfg)
-    train = builder.as_dataset("train", shuffle=True, seed=cfg.seed, cache=cfg.cache, holdout_fraction=holdout, **common)
+    cache = cfg.cache
+    if cache is None:
+        cache = _fits_in_memory(builder.cache_bytes("train"))
+        if not cache:
+            print(f"the train split ({builder.cache_bytes('train') / 1e9:.1f} GB decoded) is over a quarter of the "
+                  "available memory: reading it from the shards every epoch (--cache keeps it anyway)", file=sys.stderr)
+    train = builder.as_dataset("train", shuffle=True, seed=cfg.seed, cache=cache, holdout_fraction=holdout, **common)
     if "val" in builder.info.splits:
         val = builder.as_dataset("val", **common)
     else:

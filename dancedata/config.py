@@ -3,6 +3,7 @@ Python API and the command line cannot disagree; `__post_init__` rejects bad val
 name and the value received."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 
@@ -143,6 +144,8 @@ def add_flags(parser, *classes) -> None:
             help_text = f"{field.metadata['help']} (default: {field.default})"
             if field.type in ("bool", bool):
                 group.add_argument(flag, action="store_true", default=field.default, help=help_text)
+            elif field.type == "bool | None":  # --flag / --no-flag, neither: None (decide automatically)
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.metadata["help"])
             else:
                 kind = {"int": int, "float": float, "str": str}[field.type]
                 group.add_argument(flag, type=kind, default=field.default, help=help_text, metavar=field.name.upper())

@@ -73,17 +73,19 @@ def values_lost(features: np.ndarray, dtype: str) -> int:
 TRAINING_KEYS = (FEATURES, MASK, LABEL)
 
 
-def decode_batch(serialized, spec: dict, num_frames: int, feature_dim: int, feature_dtype: str, keys=None) -> dict:
+def decode_batch(serialized, spec: dict, num_frames: int, feature_dim: int, feature_dtype: str, keys=None, cast=True) -> dict:
     """A batch of serialized examples -> dict of tensors; features [B, T, D] float32, mask [B, T] bool.
 
     `keys` limits parsing to those keys (training needs only TRAINING_KEYS; skipping the strings is
-    measurably faster). Turning the dict into model inputs is the reader's job.
+    measurably faster). cast=False keeps features in the stored dtype (half the bytes of float16 ->
+    float32, for caches). Turning the dict into model inputs is the reader's job.
     """
     import tensorflow as tf
 
     wanted = {key: entry for key, entry in spec.items() if keys is None or key in keys}
     parsed = tf.io.parse_example(serialized, parse_spec(wanted))
     raw = tf.io.decode_raw(parsed[FEATURES], tf.dtypes.as_dtype(feature_dtype), little_endian=True)
-    parsed[FEATURES] = tf.cast(tf.reshape(raw, [-1, num_frames, feature_dim]), tf.float32)
+    features = tf.reshape(raw, [-1, num_frames, feature_dim])
+    parsed[FEATURES] = tf.cast(features, tf.float32) if cast else features
     parsed[MASK] = tf.cast(parsed[MASK], tf.bool)
     return parsed

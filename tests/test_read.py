@@ -79,6 +79,29 @@ def test_seq_len_windows_and_masks(built):
     assert len(starts) > 1  # random windows in training
 
 
+def test_cache_keeps_every_example_exact_and_reshuffles_each_epoch(built):
+    builder = DatasetBuilder(str(built["out"]))
+
+    def by_video(ds):
+        return {m.decode(): (f.tobytes(), k.tobytes(), int(y)) for (fs, ks), ys, ms in ds
+                for f, k, y, m in zip(fs.numpy(), ks.numpy(), ys.numpy(), ms["video_id"].numpy())}
+
+    plain = by_video(builder.as_dataset("train", batch_size=4, with_metadata=True))
+    cached = builder.as_dataset("train", batch_size=4, shuffle=True, seed=3, cache=True, with_metadata=True)
+    first, second = by_video(cached), by_video(cached)  # the second epoch reads the cache
+    assert first == plain and second == plain
+
+    def order(**kwargs):
+        ds = builder.as_dataset("train", batch_size=4, shuffle=True, seed=3, seq_len=5, with_metadata=True, **kwargs)
+        return [(tuple(m["video_id"].numpy()), f.numpy().tobytes()) for (f, _), _, m in ds]
+
+    assert order(cache=True) == order(cache=False)  # same seed: same batches and windows, cached or not
+    cached = builder.as_dataset("train", batch_size=64, shuffle=True, seed=3, cache=True, with_metadata=True)
+    epochs = [[m.decode() for _, _, ms in cached for m in ms["video_id"].numpy()] for _ in range(3)]
+    assert all(sorted(epoch) == sorted(plain) for epoch in epochs)
+    assert epochs[1] != epochs[2]  # epochs served from the cache are still reshuffled
+
+
 def test_holdout_by_sequence_is_disjoint_and_complete(built):
     builder = DatasetBuilder(str(built["out"]))
 

@@ -82,3 +82,18 @@ def test_without_a_val_split_validation_is_held_out_by_sequence(tmp_path, capsys
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()[0]
     assert "val_accuracy" in history
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test accuracy: ")
+
+
+def test_cache_changes_speed_not_training(run, tmp_path, capsys, monkeypatch):
+    base, _ = run
+    histories = []
+    for mode in ("--cache", "--no-cache"):
+        argv = ["--shards", str(base / "shards"), "--out", str(tmp_path / mode), "--epochs", "3", "--seed", "1", mode]
+        assert cli.run(train_script.main, "train.py", argv) == 0
+        histories.append((tmp_path / mode / "history.csv").read_text())
+    assert histories[0] == histories[1]  # same seed, same batches: the cache is invisible to training
+    assert train_script._fits_in_memory(1 << 20) and not train_script._fits_in_memory(1 << 60)
+    monkeypatch.setattr(train_script, "_fits_in_memory", lambda nbytes: False)
+    argv = ["--shards", str(base / "shards"), "--out", str(tmp_path / "auto"), "--epochs", "1"]
+    assert cli.run(train_script.main, "train.py", argv) == 0
+    assert "reading it from the shards every epoch (--cache keeps it anyway)" in capsys.readouterr().err
