@@ -131,6 +131,8 @@ class DatasetBuilder:
         training (default: shuffle) picks random seq_len windows instead of centred ones.
         holdout_fraction > 0 removes a hashed-by-sequence_id part of the split (holdout=True keeps only
         it): a validation set that shares no performance with what it is taken from.
+        cache keeps the decoded examples in memory after the first pass (cache_bytes(split) of it);
+        later epochs skip reading and parsing, and are still reshuffled.
         """
         import tensorflow as tf
 
