@@ -55,6 +55,11 @@ class SamplingConfig:
         _positive("fps", self.fps, allow_zero=True)
         if self.keyframes and self.sampling == "stride":
             raise ConfigError("keyframes works with sampling uniform or first, got sampling='stride'")
+        if self.keyframes:  # before any output is written, not once per video
+            try:
+                import av  # noqa: F401
+            except ImportError:
+                raise ConfigError("keyframes sampling needs PyAV: pip install 'dancedata[fast]'") from None
         if self.sampling == "stride" and not (self.stride or self.fps):
             raise ConfigError("sampling 'stride' needs stride > 0 or fps > 0, got stride=0 and fps=0")
 
