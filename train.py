@@ -27,8 +27,8 @@ class TrainConfig:
     patience: int = config.flag("stop after this many epochs without val improvement (0: never)", default=0)
     val_fraction: float = config.flag("when the shards have no val split: part of train held out by sequence", default=0.1)
     cache: bool | None = config.flag(
-        "keep the decoded training split in memory after the first epoch (default: when it fits in a "
-        "quarter of the available memory)",
+        "keep the decoded train and validation examples in memory after the first epoch (default: when "
+        "they fit in a quarter of the available memory)",
         default=None,
     )
     verify: bool = config.flag("check shard sha256 against the manifest before training", default=False)
@@ -61,7 +61,10 @@ def _fits_in_memory(nbytes: int) -> bool:
             fields = dict(line.split(":", 1) for line in handle)
         available = int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
-        available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        try:
+            available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):  # no sysconf (Windows): do not guess
+            return False
     return nbytes <= available / 4
 
 
@@ -70,15 +73,16 @@ def _datasets(builder, cfg: TrainConfig):
     if cfg.verify:  # once per split, before any dataset reads it
         for split in builder.info.splits:
             builder.verify(split)
-    common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None)
     holdout = _holdout(builder, cfg)
     cache = cfg.cache
-    if cache is None:
-        cache = _fits_in_memory(builder.cache_bytes("train"))
+    if cache is None:  # train and validation are read every epoch; a held-out val is a part of train
+        nbytes = builder.cache_bytes("train") + (builder.cache_bytes("val") if "val" in builder.info.splits else 0)
+        cache = _fits_in_memory(nbytes)
         if not cache:
-            print(f"the train split ({builder.cache_bytes('train') / 1e9:.1f} GB decoded) is over a quarter of the "
-                  "available memory: reading it from the shards every epoch (--cache keeps it anyway)", file=sys.stderr)
-    train = builder.as_dataset("train", shuffle=True, seed=cfg.seed, cache=cache, holdout_fraction=holdout, **common)
+            print(f"train and validation ({nbytes / 1e9:.1f} GB decoded) are over a quarter of the available "
+                  "memory: reading them from the shards every epoch (--cache keeps them anyway)", file=sys.stderr)
+    common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, cache=cache)
+    train = builder.as_dataset("train", shuffle=True, seed=cfg.seed, holdout_fraction=holdout, **common)
     if "val" in builder.info.splits:
         val = builder.as_dataset("val", **common)
     else:

@@ -96,4 +96,4 @@ def test_cache_changes_speed_not_training(run, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train_script, "_fits_in_memory", lambda nbytes: False)
     argv = ["--shards", str(base / "shards"), "--out", str(tmp_path / "auto"), "--epochs", "1"]
     assert cli.run(train_script.main, "train.py", argv) == 0
-    assert "reading it from the shards every epoch (--cache keeps it anyway)" in capsys.readouterr().err
+    assert "reading them from the shards every epoch (--cache keeps them anyway)" in capsys.readouterr().err
