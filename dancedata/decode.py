@@ -73,10 +73,8 @@ def count_frames(path: str) -> int:
 def read_keyframes(path: str, config: SamplingConfig, size: int) -> Clip:
     """Fast mode: only key frames are decoded (PyAV, `skip_frame=NONKEY`); the sampling rule then
     picks among them. Each kept key frame is scaled by the decoder's own scaler, then centre-cropped."""
-    try:
-        import av
-    except ImportError:
-        raise ConfigError("keyframes sampling needs PyAV: pip install 'dancedata[fast]'") from None
+    import av  # SamplingConfig(keyframes=True) has already said what to install when it is missing
+
     _check_file(path)
     indices, frames, claimed = [], [], 0
     try:

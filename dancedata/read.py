@@ -187,7 +187,6 @@ class DatasetBuilder:
             # Shards are already shuffled at write time and files are interleaved, so a modest buffer
             # mixes well; 256 x ~80 KB records measured ~40% faster than 1024 on 2 cores (cache misses).
             examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        # Uncached, batch first and parse the whole batch in one vectorised parse_example call.
         batches = examples.batch(batch_size, drop_remainder=drop_remainder)
         if seq_len is not None and training:
             # One stateless seed per batch from a seeded stream: windows are reproducible.
@@ -198,7 +197,7 @@ class DatasetBuilder:
         to_inputs = self._to_inputs(seq_len, training, with_metadata)
         if cache:
             prepare = to_inputs
-        else:
+        else:  # one vectorised parse_example per batch
             def prepare(serialized, seed):
                 return to_inputs(self.decode(serialized, keys, cast=False), seed)
         return batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
