@@ -49,9 +49,14 @@ class TrainConfig:
             raise ConfigError(f"model must be one of {', '.join(ARCHITECTURES)}; got {self.model!r}")
 
 
+def _usable_splits(builder) -> set:
+    """Splits with at least one example: a split whose every video failed to decode is left out (train() says so)."""
+    return {name for name, count in builder.info.splits.items() if count}
+
+
 def _holdout(builder, cfg: TrainConfig) -> float:
     """Without a val split, validation is a part of train chosen by sequence id (no shared performances)."""
-    return 0.0 if "val" in builder.info.splits else cfg.val_fraction
+    return 0.0 if "val" in _usable_splits(builder) else cfg.val_fraction
 
 
 def _fits_in_memory(nbytes: int) -> bool:
@@ -73,17 +78,18 @@ def _datasets(builder, cfg: TrainConfig):
     if cfg.verify:  # once per split, before any dataset reads it
         for split in builder.info.splits:
             builder.verify(split)
+    usable = _usable_splits(builder)
     holdout = _holdout(builder, cfg)
     cache = cfg.cache
     if cache is None:  # train and validation are read every epoch; a held-out val is a part of train
-        nbytes = builder.cache_bytes("train") + (builder.cache_bytes("val") if "val" in builder.info.splits else 0)
+        nbytes = builder.cache_bytes("train") + (builder.cache_bytes("val") if "val" in usable else 0)
         cache = _fits_in_memory(nbytes)
         if not cache:
             print(f"train and validation ({nbytes / 1e9:.1f} GB decoded) are over a quarter of the available "
                   "memory: reading them from the shards every epoch (--cache keeps them anyway)", file=sys.stderr)
     common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, cache=cache)
     train = builder.as_dataset("train", shuffle=True, seed=cfg.seed, holdout_fraction=holdout, **common)
-    if "val" in builder.info.splits:
+    if "val" in usable:
         val = builder.as_dataset("val", **common)
     else:
         val = builder.as_dataset("train", holdout_fraction=holdout, holdout=True, **common)
@@ -95,8 +101,9 @@ def _datasets(builder, cfg: TrainConfig):
 
 def _evaluation(builder, cfg: TrainConfig, val_ds):
     """(name, dataset) to report on: test, else val, else the held-out part of train (by sequence)."""
+    usable = _usable_splits(builder)
     for split in ("test", "val"):
-        if split in builder.info.splits:
+        if split in usable:
             return split, builder.as_dataset(split, batch_size=cfg.batch_size, seq_len=cfg.seq_len or None)
     return ("train-holdout", val_ds) if val_ds is not None else (None, None)
 
@@ -133,8 +140,13 @@ def train(cfg: TrainConfig) -> dict:
 
     builder = DatasetBuilder(cfg.shards)
     info = builder.info
-    if "train" not in info.splits:
-        raise ConfigError(f"{cfg.shards} has no train split (splits: {', '.join(info.splits) or 'none'})")
+    if not info.splits.get("train"):
+        raise ConfigError(f"{cfg.shards} has no training example (splits: {', '.join(f'{n} {c}' for n, c in info.splits.items()) or 'none'})")
+    for warning in info.manifest.get("warnings", []):  # what the build said about its splits, where training starts
+        print(f"warning from the build: {warning}", file=sys.stderr)
+    for name in sorted(set(info.splits) - _usable_splits(builder)):
+        print(f"split {name} has no example (its videos all failed to decode; see `python -m dancedata.inspect "
+              f"{cfg.shards}`): left out", file=sys.stderr)
     out = cfg.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     os.makedirs(out, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
@@ -161,7 +173,12 @@ def train(cfg: TrainConfig) -> dict:
         model.load_weights(best)  # the best epoch on validation, not the last
 
     evaluate_on, evaluation = _evaluation(builder, cfg, val_ds)
-    metrics = {"evaluated_split": evaluate_on}
+    split = info.manifest.get("split", {})
+    metrics = {
+        "evaluated_split": evaluate_on,
+        "split_strategy": split.get("strategy"),
+        "shared_with_train": split.get("shared_with_train", {}).get(evaluate_on if evaluate_on in ("val", "test") else "", {}),
+    }
     if evaluation is not None:
         metrics.update(_evaluate(model, evaluation, info.classes))
     model.save(os.path.join(out, "model.keras"))

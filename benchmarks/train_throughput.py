@@ -23,28 +23,24 @@ import numpy as np  # noqa: E402
 
 
 def write_shards(folder, examples, frames=20, dim=2048, classes=10, shards=4):
-    import pandas as pd
-
-    from dancedata import manifest, schema, write
+    from dancedata import manifest, plan, schema, write
 
     rng = np.random.default_rng(0)
-    videos = pd.DataFrame({"split": "train", "video_id": [f"v{i}" for i in range(examples)]})
-    videos["sequence_id"], videos["genre"] = videos.video_id, [f"c{i % classes}" for i in range(examples)]
-    example_bytes = frames * dim * 2
-    ordered = write.plan(videos, 0, example_bytes, shard_mb=example_bytes * examples / shards / 1e6)
     os.makedirs(os.path.join(folder, write.STATE_DIR), exist_ok=True)
-    sequence = write.ShardSequence(folder, ordered)
     features = rng.standard_normal((examples, frames, dim)).astype(np.float16)
     labels = np.arange(examples) % classes
-    for row in ordered.to_dict("records"):
-        i = int(row["video_id"][1:])
-        example = schema.to_example(features[i], np.ones(frames, bool), np.arange(frames), labels[i], row, "float16")
-        sequence.get(row["split"], row["shard"]).write(example, row["genre"])
-    sequence.close()
+    records = []
+    for index in range(shards):
+        writer = write.ShardWriter(folder, plan.shard_name("train", index, shards))
+        for i in range(index * examples // shards, (index + 1) * examples // shards):
+            row = {"video_id": f"v{i}", "sequence_id": f"v{i}", "genre": f"c{labels[i]}"}
+            example = schema.to_example(features[i], np.ones(frames, bool), np.arange(frames), labels[i], row, "float16")
+            writer.write(schema.serialize(example))
+        records.append({k: v for k, v in writer.commit({}).items() if k in ("file", "num_examples", "sha256")})
     manifest.write(folder, {
         "schema_version": schema.SCHEMA_VERSION, "feature_spec": schema.feature_spec(frames, dim, "float16"),
         "classes": sorted({f"c{i}" for i in range(classes)}), "num_frames": frames, "feature_dim": dim,
-        "feature_dtype": "float16", "splits": {"train": {"num_examples": examples, "shards": sequence.records["train"]}},
+        "feature_dtype": "float16", "splits": {"train": {"num_examples": examples, "shards": records}},
     })
     return features.astype(np.float32), labels
 

@@ -107,9 +107,14 @@ class BuildConfig:
     test_fraction: float = flag("fraction of groups held out for test", default=0.2)
     seed: int = flag("seed for the split and the shard order", default=0)
     dtype: str = flag("feature storage dtype", default="float16")
-    workers: int = flag("parallel decoding threads", default=2)
+    workers: int = flag("parallel decoding threads (does not change the output bytes)", default=2)
     shard_mb: float = flag("target shard size in MB", default=100.0)
-    overwrite: bool = flag("replace an earlier build in --out", default=False)
+    overwrite: bool = flag("start over: delete what earlier builds wrote in --out (other files stay)", default=False)
+    update: bool = flag(
+        "bring an earlier build in --out up to date with new, removed or modified videos: unchanged videos are "
+        "reused from its shards, none changes split, and the result equals a fresh build",
+        default=False,
+    )
     quiet: bool = flag("no progress bar", default=False)
 
     def __post_init__(self):

@@ -29,6 +29,22 @@ class Clip:
     mask: np.ndarray  # [T] bool
     claimed_frames: int  # what the container says; may be wrong
     fps: float
+    times: np.ndarray = None  # [T] float32 seconds of each kept frame, -1 where padded
+    decoded_frames: int = 0  # frames decoded to reach the last kept one (or the end of the stream)
+    truncated: bool = False  # the stream ended before a frame the sampling asked for
+
+    def report(self) -> dict:
+        """The decode report stored with each example (schema.FRAME_TIMES ...)."""
+        from dancedata import schema
+
+        times = self.times if self.times is not None else np.full(len(self.mask), -1.0, np.float32)
+        return {
+            schema.FRAME_TIMES: times,
+            schema.FPS: self.fps,
+            schema.CLAIMED_FRAMES: max(self.claimed_frames, 0),
+            schema.DECODED_FRAMES: self.decoded_frames,
+            schema.TRUNCATED: int(self.truncated),
+        }
 
 
 def to_square_rgb(frame_bgr: np.ndarray, size: int) -> np.ndarray:
@@ -76,7 +92,7 @@ def read_keyframes(path: str, config: SamplingConfig, size: int) -> Clip:
     import av  # SamplingConfig(keyframes=True) has already said what to install when it is missing
 
     _check_file(path)
-    indices, frames, claimed = [], [], 0
+    indices, times, frames, claimed = [], [], [], 0
     try:
         container = av.open(path)
     except (av.error.FFmpegError, OSError):
@@ -95,6 +111,7 @@ def read_keyframes(path: str, config: SamplingConfig, size: int) -> Clip:
                 top, left = (height - size) // 2, (width - size) // 2
                 frames.append(scaled[top : top + size, left : left + size])
                 indices.append(round(frame.time * fps) if frame.time is not None and fps else len(indices))
+                times.append(frame.time if frame.time is not None else (indices[-1] / fps if fps else -1.0))
                 if config.sampling == "first" and len(frames) == config.frames:
                     break
     except (av.error.FFmpegError, IndexError) as error:
@@ -106,7 +123,10 @@ def read_keyframes(path: str, config: SamplingConfig, size: int) -> Clip:
     real = chosen[mask]
     picked = np.full(config.frames, -1, dtype=np.int64)
     picked[: len(real)] = np.asarray(indices)[real]
-    return Clip(np.stack([frames[i] for i in real]), picked, mask, claimed, fps)
+    picked_times = np.full(config.frames, -1.0, dtype=np.float32)
+    picked_times[: len(real)] = np.asarray(times, np.float32)[real]
+    decoded = (picked[len(real) - 1] + 1) if len(real) else 0
+    return Clip(np.stack([frames[i] for i in real]), picked, mask, claimed, fps, picked_times, int(decoded))
 
 
 def read_clip(path: str, config: SamplingConfig, size: int) -> Clip:
@@ -127,26 +147,31 @@ def read_clip(path: str, config: SamplingConfig, size: int) -> Clip:
             frame_count = count_frames(path)
         indices, mask = sampling.sample(config, frame_count, fps)
         wanted = indices[mask]
-        kept = []
+        kept, times = [], []
         position = 0
         for target in wanted:
             while position < target and capture.grab():
                 position += 1
             if position < target or not capture.grab():
                 break  # the stream ended before this frame
+            milliseconds = capture.get(cv2.CAP_PROP_POS_MSEC)
             ok, frame = capture.retrieve()
             position += 1
             if not ok or frame is None:
                 break
             kept.append(to_square_rgb(frame, size))
+            times.append(milliseconds / 1000 if milliseconds >= 0 else (target / fps if fps else -1.0))
     finally:
         capture.release()
     if not kept:
         raise DecodeError(f"no frame could be decoded (container claims {claimed} frames)")
     real = len(kept)
+    truncated = real < len(wanted) or (config.sampling == "first" and claimed > real < config.frames)
     indices[real:] = -1
     mask[real:] = False
-    return Clip(np.stack(kept), indices, mask, claimed, fps)
+    frame_times = np.full(config.frames, -1.0, np.float32)
+    frame_times[:real] = times
+    return Clip(np.stack(kept), indices, mask, claimed, fps, frame_times, position, bool(truncated))
 
 
 def read_clip_or_error(path: str, config: SamplingConfig, size: int):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import sys
 
 from dancedata import cli, manifest, naming
@@ -22,7 +23,32 @@ def _genre_table(info: dict) -> list:
     return lines
 
 
-def summary(info: dict, show_paths: int = 5) -> str:
+def build_info(folder: str) -> dict:
+    """Timings and host of the build in `folder` (build_info.json), or {} when there is none."""
+    import tensorflow as tf
+
+    path = folder.rstrip("/") + "/build_info.json"
+    try:
+        with tf.io.gfile.GFile(path, "r") as handle:
+            return json.load(handle)
+    except (tf.errors.OpError, ValueError):
+        return {}
+
+
+def held_out(info: dict) -> list:
+    """What val and test share with train, in words: what an accuracy on them can and cannot claim."""
+    split = info["split"]
+    lines = []
+    for name, shared in split.get("shared_with_train", {}).items():
+        parts = [f"{v['shared']} of {v['total']} {key}" for key, v in shared.items()]
+        if parts:
+            lines.append(f"  {name} shares with train: " + ", ".join(parts))
+    if lines:
+        lines.insert(0, f"held out by the {split['strategy']} split:")
+    return lines
+
+
+def summary(info: dict, show_paths: int = 5, info_file: dict | None = None) -> str:
     extractor, sampling, split = info["extractor"], info["sampling"], info["split"]
     lines = [
         f"examples: [{info['num_frames']} frames x {info['feature_dim']}] {info['feature_dtype']} features, "
@@ -35,6 +61,7 @@ def summary(info: dict, show_paths: int = 5) -> str:
         "",
         *_genre_table(info),
         "",
+        *held_out(info),
     ]
     for name in SPLIT_ORDER:
         if name in info["splits"]:
@@ -50,14 +77,27 @@ def summary(info: dict, show_paths: int = 5) -> str:
         lines += [f"          {path}" for path in paths[:show_paths]]
         if len(paths) > show_paths:
             lines.append(f"          ... and {len(paths) - show_paths} more")
+    truncated = info.get("truncated", [])
+    if truncated:
+        lines.append(f"truncated: {len(truncated)} video(s) whose stream ended before a sampled frame")
+        for entry in truncated[:show_paths]:
+            lines.append(f"          {entry['path']} (claims {entry['claimed_frames']} frames, {entry['real_frames']} kept)")
+        if len(truncated) > show_paths:
+            lines.append(f"          ... and {len(truncated) - show_paths} more")
+    if info.get("short_examples"):
+        lines.append(f"short: {info['short_examples']} example(s) with fewer than {info['num_frames']} real frames")
+    for warning in info.get("warnings", []):
+        lines.append(f"WARNING: {warning}")
     lost = info.get("precision_loss", {}).get("fraction_of_values_lost", 0)
     if lost > 0.001:
         lines.append(
             f"WARNING: {lost:.1%} of feature values underflowed to 0 (or overflowed) in {info['feature_dtype']}: "
             "this backbone's features are out of float16 range; rebuild with --dtype float32"
         )
-    build = info.get("build", {})
-    if build:
+    build = info_file or {}
+    if "created" not in build:  # schema 1 kept timings in the manifest
+        build = info.get("build", {})
+    if build.get("created"):
         lines.append(f"built {build.get('created')} in {build.get('elapsed_s')} s")
     return "\n".join(lines)
 
@@ -68,7 +108,8 @@ def main(argv=None) -> int:
     parser.add_argument("--all", action="store_true", help="list every skipped path, not the first five per reason")
     args = parser.parse_args(argv)
     info = manifest.load(args.shards)
-    print(summary(info, show_paths=len(info["skipped"]) if args.all else 5))
+    shown = max(len(info["skipped"]), len(info.get("truncated", []))) if args.all else 5
+    print(summary(info, show_paths=shown, info_file=build_info(args.shards)))
     return 0
 
 

@@ -16,13 +16,19 @@ def path_in(folder: str) -> str:
     return folder.rstrip("/") + "/" + FILENAME
 
 
-def write(folder: str, manifest: dict) -> str:
+def dumps(document: dict) -> str:
+    """The one JSON spelling of a manifest: the same dict gives the same bytes."""
+    return json.dumps(document, indent=2, sort_keys=False) + "\n"
+
+
+def write(folder: str, manifest: dict, name: str = FILENAME) -> str:
     """Writes atomically (temporary name, then rename): a reader never sees half a manifest."""
-    target = os.path.join(folder, FILENAME)
+    target = os.path.join(folder, name)
     temporary = target + ".incomplete"
     with open(temporary, "w") as handle:
-        json.dump(manifest, handle, indent=2, sort_keys=False)
-        handle.write("\n")
+        handle.write(dumps(manifest))
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(temporary, target)
     return target
 
@@ -43,9 +49,11 @@ def load(folder: str) -> dict:
     if missing:
         raise ManifestError(f"{path} lacks {', '.join(missing)}; it was not written by dancedata")
     version = manifest["schema_version"]
-    if version != schema.SCHEMA_VERSION:
+    if version not in schema.READABLE_VERSIONS:
+        newer = isinstance(version, int) and version > schema.SCHEMA_VERSION
         raise ManifestError(
-            f"{path} has schema version {version!r}; this dancedata reads version {schema.SCHEMA_VERSION}. "
-            "Rebuild the shards, or install the dancedata version that wrote them"
+            f"{path} has schema version {version!r}; this dancedata reads versions "
+            f"{', '.join(map(str, schema.READABLE_VERSIONS))}. "
+            + ("Upgrade dancedata (pip install -U dancedata) to read it" if newer else "Rebuild the shards with this dancedata")
         )
     return manifest

@@ -34,7 +34,7 @@ def load_run(run_dir: str):
 
 def predict(videos: list, run_dir: str, top_k: int = 3, batch_size: int | None = None) -> list:
     """One dict per video: {"video", "top": [{"genre", "name", "probability"}]} or {"video", "error"}."""
-    from dancedata.extract import Extractor, FrameBatcher
+    from dancedata.extract import Extractor, VideoBatcher
 
     model, dataset = load_run(run_dir)
     recorded = dataset["extractor"]
@@ -46,7 +46,7 @@ def predict(videos: list, run_dir: str, top_k: int = 3, batch_size: int | None =
         batch_size=batch_size or 0,
     )
     sampling = SamplingConfig(**dataset["sampling"])
-    extractor = Extractor(extractor_config)
+    extractor = Extractor(extractor_config, frames_per_video=dataset["num_frames"])  # the build's batches: same features
     if recorded.get("fingerprint") and recorded["fingerprint"] != extractor.fingerprint:
         raise ManifestError(
             f"the {recorded['backbone']} weights here differ from those the shards were built with "
@@ -54,7 +54,7 @@ def predict(videos: list, run_dir: str, top_k: int = 3, batch_size: int | None =
         )
     classes, frames = dataset["classes"], dataset["num_frames"]
     results, ready = {}, []
-    batcher = FrameBatcher(extractor)
+    batcher = VideoBatcher(extractor)
     for video in videos:
         clip = decode.read_clip_or_error(video, sampling, extractor_config.image_size)
         if isinstance(clip, DecodeError):

@@ -1,8 +1,11 @@
 """Scan an input folder (or CSV) into a table of videos, one row each, plus what was skipped and why.
 
 Layouts: `aist` (labels and metadata parsed from AIST Dance DB names), `folders` (one subfolder per
-class), `csv` (columns path,label and optionally sequence_id). Unusable entries never raise: they
-become (path, reason) rows in `skipped`.
+class), `csv` (columns path,label and optionally sequence_id, dancer, ...). AIST names are parsed in
+every layout: the folder or CSV label stays the label, the name supplies sequence, dancer, camera,
+music and choreography, so camera views stay grouped however the files are sorted. Each row also
+carries the file's size and modification time, which key resume and incremental builds. Unusable
+entries never raise: they become (path, reason) rows in `skipped`.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from dancedata import naming, schema
 from dancedata.errors import ConfigError, InputError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
-COLUMNS = ("path",) + schema.METADATA
+COLUMNS = ("path",) + schema.METADATA + ("size", "mtime_ns")
 
 
 @dataclasses.dataclass
@@ -50,7 +53,21 @@ def _looks_aist(name: str) -> bool:
 def _row(path: str, **fields) -> dict:
     row = {key: "" for key in COLUMNS}
     row.update(fields, path=path)
+    try:
+        stat = os.stat(path)
+        row.update(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+    except OSError:  # a missing file is reported when it is decoded, with its reason
+        row.update(size=-1, mtime_ns=-1)
     return row
+
+
+def _aist_fields(stem: str) -> dict:
+    """Grouping fields from an AIST name anywhere in a path, or {} for other names."""
+    try:
+        fields = naming.parse_aist_name(os.path.basename(stem))
+    except ValueError:
+        return {}
+    return {key: value for key, value in fields.items() if key != "genre"}
 
 
 def _aist_rows(root: str, skipped: list) -> list:
@@ -79,7 +96,8 @@ def _folder_rows(root: str, skipped: list) -> list:
         else:
             label = relative.split(os.sep, 1)[0]
             video_id = stem.replace(os.sep, "/")
-            rows.append(_row(path, video_id=video_id, sequence_id=video_id, genre=label))
+            fields = {"video_id": video_id, "sequence_id": video_id, **_aist_fields(stem)}
+            rows.append(_row(path, **{**fields, "video_id": video_id, "genre": label}))
     return rows
 
 
@@ -99,7 +117,8 @@ def _csv_rows(csv_path: str, skipped: list) -> list:
             skipped.append({"path": path, "reason": "empty label in CSV"})
             continue
         video_id = os.path.splitext(record["path"])[0].replace(os.sep, "/")
-        fields = {key: record[key] for key in schema.METADATA if record.get(key)}
+        fields = _aist_fields(os.path.splitext(record["path"])[0])
+        fields.update({key: record[key] for key in schema.METADATA if record.get(key)})  # columns win
         fields.setdefault("video_id", video_id)
         fields.setdefault("sequence_id", fields["video_id"])
         rows.append(_row(path, **{**fields, "genre": record["label"]}))
@@ -124,7 +143,14 @@ def scan(path: str, layout: str = "auto") -> Scan:
     duplicate = videos.duplicated("video_id", keep="first")
     skipped += [{"path": p, "reason": "duplicate video id (another file has the same name)"} for p in videos.path[duplicate]]
     videos = videos[~duplicate].sort_values("video_id", kind="stable").reset_index(drop=True)
+    videos[["size", "mtime_ns"]] = videos[["size", "mtime_ns"]].astype("int64")
     return Scan(videos, skipped, layout)
+
+
+def has_grouping(videos: pd.DataFrame) -> bool:
+    """False when every video is its own sequence: camera views of one performance cannot be kept
+    together (files not AIST-named, no sequence_id column)."""
+    return videos.empty or bool((videos.sequence_id != videos.video_id).any())
 
 
 def classes(layout: str, videos: pd.DataFrame) -> list:

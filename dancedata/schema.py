@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+# Version 2 added the decode report (FRAME_TIMES ... TRUNCATED); readers take 1 and 2: the manifest's
+# feature_spec says which keys a folder's examples hold.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 FEATURES = "features"  # [T, D] raw little-endian bytes of `feature_dtype`
 MASK = "mask"  # [T] int64, 1 = real frame
 LABEL = "label"  # int64 index into manifest["classes"]
 FRAME_INDICES = "frame_indices"  # [T] int64 source frame numbers, -1 = padding
+FRAME_TIMES = "frame_times"  # [T] float32 seconds of each kept frame from the stream's start, -1 = padding
+FPS = "fps"  # float32 the container's average frame rate (0 if it states none)
+CLAIMED_FRAMES = "claimed_frames"  # int64 the frame count the container states (0 if none)
+DECODED_FRAMES = "decoded_frames"  # int64 frames the decoder went through to reach the last kept one
+TRUNCATED = "truncated"  # int64 1 when the stream ended before a frame the sampling asked for
 SEQUENCE_ID = "sequence_id"  # every camera view of one performance shares it
 METADATA = ("video_id", SEQUENCE_ID, "genre", "dancer", "camera", "music", "choreography", "situation")
 
@@ -29,6 +37,11 @@ def feature_spec(num_frames: int, feature_dim: int, feature_dtype: str) -> dict:
         MASK: {"dtype": "int64", "shape": [num_frames]},
         LABEL: {"dtype": "int64", "shape": []},
         FRAME_INDICES: {"dtype": "int64", "shape": [num_frames]},
+        FRAME_TIMES: {"dtype": "float32", "shape": [num_frames]},
+        FPS: {"dtype": "float32", "shape": []},
+        CLAIMED_FRAMES: {"dtype": "int64", "shape": []},
+        DECODED_FRAMES: {"dtype": "int64", "shape": []},
+        TRUNCATED: {"dtype": "int64", "shape": []},
     }
     spec.update({key: {"dtype": "string", "shape": []} for key in METADATA})
     return spec
@@ -41,12 +54,18 @@ def parse_spec(spec: dict) -> dict:
     return {key: tf.io.FixedLenFeature(entry["shape"], tf.dtypes.as_dtype(entry["dtype"])) for key, entry in spec.items()}
 
 
-def to_example(features: np.ndarray, mask: np.ndarray, frame_indices: np.ndarray, label: int, metadata: dict, dtype: str):
-    """One video -> tf.train.Example. `features` is [T, D]; rows where mask is 0 should be zeros."""
+def to_example(
+    features: np.ndarray, mask: np.ndarray, frame_indices: np.ndarray, label: int, metadata: dict, dtype: str, report: dict | None = None
+):
+    """One video -> tf.train.Example. `features` is [T, D]; rows where mask is 0 should be zeros.
+    `report` holds the decode report (FRAME_TIMES, FPS, CLAIMED_FRAMES, DECODED_FRAMES, TRUNCATED)."""
     import tensorflow as tf
 
     def ints(values):
         return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in np.ravel(values)]))
+
+    def floats(values):
+        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in np.ravel(values)]))
 
     def text(value):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(value).encode("utf-8")]))
@@ -58,8 +77,22 @@ def to_example(features: np.ndarray, mask: np.ndarray, frame_indices: np.ndarray
         LABEL: ints([label]),
         FRAME_INDICES: ints(frame_indices),
     }
+    report = report or {}
+    feature.update({
+        FRAME_TIMES: floats(report.get(FRAME_TIMES, np.full(len(mask), -1.0))),
+        FPS: floats([report.get(FPS, 0.0)]),
+        CLAIMED_FRAMES: ints([report.get(CLAIMED_FRAMES, 0)]),
+        DECODED_FRAMES: ints([report.get(DECODED_FRAMES, 0)]),
+        TRUNCATED: ints([report.get(TRUNCATED, 0)]),
+    })
     feature.update({key: text(metadata.get(key, "")) for key in METADATA})
     return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def serialize(example) -> bytes:
+    """Example -> bytes, the same in every process: protobuf orders a map's entries differently from
+    one process to the next unless asked not to."""
+    return example.SerializeToString(deterministic=True)
 
 
 def values_lost(features: np.ndarray, dtype: str) -> int:

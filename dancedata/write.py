@@ -1,67 +1,34 @@
-"""Shard planning and writing.
+"""What a build keeps on disk, and how a shard is committed.
 
-The plan is a pure function of the video table and the seed: each split's videos are shuffled (so
-every shard mixes genres and file-level shuffling mixes well) and cut into contiguous shards of about
-`shard_mb`. A shard is written under a temporary name and renamed when complete, with a small
-record of it in `.build/`; a later build can therefore see which shards are finished and resume.
+    OUT/train-00000-of-00004.tfrecord ...   finished shards (final names appear only when complete)
+    OUT/manifest.json                       written last, when every shard is committed
+    OUT/build_info.json                     timings and host: the only file that differs between runs
+    OUT/.build/plan.json                    the build's identity and input list (refuse-to-mix, --update)
+    OUT/.build/<shard>.json                 one record per committed shard: its unit key, sha256, videos
+    OUT/.build/reuse/                       shards of an earlier plan whose features an update reuses
+
+A shard is written under `<name>.incomplete`, flushed to disk, renamed, and only then recorded; a
+shard counts as built only when its record's key matches the plan and its bytes match the record's
+sha256. Whatever a kill leaves half-done is therefore redone, never taken as complete.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
+import re
+import shutil
 
-import numpy as np
-import pandas as pd
-
+from dancedata import manifest
 from dancedata.errors import InputError
+from dancedata.plan import shard_name  # noqa: F401  (re-exported: the name every reader of shards knows)
 
 STATE_DIR = ".build"
 PARTIAL = ".incomplete"
-
-
-def shard_name(split: str, index: int, count: int) -> str:
-    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
-
-
-def plan(videos: pd.DataFrame, seed: int, example_bytes: int, shard_mb: float) -> pd.DataFrame:
-    """Adds `shard` and `num_shards` to each video with a split; rows come back in writing order."""
-    parts = []
-    for number, split in enumerate(("train", "val", "test")):
-        rows = videos[videos.split == split]
-        if rows.empty:
-            continue
-        order = np.random.default_rng([seed, number]).permutation(len(rows))
-        rows = rows.iloc[order].copy()
-        count = max(1, math.ceil(len(rows) * example_bytes / (shard_mb * 1e6)))
-        rows["num_shards"] = count
-        rows["shard"] = np.arange(len(rows)) * count // len(rows)
-        parts.append(rows)
-    return pd.concat(parts, ignore_index=True) if parts else videos.iloc[:0].assign(shard=0, num_shards=0)
-
-
-def check_free(out: str, overwrite: bool) -> None:
-    """Refuses to mix a new build with a finished one unless told to replace it. Leftovers of an
-    interrupted build (`.incomplete` files, `.build/` records) are not a finished build."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise InputError(f"output {out} is a file, not a folder; pass --out with a folder path")
-    finished = [n for n in os.listdir(out) if n.endswith(".tfrecord") or n == "manifest.json"] if os.path.isdir(out) else []
-    if finished and not overwrite:
-        raise InputError(f"{out} already holds a build ({len(finished)} shard/manifest files); pass --overwrite to replace it")
-
-
-def prepare(out: str, overwrite: bool) -> None:
-    """Creates `out` and clears what an earlier build left there."""
-    check_free(out, overwrite)
-    os.makedirs(out, exist_ok=True)
-    for name in os.listdir(out):
-        if name.endswith((".tfrecord", PARTIAL)) or name == "manifest.json":
-            os.remove(os.path.join(out, name))
-    state = os.path.join(out, STATE_DIR)
-    os.makedirs(state, exist_ok=True)
-    for name in os.listdir(state):
-        os.remove(os.path.join(state, name))
+PLAN_FILE = "plan.json"
+REUSE_DIR = "reuse"
+BUILD_INFO = "build_info.json"
+SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord$")
 
 
 def sha256(path: str) -> str:
@@ -72,69 +39,155 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-class ShardWriter:
-    """One shard: examples go to `<name>.incomplete`; close() renames it and returns its manifest record."""
+def _fsync(path: str) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
-    def __init__(self, out: str, split: str, index: int, count: int):
+
+def write_json(path: str, document: dict) -> None:
+    """Atomically (temporary name, fsync, rename)."""
+    folder, name = os.path.split(path)
+    manifest.write(folder, document, name)
+
+
+def read_json(path: str):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+class ShardWriter:
+    """One shard: serialized examples go to `<name>.incomplete`; commit() makes it final."""
+
+    def __init__(self, out: str, name: str):
         import tensorflow as tf
 
-        self.out, self.split, self.index = out, split, index
-        self.name = shard_name(split, index, count)
-        self._partial = os.path.join(out, self.name + PARTIAL)
+        self.out, self.name = out, name
+        self.path = os.path.join(out, name)
+        self._partial = self.path + PARTIAL
         self._writer = tf.io.TFRecordWriter(self._partial)
         self.num_examples = 0
-        self.skipped: list = []
-        self.genres: dict = {}
 
-    def write(self, example, genre: str) -> None:
-        self._writer.write(example.SerializeToString())
+    def write(self, serialized: bytes) -> None:
+        self._writer.write(serialized)
         self.num_examples += 1
-        self.genres[genre] = self.genres.get(genre, 0) + 1
 
-    def close(self) -> dict:
+    def commit(self, record: dict) -> dict:
+        """Closes, flushes to disk, renames to the final name, then writes the record. Returns the
+        record with `file`, `num_examples`, `sha256` and `bytes` added."""
         self._writer.close()
-        record = {"file": self.name, "num_examples": self.num_examples, "sha256": sha256(self._partial)}
-        os.replace(self._partial, os.path.join(self.out, self.name))
-        state = {**record, "split": self.split, "genres": self.genres, "skipped": self.skipped}
-        with open(os.path.join(self.out, STATE_DIR, self.name + ".json"), "w") as handle:
-            json.dump(state, handle)
+        _fsync(self._partial)
+        record = {**record, "file": self.name, "num_examples": self.num_examples, "sha256": sha256(self._partial),
+                  "bytes": os.path.getsize(self._partial)}
+        os.replace(self._partial, self.path)
+        write_json(os.path.join(self.out, STATE_DIR, self.name + ".json"), record)
         return record
 
+    def abort(self) -> None:
+        self._writer.close()
+        if os.path.exists(self._partial):
+            os.remove(self._partial)
 
-class ShardSequence:
-    """Walks the plan's shards in writing order, one open at a time. A shard whose videos all failed
-    to decode is still written (empty), so every `-of-N` name exists."""
 
-    def __init__(self, out: str, ordered: pd.DataFrame):
-        keys = ordered[["split", "shard", "num_shards"]].drop_duplicates()
+class OutputFolder:
+    """The state an earlier build left in `out`, and the only code that deletes files there."""
+
+    def __init__(self, out: str):
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise InputError(f"output {out} is a file, not a folder; pass --out with a folder path")
         self.out = out
-        self._keys = list(keys.itertuples(index=False, name=None))
-        self._position = -1
-        self._current = None
-        self.records: dict = {}  # split -> [shard records]
-        self.genres: dict = {}  # split -> {genre: count}
+        self.state = os.path.join(out, STATE_DIR)
+        self.reuse = os.path.join(self.state, REUSE_DIR)
+        self.plan = read_json(os.path.join(self.state, PLAN_FILE))
+        self.manifest = read_json(os.path.join(out, manifest.FILENAME))
 
-    def get(self, split: str, index: int) -> ShardWriter:
-        while self._current is None or (self._current.split, self._current.index) != (split, index):
-            self._step()
-        return self._current
+    def is_empty(self) -> bool:
+        return not os.path.isdir(self.out) or not [n for n in os.listdir(self.out) if not n.startswith(".")]
 
-    def close(self) -> None:
-        while self._position + 1 < len(self._keys):
-            self._step()
-        if self._current is not None:
-            self._finish()
+    def ours(self) -> set:
+        """Names in `out` that a dancedata build wrote (per its plan and manifest), and may delete."""
+        names = {manifest.FILENAME, BUILD_INFO}
+        if self.plan:
+            names.update(self.plan.get("files", []))
+        if self.manifest:
+            names.update(s["file"] for split in self.manifest.get("splits", {}).values() for s in split.get("shards", []))
+        return names
 
-    def _step(self) -> None:
-        if self._current is not None:
-            self._finish()
-        self._position += 1
-        split, index, count = self._keys[self._position]
-        self._current = ShardWriter(self.out, split, int(index), int(count))
+    def records(self) -> dict:
+        """{shard name: record} of the committed shards of the current plan generation."""
+        if not os.path.isdir(self.state):
+            return {}
+        found = {}
+        for name in sorted(os.listdir(self.state)):
+            if name.endswith(".tfrecord.json"):
+                record = read_json(os.path.join(self.state, name))
+                if record:
+                    found[name[: -len(".json")]] = record
+        return found
 
-    def _finish(self) -> None:
-        writer, self._current = self._current, None
-        self.records.setdefault(writer.split, []).append(writer.close())
-        counts = self.genres.setdefault(writer.split, {})
-        for genre, count in writer.genres.items():
-            counts[genre] = counts.get(genre, 0) + count
+    def reuse_records(self) -> list:
+        """(path of an earlier shard, its record) for the shards kept for an update."""
+        if not os.path.isdir(self.reuse):
+            return []
+        pairs = []
+        for name in sorted(os.listdir(self.reuse)):
+            if name.endswith(".json"):
+                record = read_json(os.path.join(self.reuse, name))
+                shard = os.path.join(self.reuse, name[: -len(".json")] + ".tfrecord")
+                if record and os.path.exists(shard):
+                    pairs.append((shard, record))
+        return pairs
+
+    def is_built(self, name: str, key: str, record: dict | None) -> bool:
+        """A shard is built when its record is for this unit and its bytes are the recorded ones."""
+        path = os.path.join(self.out, name)
+        return (
+            record is not None
+            and record.get("key") == key
+            and os.path.exists(path)
+            and os.path.getsize(path) == record.get("bytes")
+            and sha256(path) == record.get("sha256")
+        )
+
+    def keep_for_reuse(self, name: str, record: dict) -> None:
+        """Moves a committed shard of an earlier plan aside, named by its key, so an update can read
+        its examples while the new plan writes shards that may have the same name."""
+        os.makedirs(self.reuse, exist_ok=True)
+        base = os.path.join(self.reuse, record["key"][:32])
+        os.replace(os.path.join(self.out, name), base + ".tfrecord")
+        os.replace(os.path.join(self.state, name + ".json"), base + ".json")
+
+    def forget(self, name: str) -> None:
+        """Drops a shard (and its record) that no plan needs any more."""
+        for path in (os.path.join(self.out, name), os.path.join(self.state, name + ".json")):
+            if os.path.exists(path):
+                os.remove(path)
+
+    def remove_partials(self) -> None:
+        """`.incomplete` files are never finished work: a killed build left them."""
+        if not os.path.isdir(self.out):
+            return
+        for name in os.listdir(self.out):
+            if name.endswith(PARTIAL) and (SHARD_NAME.match(name[: -len(PARTIAL)]) or name[: -len(PARTIAL)] in self.ours()):
+                os.remove(os.path.join(self.out, name))
+
+    def clear(self) -> None:
+        """--overwrite: deletes what earlier builds wrote here, and nothing else."""
+        for name in self.ours():
+            path = os.path.join(self.out, name)
+            if os.path.isfile(path):
+                os.remove(path)
+        self.remove_partials()
+        shutil.rmtree(self.state, ignore_errors=True)
+        self.plan = self.manifest = None
+
+    def start(self, plan_document: dict) -> None:
+        """Creates the folders and records the plan before any shard is written."""
+        os.makedirs(self.state, exist_ok=True)
+        write_json(os.path.join(self.state, PLAN_FILE), plan_document)
+        self.plan = plan_document
+
+    def finish(self) -> None:
+        shutil.rmtree(self.reuse, ignore_errors=True)

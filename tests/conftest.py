@@ -93,5 +93,6 @@ def built(tmp_path_factory):
     made["gHO_sBM_c01_d23_mHO0_ch13"] = "HO"
     bad = add_bad_files(root)
     out = root.parent / "tfrecords"
-    manifest = dancedata.build_shards(str(root), str(out), frames=8, quiet=True, **FAST_EXTRACTOR)
+    # ~34 KB per example: shard_mb=0.1 puts about three in each shard, so every split has several shards.
+    manifest = dancedata.build_shards(str(root), str(out), frames=8, shard_mb=0.1, quiet=True, **FAST_EXTRACTOR)
     return {"root": root, "out": out, "manifest": manifest, "videos": made, "bad": bad}

@@ -6,7 +6,7 @@ from conftest import FAST_EXTRACTOR
 
 from dancedata.config import ExtractorConfig
 from dancedata.errors import ConfigError
-from dancedata.extract import Extractor, FrameBatcher
+from dancedata.extract import Extractor, VideoBatcher, resolve_batch
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +27,36 @@ def test_batched_equals_one_by_one_and_never_retraces(extractor):
     assert extractor._partial.experimental_get_tracing_count() <= 1
 
 
-def test_frame_batcher_keeps_videos_in_order_across_batches(extractor):
-    videos = [frames(n, seed=n) for n in (3, 0, 11, 5, 0, 9)]  # 0 frames: a failed video passing through
-    batcher = FrameBatcher(extractor)
-    out = []
-    for i, video in enumerate(videos):
-        out += batcher.add(i, video)
-    out += batcher.flush()
+def test_video_batcher_keeps_order_and_a_video_s_features_do_not_depend_on_its_neighbours():
+    """A video's features are bit-identical whichever videos are decoded around it: the property
+    resumed and incremental builds rely on to write the same bytes."""
+    per_video = 6
+    extractor = Extractor(ExtractorConfig(**FAST_EXTRACTOR), frames_per_video=per_video)
+    assert extractor.batch_size == per_video and extractor.videos_per_batch == 1  # auto on CPU: one video
+    videos = [frames(n, seed=n) for n in (3, 0, 6, 5, 0, 1)]  # 0 frames: a failed video passing through
+
+    def run(sequence):
+        batcher, out = VideoBatcher(extractor), []
+        for i, video in sequence:
+            out += batcher.add(i, video)
+        return out + batcher.flush()
+
+    out = run(list(enumerate(videos)))
     assert [item for item, _ in out] == list(range(len(videos)))
-    for (i, features), video in zip(out, videos):
-        assert features.shape == (len(video), extractor.feature_dim)
-        if len(video):
-            np.testing.assert_allclose(features, extractor(video), rtol=1e-5, atol=1e-5)
+    for i, video in enumerate(videos[::-1]):  # each video alone, in a different order
+        [(_, alone)] = run([(0, video)])
+        [(_, together)] = [(item, f) for item, f in out if item == len(videos) - 1 - i]
+        assert together.shape == (len(video), extractor.feature_dim)
+        np.testing.assert_array_equal(together, alone)
+    assert extractor._full.experimental_get_tracing_count() == 1
+
+
+def test_batch_size_holds_whole_videos():
+    assert resolve_batch(0, 20, gpu=False) == (20, 1)
+    assert resolve_batch(0, 20, gpu=True) == (60, 3)
+    assert resolve_batch(8, 20, gpu=False) == (20, 1)  # never less than one video
+    assert resolve_batch(50, 8, gpu=False) == (48, 6)
+    assert resolve_batch(0, None, gpu=False) == (8, 0)
 
 
 def test_gpu_fast_path_runs_on_cpu():

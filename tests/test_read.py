@@ -134,7 +134,7 @@ def test_clear_errors(built, tmp_path):
         DatasetBuilder(str(built["out"])).as_dataset("dev")
     manifest = dict(built["manifest"], schema_version=99)
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ManifestError, match="schema version 99; this dancedata reads version 1"):
+    with pytest.raises(ManifestError, match="schema version 99; this dancedata reads versions 1, 2. Upgrade dancedata"):
         DatasetBuilder(str(tmp_path))
     with pytest.raises(ConfigError, match="seq_len must be in 1..8"):
         DatasetBuilder(str(built["out"])).as_dataset("train", seq_len=9)
@@ -150,7 +150,8 @@ def test_works_under_a_distribution_strategy(built):
 
 def test_plain_parse_spec_matches_schema_keys(built):
     spec = schema.parse_spec(built["manifest"]["feature_spec"])
-    assert set(spec) == {schema.FEATURES, schema.MASK, schema.LABEL, schema.FRAME_INDICES, *schema.METADATA}
+    assert set(spec) == {schema.FEATURES, schema.MASK, schema.LABEL, schema.FRAME_INDICES, schema.FRAME_TIMES, schema.FPS,
+                         schema.CLAIMED_FRAMES, schema.DECODED_FRAMES, schema.TRUNCATED, *schema.METADATA}
 
 
 def test_windows_cut_frame_indices_with_the_features(built):

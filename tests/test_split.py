@@ -20,12 +20,18 @@ def aist_table():
 
 
 @pytest.mark.parametrize("strategy", ["sequence", "dancer"])
-def test_no_sequence_in_two_splits_and_every_genre_in_test(strategy):
+def test_no_sequence_in_two_splits(strategy):
     videos = aist_table()
     splits = split.assign(videos, strategy, 0.2, 0.2, seed=3)
     split.check_no_leakage(videos, splits)
     assert set(splits) == {"train", "val", "test"}
-    assert set(videos.genre[splits == "test"]) == {"BR", "PO", "LO"}
+
+
+def test_dancer_quotas_put_every_genre_in_every_split():
+    videos = aist_table()  # five dancers per genre
+    splits = split.assign(videos, "dancer", 0.2, 0.2, seed=3)
+    for name in ("train", "val", "test"):
+        assert set(videos.genre[splits == name]) == {"BR", "PO", "LO"}
 
 
 def test_dancer_split_holds_out_dancers_and_their_groups():
@@ -74,10 +80,28 @@ def test_crossmodal_needs_aist_metadata():
         split.assign(videos, "crossmodal", 0.1, 0.2, seed=0)
 
 
-def test_genres_too_small_to_split_alone_are_pooled():
-    """One performance per genre (a small subset): val and test still get performances, none split apart."""
-    stems = [f"g{g}_sBM_c{c:02d}_d01_m{g}0_ch01" for g in naming.GENRES for c in (1, 2)]
-    videos = table(stems)
-    splits = split.assign(videos, "sequence", 0.1, 0.2, seed=0)
-    split.check_no_leakage(videos, splits)
-    assert (splits == "test").sum() == 4 and (splits == "val").sum() == 2  # 2 and 1 of 10 performances
+def test_a_sequence_s_split_does_not_depend_on_the_other_videos():
+    """The subset a user downloads first and the full set agree on every shared video."""
+    stems = [f"g{g}_sBM_c{c:02d}_d{d:02d}_m{g}0_ch{d:02d}" for g in naming.GENRES for d in range(1, 9) for c in (1, 2)]
+    full = table(stems)
+    subset = full[(full.genre != "KR") & (full.dancer < "d06")].reset_index(drop=True)
+    for strategy in ("sequence", "random"):
+        big = dict(zip(full.video_id, split.assign(full, strategy, 0.1, 0.2, seed=5)))
+        small = dict(zip(subset.video_id, split.assign(subset, strategy, 0.1, 0.2, seed=5)))
+        assert all(big[video] == name for video, name in small.items())
+
+
+def test_hashed_fractions_come_close_to_the_requested_ones():
+    stems = [f"gBR_sBM_c01_d{d:02d}_mBR0_ch{c:02d}" for d in range(1, 100) for c in range(1, 21)]
+    splits = split.assign(table(stems), "sequence", 0.1, 0.2, seed=0)
+    shares = splits.value_counts(normalize=True)
+    assert abs(shares["test"] - 0.2) < 0.03 and abs(shares["val"] - 0.1) < 0.03
+
+
+def test_a_genre_without_training_data_is_a_warning():
+    videos = table(["gBR_sBM_c01_d01_mBR0_ch01", "gPO_sBM_c01_d02_mPO0_ch01"])
+    videos["split"] = ["train", "test"]
+    counts = split.group_counts(videos, "sequence")
+    assert counts == {"train": {"BR": 1}, "test": {"PO": 1}}
+    [warning] = [w for w in split.warnings_for(videos, counts, "sequence") if "no training example" in w]
+    assert "PO" in warning

@@ -16,7 +16,7 @@ from dancedata import predict as predict_module
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     base = tmp_path_factory.mktemp("learn")
-    made = make_aist_folder(base / "aist", performances=5, cameras=2, frames=6)
+    made = make_aist_folder(base / "aist", performances=6, cameras=2, frames=6)  # 8 test videos with seed 0
     dancedata.build_shards(str(base / "aist"), str(base / "shards"), frames=6, quiet=True, **FAST_EXTRACTOR)
     argv = ["--shards", str(base / "shards"), "--out", str(base / "run"), "--epochs", "25", "--batch-size", "8",
             "--learning-rate", "0.01", "--seed", "0"]
@@ -28,6 +28,7 @@ def test_training_learns_genre_well_above_chance(run):
     base, _ = run
     metrics = json.loads((base / "run" / "metrics.json").read_text())
     assert metrics["evaluated_split"] == "test" and metrics["num_examples"] >= 8
+    assert metrics["split_strategy"] == "sequence" and metrics["shared_with_train"]["dancers"]["shared"] == 0
     assert metrics["test_accuracy"] >= 0.75, metrics
     assert len(metrics["confusion_matrix"]) == 10 and set(metrics["per_class"]["BR"]) == {"precision", "recall", "f1", "support"}
     for name in ("model.keras", "labels.json", "confusion_matrix.png", "training_curves.png", "history.csv", "dataset.json"):
@@ -97,3 +98,26 @@ def test_cache_changes_speed_not_training(run, tmp_path, capsys, monkeypatch):
     argv = ["--shards", str(base / "shards"), "--out", str(tmp_path / "auto"), "--epochs", "1"]
     assert cli.run(train_script.main, "train.py", argv) == 0
     assert "reading them from the shards every epoch (--cache keeps them anyway)" in capsys.readouterr().err
+
+
+def test_a_split_left_without_examples_is_left_out_with_a_message(tmp_path, capsys):
+    """Every video of the test split fails to decode: train.py evaluates on val and says why."""
+    import pandas as pd
+
+    from dancedata import naming, split
+
+    root = tmp_path / "aist"
+    made = make_aist_folder(root, genres=("BR", "PO"), performances=8, cameras=1, frames=6)
+    table = pd.DataFrame([naming.parse_aist_name(stem) for stem in made])
+    in_test = table.video_id[split.assign(table, "sequence", 0.1, 0.2, seed=0) == "test"]
+    assert len(in_test)
+    for stem in in_test:
+        (root / f"{stem}.mp4").write_bytes(b"")
+    manifest = dancedata.build_shards(str(root), str(tmp_path / "shards"), frames=6, quiet=True, **FAST_EXTRACTOR)
+    assert manifest["splits"]["test"]["num_examples"] == 0
+    assert any("test have no example" in w for w in manifest["warnings"])
+    argv = ["--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8"]
+    assert cli.run(train_script.main, "train.py", argv) == 0
+    err = capsys.readouterr().err
+    assert "split test has no example" in err
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["evaluated_split"] == "val"

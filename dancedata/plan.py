@@ -1,0 +1,146 @@
+"""The build plan: a pure function of (the input videos with their size and modification time, every
+option) that gives each video a split and a shard. Each shard is a work unit (`work_unit.py`);
+runners (`runners.py`) execute the units in any order, resume them, or skip the ones already built,
+and always agree on the plan without talking to each other.
+
+Within a split, videos are ordered by a stable hash of their id and cut into contiguous shards of
+about `shard_mb`: every shard mixes genres, and adding videos moves no video to another split and
+shifts shard boundaries only a little.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from dancedata import config, schema, scan, split
+from dancedata.config import BuildConfig, SamplingConfig
+
+# Bytes an example takes besides its features: strings, masks, indices, times (measured ~600 at T=20).
+EXAMPLE_OVERHEAD = 1024
+ROW_FIELDS = ("path", "label", "split") + schema.METADATA + ("size", "mtime_ns")
+
+
+def shard_name(split_name: str, index: int, count: int) -> str:
+    return f"{split_name}-{index:05d}-of-{count:05d}.tfrecord"
+
+
+def digest(value) -> str:
+    """sha256 of a JSON value, written the one way that gives the same text for the same value."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkUnit:
+    """One shard: its videos in writing order, and a key that changes when anything that goes into
+    its bytes changes (the build's identity, or any of its videos' path, size, mtime, label, split)."""
+
+    split: str
+    index: int
+    count: int
+    videos: tuple  # dicts with ROW_FIELDS
+    key: str
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.split, self.index, self.count)
+
+
+@dataclasses.dataclass
+class Plan:
+    identity: dict  # everything that decides the bytes of every shard, as flag-like names
+    units: list  # WorkUnit, in writing order (train, val, test; by index)
+    videos: pd.DataFrame  # the scanned videos with label and split
+    classes: list
+    layout: str
+    skipped: list  # scan failures and videos the split rule excludes: [{"path", "reason"}]
+    leaked: list  # sequence ids in two splits (only the random strategy allows it)
+    groups: dict  # {split: {genre: groups}}
+    shared: dict  # {val/test: {dancers/music/choreographies: {shared, total}}}
+    warnings: list
+
+    @property
+    def inputs(self) -> list:
+        """[video_id, size, mtime_ns] of every video the plan writes or tries: what --update compares."""
+        rows = self.videos[self.videos.split != split.EXCLUDED]
+        return [[r.video_id, int(r.size), int(r.mtime_ns)] for r in rows.itertuples()]
+
+
+def identity(sampling: SamplingConfig, extractor_entry: dict, build: BuildConfig, layout: str) -> dict:
+    """The options that decide a build's bytes (not --workers, --out, --quiet, ...)."""
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "sampling": config.asdict(sampling),
+        "extractor": extractor_entry,
+        "dtype": build.dtype,
+        "layout": layout,
+        "split": build.split,
+        "val_fraction": build.val_fraction,
+        "test_fraction": build.test_fraction,
+        "seed": build.seed,
+        "shard_mb": build.shard_mb,
+    }
+
+
+def _order_key(seed: int, video_id: str) -> tuple:
+    return (split.stable_fraction(seed, "shard-order\0" + video_id), video_id)
+
+
+def make_plan(found: scan.Scan, sampling: SamplingConfig, extractor_entry: dict, feature_dim: int, build: BuildConfig) -> Plan:
+    videos = found.videos.copy()
+    classes = scan.classes(found.layout, videos)
+    videos["label"] = videos.genre.map({name: i for i, name in enumerate(classes)}).astype("int64")
+    videos["split"] = split.assign(videos, build.split, build.val_fraction, build.test_fraction, build.seed)
+    leaked = split.leaked_sequences(videos, videos.split)
+    if build.split != "random":  # random is the notebook's leaky split, kept on purpose for comparison
+        split.check_no_leakage(videos, videos.split)
+    skipped = list(found.skipped)
+    skipped += [{"path": p, "reason": "excluded by the crossmodal split rule"} for p in videos.path[videos.split == split.EXCLUDED]]
+
+    ident = identity(sampling, extractor_entry, build, found.layout)
+    ident_digest = digest(ident)
+    example_bytes = sampling.frames * feature_dim * np.dtype(build.dtype).itemsize + EXAMPLE_OVERHEAD
+    units = []
+    for name in split.SPLITS:
+        rows = [{key: _plain(row[key]) for key in ROW_FIELDS} for row in videos[videos.split == name].to_dict("records")]
+        if not rows:
+            continue
+        rows.sort(key=lambda row: _order_key(build.seed, row["video_id"]))
+        count = max(1, math.ceil(len(rows) * example_bytes / (build.shard_mb * 1e6)))
+        for index in range(count):
+            members = tuple(rows[len(rows) * index // count : len(rows) * (index + 1) // count])
+            key = digest({"identity": ident_digest, "split": name, "index": index, "count": count, "videos": members})
+            units.append(WorkUnit(name, index, count, members, key))
+
+    counts = split.group_counts(videos, build.split)
+    warnings = split.warnings_for(videos, counts, build.split)
+    if not scan.has_grouping(videos):
+        warnings.append(
+            "no grouping: every video is its own sequence (names are not AIST names and there is no sequence_id "
+            "column), so camera views or clips of one performance may land in different splits"
+        )
+    return Plan(ident, units, videos, classes, found.layout, skipped, leaked, counts, split.shared_with_train(videos), warnings)
+
+
+def _plain(value):
+    """numpy scalars -> Python, so rows serialise to JSON and hash the same everywhere."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def differences(old: dict, new: dict) -> list:
+    """Human-readable `--flag old → new` lines between two identities (nested dicts flattened)."""
+    flags = {f.name for cls in (SamplingConfig, config.ExtractorConfig, BuildConfig) for f in dataclasses.fields(cls)}
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += differences(a, b)
+        elif a != b:
+            if isinstance(a, str) and isinstance(b, str) and len(a) == len(b) == 64:  # fingerprints
+                a, b = a[:12] + "…", b[:12] + "…"
+            lines.append(f"{'--' + key.replace('_', '-') if key in flags else key} {a} → {b}")
+    return lines

@@ -1,0 +1,146 @@
+"""One work unit: the videos of one shard -> decode -> extract -> write -> commit with a record.
+
+The bytes depend only on the unit's videos and the build's identity: examples are serialized
+deterministically, and extraction batches never cross a unit (the batcher is flushed, padded, at
+its end). A video whose example an earlier build already wrote (same id, size and modification
+time, same identity) is reused from that shard instead of decoded again, relabelled if the label
+changed; a video that failed before fails the same way without being opened again.
+"""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from dancedata import schema
+from dancedata.errors import DecodeError
+
+
+def _video_key(row: dict) -> tuple:
+    return (row["video_id"], int(row["size"]), int(row["mtime_ns"]))
+
+
+class Reuse:
+    """Examples of earlier shards, found by (video_id, size, mtime_ns)."""
+
+    def __init__(self, pairs: list):
+        self._where: dict = {}
+        for path, record in pairs:
+            for video_id, size, mtime_ns, lost in record.get("videos", []):
+                self._where[(video_id, size, mtime_ns)] = ("example", path, lost)
+            for entry in record.get("skipped", []):
+                self._where[(entry["video_id"], entry["size"], entry["mtime_ns"])] = ("skipped", entry["reason"], 0)
+        self._shards: collections.OrderedDict = collections.OrderedDict()  # path -> {video_id: bytes}, 2 at most
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def has(self, row: dict) -> bool:
+        return _video_key(row) in self._where
+
+    def find(self, row: dict):
+        """None, ("example", serialized bytes, values lost), or ("skipped", reason, 0)."""
+        found = self._where.get(_video_key(row))
+        if found is None or found[0] == "skipped":
+            return found
+        return ("example", self._examples(found[1])[row["video_id"]], found[2])
+
+    def _examples(self, path: str) -> dict:
+        if path not in self._shards:
+            import tensorflow as tf
+
+            examples = {}
+            for serialized in tf.data.TFRecordDataset(path).as_numpy_iterator():
+                example = tf.train.Example.FromString(serialized)
+                examples[example.features.feature["video_id"].bytes_list.value[0].decode()] = example
+            self._shards[path] = examples
+            while len(self._shards) > 2:
+                self._shards.popitem(last=False)
+        return self._shards[path]
+
+
+def relabel(example, row: dict) -> bytes:
+    """An earlier example with this build's label and metadata (a new class can shift label ids)."""
+    from dancedata.schema import LABEL, METADATA
+
+    copy = type(example)()
+    copy.CopyFrom(example)
+    feature = copy.features.feature
+    feature[LABEL].int64_list.value[:] = [int(row["label"])]
+    for key in METADATA:
+        feature[key].bytes_list.value[:] = [str(row.get(key, "")).encode("utf-8")]
+    return schema.serialize(copy)
+
+
+def _facts(example) -> dict:
+    """What the record keeps of an example: real frames and what the decoder reported."""
+    feature = example.features.feature
+    ints = {key: feature[key].int64_list.value for key in (schema.MASK, schema.CLAIMED_FRAMES, schema.DECODED_FRAMES, schema.TRUNCATED)}
+    return {
+        "real_frames": int(sum(ints[schema.MASK])),
+        "claimed_frames": int(ints[schema.CLAIMED_FRAMES][0]) if ints[schema.CLAIMED_FRAMES] else 0,
+        "decoded_frames": int(ints[schema.DECODED_FRAMES][0]) if ints[schema.DECODED_FRAMES] else 0,
+        "truncated": bool(ints[schema.TRUNCATED][0]) if ints[schema.TRUNCATED] else False,
+    }
+
+
+def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: int, dtype: str, on_video=None) -> dict:
+    """Builds `unit` into `folder` (a write.OutputFolder) and returns its committed record.
+
+    `decoded` yields (row, Clip or DecodeError) for this unit's videos that `reuse` cannot supply,
+    in unit order (the runner decodes ahead, across units). `on_video` is called once per video.
+    """
+    import tensorflow as tf
+
+    from dancedata.write import ShardWriter
+
+    writer = ShardWriter(folder.out, unit.name)
+    record = {"key": unit.key, "split": unit.split, "genres": {}, "videos": [], "skipped": [], "truncated": [],
+              "short_examples": 0, "values_lost": 0, "values_seen": 0}
+    empty = np.empty((0,), np.uint8)
+
+    def emit(row, outcome, features):
+        entry_key = {"video_id": row["video_id"], "size": int(row["size"]), "mtime_ns": int(row["mtime_ns"])}
+        if isinstance(outcome, DecodeError) or (isinstance(outcome, tuple) and outcome[0] == "skipped"):
+            reason = str(outcome) if isinstance(outcome, DecodeError) else outcome[1]
+            record["skipped"].append({"path": row["path"], "reason": reason, **entry_key})
+        else:
+            if isinstance(outcome, tuple):  # reused: ("example", proto, values lost)
+                example, lost = outcome[1], outcome[2]
+                serialized = relabel(example, row)
+            else:
+                clip = outcome
+                full = np.zeros((frames, feature_dim), np.float32)
+                full[clip.mask] = features
+                example = schema.to_example(full, clip.mask, clip.indices, row["label"], row, dtype, clip.report())
+                serialized = schema.serialize(example)
+                lost = schema.values_lost(features, dtype)
+            facts = _facts(example if isinstance(example, tf.train.Example) else tf.train.Example.FromString(serialized))
+            writer.write(serialized)
+            record["genres"][row["genre"]] = record["genres"].get(row["genre"], 0) + 1
+            record["videos"].append([row["video_id"], int(row["size"]), int(row["mtime_ns"]), int(lost)])
+            record["values_lost"] += int(lost)
+            record["values_seen"] += facts["real_frames"] * feature_dim
+            if facts["real_frames"] < frames:
+                record["short_examples"] += 1
+            if facts["truncated"]:
+                record["truncated"].append({"path": row["path"], "video_id": row["video_id"], **facts})
+        if on_video:
+            on_video()
+
+    try:
+        for row in unit.videos:
+            outcome = reuse.find(row)
+            if outcome is None:
+                decoded_row, outcome = next(decoded)
+                assert decoded_row["video_id"] == row["video_id"], (decoded_row["video_id"], row["video_id"])
+            pixels = outcome.frames if not isinstance(outcome, (tuple, DecodeError)) else empty
+            for (done_row, done), features in batcher.add((row, outcome), pixels):
+                emit(done_row, done, features)
+        for (done_row, done), features in batcher.flush():
+            emit(done_row, done, features)
+    except BaseException:
+        writer.abort()
+        raise
+    record["genres"] = dict(sorted(record["genres"].items()))
+    return writer.commit(record)
