@@ -32,6 +32,8 @@ class TrainConfig:
         default=None,
     )
     verify: bool = config.flag("check shard sha256 against the manifest before training", default=False)
+    skip_bad_shards: bool = config.flag("leave out corrupted or truncated shards (listed in one warning) instead of stopping", default=False)
+    overwrite: bool = config.flag("replace an earlier run in --out (its files and TensorBoard logs)", default=False)
 
     def __post_init__(self):
         from models import ARCHITECTURES
@@ -87,7 +89,7 @@ def _datasets(builder, cfg: TrainConfig):
         if not cache:
             print(f"train and validation ({nbytes / 1e9:.1f} GB decoded) are over a quarter of the available "
                   "memory: reading them from the shards every epoch (--cache keeps them anyway)", file=sys.stderr)
-    common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, cache=cache)
+    common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, cache=cache, skip_bad_shards=cfg.skip_bad_shards)
     train = builder.as_dataset("train", shuffle=True, seed=cfg.seed, holdout_fraction=holdout, **common)
     if "val" in usable:
         val = builder.as_dataset("val", **common)
@@ -104,7 +106,7 @@ def _evaluation(builder, cfg: TrainConfig, val_ds):
     usable = _usable_splits(builder)
     for split in ("test", "val"):
         if split in usable:
-            return split, builder.as_dataset(split, batch_size=cfg.batch_size, seq_len=cfg.seq_len or None)
+            return split, builder.as_dataset(split, batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, skip_bad_shards=cfg.skip_bad_shards)
     return ("train-holdout", val_ds) if val_ds is not None else (None, None)
 
 
@@ -130,7 +132,43 @@ def _evaluate(model, dataset, classes: list) -> dict:
     }
 
 
+RUN_FILES = ("model.keras", "metrics.json", "history.csv", "labels.json", "dataset.json", "train_config.json")
+
+
+def _prepare_out(cfg: TrainConfig) -> str:
+    """The run folder; an earlier run there is refused, or with --overwrite removed first (its files
+    only), so two runs' files and TensorBoard logs never mix."""
+    import shutil
+
+    out = cfg.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out} is a file; pass a folder for the run")
+    earlier = [name for name in RUN_FILES + ("logs", "checkpoints") if os.path.exists(os.path.join(out, name))]
+    if earlier and not cfg.overwrite:
+        raise ConfigError(f"{out} already holds a run ({', '.join(earlier[:3])}); pass --overwrite to replace it, or another --out")
+    for name in earlier:
+        path = os.path.join(out, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
 def train(cfg: TrainConfig) -> dict:
+    """Trains, evaluates and saves; a damaged shard stops it with a ShardError naming the file."""
+    import tensorflow as tf
+
+    from dancedata.read import shard_error
+
+    try:
+        return _train(cfg)
+    except tf.errors.OpError as error:
+        named = shard_error(error)
+        if named is None:
+            raise
+        raise named from None
+
+
+def _train(cfg: TrainConfig) -> dict:
     import keras
 
     import models
@@ -142,17 +180,18 @@ def train(cfg: TrainConfig) -> dict:
     info = builder.info
     if not info.splits.get("train"):
         raise ConfigError(f"{cfg.shards} has no training example (splits: {', '.join(f'{n} {c}' for n, c in info.splits.items()) or 'none'})")
+    out = _prepare_out(cfg)
     for warning in info.manifest.get("warnings", []):  # what the build said about its splits, where training starts
         print(f"warning from the build: {warning}", file=sys.stderr)
     for name in sorted(set(info.splits) - _usable_splits(builder)):
         print(f"split {name} has no example (its videos all failed to decode; see `python -m dancedata.inspect "
               f"{cfg.shards}`): left out", file=sys.stderr)
-    out = cfg.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(out, exist_ok=True)
     keras.utils.set_random_seed(cfg.seed)
 
     train_ds, val_ds = _datasets(builder, cfg)
-    mean, variance = feature_moments(builder.as_dataset("train", batch_size=256, holdout_fraction=_holdout(builder, cfg)))
+    mean, variance = feature_moments(
+        builder.as_dataset("train", batch_size=256, holdout_fraction=_holdout(builder, cfg), skip_bad_shards=cfg.skip_bad_shards)
+    )
     num_frames = cfg.seq_len or info.num_frames
     model = models.build_model(cfg.model, len(info.classes), num_frames, info.feature_dim, mean, variance)
     model.compile(
@@ -207,4 +246,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, "train.py"))
+    sys.exit(cli.run(main, "train.py", interrupted="the best weights so far are in the run folder's checkpoints/; run again to train from scratch"))

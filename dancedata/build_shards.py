@@ -172,4 +172,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, "build_shards"))
+    sys.exit(cli.run(main, "build_shards", interrupted="committed shards are kept; run the same command to resume"))

@@ -107,7 +107,12 @@ class BuildConfig:
     test_fraction: float = flag("fraction of groups held out for test", default=0.2)
     seed: int = flag("seed for the split and the shard order", default=0)
     dtype: str = flag("feature storage dtype", default="float16")
-    workers: int = flag("parallel decoding threads (does not change the output bytes)", default=2)
+    workers: int = flag("decoding processes, one decoder thread each (does not change the output bytes)", default=2)
+    video_timeout: float = flag(
+        "seconds one video may take to decode before its decoder is killed and the video recorded as timed out "
+        "(a 48 s 1080p60 clip takes ~10 s on one core)",
+        default=300.0,
+    )
     shard_mb: float = flag("target shard size in MB", default=100.0)
     overwrite: bool = flag("start over: delete what earlier builds wrote in --out (other files stay)", default=False)
     update: bool = flag(
@@ -130,6 +135,7 @@ class BuildConfig:
                 f"val_fraction + test_fraction must leave room for train, got {self.val_fraction} + {self.test_fraction}"
             )
         _positive("workers", self.workers)
+        _positive("video_timeout", self.video_timeout)
         _positive("shard_mb", self.shard_mb)
 
 

@@ -59,6 +59,15 @@ def to_square_rgb(frame_bgr: np.ndarray, size: int) -> np.ndarray:
 
 
 UNOPENABLE = "cannot be opened as a video (not a video file, or an unsupported codec)"
+_threads = 0  # decoder threads per video; 0 lets FFmpeg choose (all cores)
+
+
+def use_threads(count: int) -> None:
+    """Decoder threads for every video opened from now on in this process (0: FFmpeg's choice).
+    Decode workers use 1, so `--workers N` uses about N cores instead of N x cores threads."""
+    global _threads
+    _threads = count
+    cv2.setNumThreads(max(count, 1))
 
 
 def _check_file(path: str) -> None:
@@ -66,11 +75,14 @@ def _check_file(path: str) -> None:
         raise DecodeError("file not found")
     if os.path.getsize(path) == 0:
         raise DecodeError("empty file (0 bytes)")
+    with open(path, "rb") as handle:  # permission denied or an I/O error is the machine's, and raises OSError
+        handle.read(1)
 
 
 def _open(path: str) -> cv2.VideoCapture:
     _check_file(path)
-    capture = cv2.VideoCapture(path)
+    params = [cv2.CAP_PROP_N_THREADS, _threads] if _threads else []
+    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
     if not capture.isOpened():
         raise DecodeError(UNOPENABLE)
     return capture
@@ -102,6 +114,8 @@ def read_keyframes(path: str, config: SamplingConfig, size: int) -> Clip:
             stream = container.streams.video[0]
             stream.codec_context.skip_frame = "NONKEY"
             stream.thread_type = "AUTO"
+            if _threads:
+                stream.codec_context.thread_count = _threads
             fps = float(stream.average_rate or 0)
             claimed = stream.frames
             for frame in container.decode(stream):

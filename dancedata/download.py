@@ -107,10 +107,15 @@ def select(names: list, cfg: DownloadConfig) -> list:
     return chosen[: cfg.limit] if cfg.limit else chosen
 
 
+class Stopped(Exception):
+    """A transfer stopped by Ctrl-C; its .part file is kept."""
+
+
 class Downloader:
     def __init__(self, out: str, cfg: DownloadConfig, progress=None):
         self.out, self.cfg, self.progress = out, cfg, progress
         self._lock = threading.Lock()
+        self.stopping = threading.Event()  # set on Ctrl-C: running transfers stop, keeping their .part
         self._record_path = os.path.join(out, RECORD)
         self.record = {}
         if os.path.exists(self._record_path):
@@ -141,7 +146,8 @@ class Downloader:
             except TransientError as error:
                 if attempt >= self.cfg.retries:
                     raise FinalError(f"{error} (gave up after {attempt + 1} attempts)") from None
-                time.sleep(self.cfg.retry_wait * 2**attempt)
+                if self.stopping.wait(self.cfg.retry_wait * 2**attempt):
+                    raise Stopped(name) from None
                 attempt += 1
 
     def _attempt(self, name: str) -> None:
@@ -157,6 +163,8 @@ class Downloader:
                 expected = (have if resumed else 0) + int(length) if length is not None else None
                 with open(partial, "ab" if resumed else "wb") as handle:
                     while True:
+                        if self.stopping.is_set():
+                            raise Stopped(name)  # the .part file stays, and a later run resumes it
                         block = response.read(1 << 16)
                         if not block:
                             break
@@ -214,7 +222,8 @@ def download(out: str, cfg: DownloadConfig) -> dict:
     progress = _Progress(len(names), cfg.quiet)
     downloader = Downloader(out, cfg, progress)
     outcome = {"downloaded": [], "present": [], "failed": {}}
-    with concurrent.futures.ThreadPoolExecutor(cfg.processes) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(cfg.processes)
+    try:
         futures = {pool.submit(downloader.fetch, name): name for name in names}
         for future in concurrent.futures.as_completed(futures):
             name = futures[future]
@@ -223,7 +232,14 @@ def download(out: str, cfg: DownloadConfig) -> dict:
             except FinalError as error:
                 outcome["failed"][name] = str(error)
             progress.file_done()
-    progress.close()
+    except KeyboardInterrupt:
+        # Queued transfers never start; running ones stop at their next block and keep their .part file.
+        downloader.stopping.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        progress.close()
     return outcome
 
 
@@ -252,4 +268,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, "download"))
+    sys.exit(cli.run(main, "download", tensorflow=False, interrupted="finished files are kept and partial ones resume; run the same command again"))

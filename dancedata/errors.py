@@ -28,3 +28,14 @@ class LeakageError(DanceDataError):
 
 class DecodeError(Exception):
     """One video cannot be decoded. Not fatal: the build records it in `skipped`."""
+
+
+class EnvironmentFailure(DanceDataError):
+    """The machine failed (memory, open files, disk, I/O, permissions), not a video. The build stops
+    with one line; committed shards stay, and the same command resumes."""
+
+    exit_status = 1
+
+
+class ShardError(ManifestError):
+    """A shard file is missing, corrupted or truncated."""

@@ -34,6 +34,8 @@ BACKBONES = {
     "ConvNeXtTiny": "convnext",
     "VGG16": "vgg16",
 }
+# keras.applications refuses smaller inputs for these (the rest take 32 pixels and up).
+MIN_IMAGE_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
 OFFLINE_HELP = (
     "Keras downloads ImageNet weights on first use and this machine could not. On a machine with internet, run "
     "`python -c \"import keras; keras.applications.{backbone}(include_top=False, weights='imagenet')\"`, "
@@ -58,6 +60,9 @@ def build_backbone(config: ExtractorConfig):
 
     if config.backbone not in BACKBONES:
         raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}; got {config.backbone!r}")
+    smallest = MIN_IMAGE_SIZE.get(config.backbone, 32)
+    if config.image_size < smallest:
+        raise ConfigError(f"image_size {config.image_size} is too small for {config.backbone}: it needs at least {smallest}")
     constructor = getattr(keras.applications, config.backbone)
     use_fp16 = config.mixed_precision == "on" or (config.mixed_precision == "auto" and _gpu_present())
     previous = keras.config.dtype_policy()

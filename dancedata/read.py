@@ -16,9 +16,48 @@ import numpy as np
 
 from dancedata import manifest as manifest_lib
 from dancedata import schema
-from dancedata.errors import ConfigError, ManifestError
+from dancedata.errors import ConfigError, ManifestError, ShardError
 
 _HOLDOUT_BUCKETS = 1000
+# In the message of the error a damaged shard raises inside tf.data; `shard_error` finds it there.
+BAD_SHARD = "dancedata: corrupted or truncated shard"
+_END = "\0dancedata: end of shard"  # appended to each file's records to check their count; never a real Example
+
+
+def shard_error(error) -> ShardError | None:
+    """The ShardError (naming the file) behind a tf.errors.OpError raised while reading, else None."""
+    message = getattr(error, "message", str(error))
+    if BAD_SHARD not in message:
+        return None
+    import re
+
+    found = re.search(r"\[" + re.escape(BAD_SHARD) + r"\] \[(.+?)\] \[holds\] \[(\d+)\] \[[^\]]*\] \[(\d+)\]", message)
+    if not found:
+        return ShardError(f"a shard is corrupted or truncated ({message.strip().splitlines()[0]})")
+    path, held, expected = found.groups()
+    return ShardError(
+        f"shard {path} is corrupted or truncated: {held} of its {expected} records are readable. Rebuild it "
+        "(the same build command redoes only damaged shards), or read on without it (skip_bad_shards / --skip-bad-shards)"
+    )
+
+
+def _checked_records(path, expected):
+    """The records of one shard file, then a check that all `expected` of them were readable: a
+    damaged record ends the file early (ignore_errors), and the check fails naming the file, which
+    TFRecordDataset's own error does not."""
+    import tensorflow as tf
+
+    records = tf.data.TFRecordDataset(path, buffer_size=8 << 20).ignore_errors()  # large reads: fewer calls, remote-friendly
+    records = records.concatenate(tf.data.Dataset.from_tensors(tf.constant(_END)))
+
+    def count(seen, record):
+        at_end = tf.equal(record, _END)
+        complete = tf.logical_or(tf.logical_not(at_end), tf.equal(seen, expected))
+        check = tf.debugging.Assert(complete, [BAD_SHARD, path, "holds", seen, "readable records; the manifest says", expected])
+        with tf.control_dependencies([check]):
+            return seen + 1, (tf.logical_not(at_end), record)
+
+    return records.scan(tf.constant(0, tf.int64), count).filter(lambda keep, _: keep).map(lambda _, record: record)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,18 +128,33 @@ class DatasetBuilder:
         return self.info.splits[split] * per_example
 
     def verify(self, split: str) -> None:
-        """Checks every shard of `split` exists and matches the manifest's sha256."""
+        """Checks every shard of `split` exists and matches the manifest's sha256; raises ShardError."""
         import tensorflow as tf
 
         for shard, path in zip(self.manifest["splits"][split]["shards"], self.files(split)):
             if not tf.io.gfile.exists(path):
-                raise ManifestError(f"shard missing: {path}; rebuild, or copy the whole folder again")
+                raise ShardError(f"shard missing: {path}; rebuild, or copy the whole folder again")
             digest = hashlib.sha256()
             with tf.io.gfile.GFile(path, "rb") as handle:
                 for block in iter(lambda: handle.read(1 << 22), b""):
                     digest.update(block)
             if digest.hexdigest() != shard["sha256"]:
-                raise ManifestError(f"shard {path} does not match its sha256 in the manifest: it changed or is corrupt")
+                raise ShardError(f"shard {path} does not match its sha256 in the manifest: it changed or is corrupt")
+
+    def bad_shards(self, split: str) -> list:
+        """[(path, reason)] for each shard of `split` that is missing or has fewer readable records than
+        the manifest says (reads the split once)."""
+        import tensorflow as tf
+
+        bad = []
+        for shard, path in zip(self.manifest["splits"][split]["shards"], self.files(split)):
+            if not tf.io.gfile.exists(path):
+                bad.append((path, "missing"))
+                continue
+            readable = sum(1 for _ in tf.data.TFRecordDataset(path).ignore_errors())
+            if readable != shard["num_examples"]:
+                bad.append((path, f"{readable} of {shard['num_examples']} records readable"))
+        return bad
 
     def decode(self, serialized, keys=None, cast=True):
         """Batch of serialized examples -> dict of tensors (features float32 [B, T, D], mask bool [B, T], ...);
@@ -125,6 +179,7 @@ class DatasetBuilder:
         holdout_fraction: float = 0.0,
         holdout: bool = False,
         input_context=None,
+        skip_bad_shards: bool = False,
     ):
         """((features, mask), label) batches of `split`; with_metadata adds a dict of string fields.
 
@@ -133,6 +188,9 @@ class DatasetBuilder:
         it): a validation set that shares no performance with what it is taken from.
         cache keeps the decoded examples in memory after the first pass (cache_bytes(split) of it);
         later epochs skip reading and parsing, and are still reshuffled.
+        A corrupted or truncated shard raises tf.errors.InvalidArgumentError naming the file when it is
+        read (`shard_error(error)` turns it into a ShardError); skip_bad_shards=True checks the shards
+        first and leaves damaged ones out, with one warning that lists them.
         """
         import tensorflow as tf
 
@@ -144,24 +202,36 @@ class DatasetBuilder:
             raise ConfigError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
         training = shuffle if training is None else training
         paths = self.files(split)
+        counts = [shard["num_examples"] for shard in self.manifest["splits"][split]["shards"]]
         if verify:
             self.verify(split)
+        if skip_bad_shards:
+            bad = dict(self.bad_shards(split))
+            if bad:
+                import warnings
+
+                listed = "; ".join(f"{path} ({reason})" for path, reason in bad.items())
+                warnings.warn(f"skipping {len(bad)} damaged shard(s) of {split}: {listed}", stacklevel=2)
+                kept = [(p, c) for p, c in zip(paths, counts) if p not in bad]
+                paths, counts = [p for p, _ in kept], [c for _, c in kept]
+            if not paths:
+                raise ShardError(f"every shard of split {split} is damaged; rebuild with the same build command")
         shard_records = False
         if input_context is not None:  # tf.distribute: each input pipeline reads its own part
             pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
             if len(paths) >= pipelines:
-                paths = paths[pipeline::pipelines]
+                paths, counts = paths[pipeline::pipelines], counts[pipeline::pipelines]
             else:  # fewer files than pipelines: every pipeline reads all files, keeps every n-th record
                 shard_records = True
             batch_size = input_context.get_per_replica_batch_size(batch_size)
 
-        files = tf.data.Dataset.from_tensor_slices(paths)
+        files = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64)))
         if shuffle:  # seeded, so the same seed gives the same order of files every run
             files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         # Reading several shards at once hides per-file latency (remote storage) and mixes shards.
         records = files.interleave(
-            lambda path: tf.data.TFRecordDataset(path, buffer_size=8 << 20),  # large reads: fewer calls, remote-friendly
-            cycle_length=min(len(paths), 8),
+            _checked_records,
+            cycle_length=max(1, min(len(paths), 8)),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )

@@ -1,17 +1,16 @@
 """Runners execute a plan's work units. `prepare` reconciles the output folder with the plan (refuse to
-mix, resume, update); `run_local` builds the units still missing, in this process, decoding ahead in
-threads. Every runner writes the same bytes for the same plan, because each unit's bytes depend only on
+mix, resume, update); `run_local` builds the units still missing, in this process, with decoding in
+worker processes (`decode_pool`). Every runner writes the same bytes for the same plan, because each unit's bytes depend only on
 its videos and the build's identity.
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
 import os
 import sys
 
-from dancedata import decode, plan as plan_lib, work_unit
+from dancedata import plan as plan_lib, work_unit
+from dancedata.decode_pool import DecodePool
 from dancedata.errors import InputError
 
 
@@ -91,24 +90,6 @@ def prepare(plan, folder, overwrite: bool = False, update: bool = False) -> Prep
     return Prepared(done, pending, work_unit.Reuse(folder.reuse_records()), leftovers)
 
 
-def decode_ahead(rows: list, sampling, size: int, workers: int):
-    """Yields (row, Clip or DecodeError) in row order, decoding up to 2 * workers videos ahead."""
-
-    def job(row):
-        return decode.read_clip_or_error(row["path"], sampling, size)
-
-    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        window = collections.deque()
-        for row in rows:
-            window.append((row, pool.submit(job, row)))
-            if len(window) >= 2 * workers:
-                head, future = window.popleft()
-                yield head, future.result()
-        while window:
-            head, future = window.popleft()
-            yield head, future.result()
-
-
 def say(message: str) -> None:
     """One line on stderr, even with --quiet (which only hides the progress bar): what a rerun keeps."""
     print(message, file=sys.stderr, flush=True)
@@ -129,15 +110,17 @@ def run_local(plan, folder, prepared: Prepared, extractor, sampling, build, prog
         say(f"reusing {reused} videos from earlier shards (same file size and time); {len(to_decode)} to decode")
     if progress is not None:
         progress.reset(total=sum(len(unit.videos) for unit in pending))
-    decoded = decode_ahead(to_decode, sampling, extractor.config.image_size, build.workers)
     batcher = VideoBatcher(extractor)
     records = dict(prepared.done)
-    for unit in pending:
-        records[unit.name] = work_unit.run(
-            unit, folder, decoded, batcher, reuse, sampling.frames, extractor.feature_dim, build.dtype,
-            on_video=progress.update if progress is not None else None,
-        )
-    decoded.close()
+    workers = min(build.workers, max(len(to_decode), 1))
+    with DecodePool(workers, sampling, extractor.config.image_size, build.video_timeout) as pool:
+        decoded = pool.imap(to_decode)
+        for unit in pending:
+            records[unit.name] = work_unit.run(
+                unit, folder, decoded, batcher, reuse, sampling.frames, extractor.feature_dim, build.dtype,
+                on_video=progress.update if progress is not None else None,
+            )
+        decoded.close()
     return [records[unit.name] for unit in plan.units]
 
 

@@ -13,6 +13,7 @@ sha256. Whatever a kill leaves half-done is therefore redone, never taken as com
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import re
 import shutil
 
 from dancedata import manifest
-from dancedata.errors import InputError
+from dancedata.errors import EnvironmentFailure, InputError
 from dancedata.plan import shard_name  # noqa: F401  (re-exported: the name every reader of shards knows)
 
 STATE_DIR = ".build"
@@ -58,6 +59,22 @@ def read_json(path: str):
         return None
 
 
+@contextlib.contextmanager
+def output_errors(path: str):
+    """A failure to write output (disk full, read-only, permission denied) is the machine's: one line
+    that says what to do, not a skipped video and not a traceback."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as error:
+        text = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+        raise EnvironmentFailure(
+            f"cannot write {path}: {text}. Committed shards are kept; free space or fix the folder, "
+            "then run the same command to resume"
+        ) from None
+
+
 class ShardWriter:
     """One shard: serialized examples go to `<name>.incomplete`; commit() makes it final."""
 
@@ -67,27 +84,32 @@ class ShardWriter:
         self.out, self.name = out, name
         self.path = os.path.join(out, name)
         self._partial = self.path + PARTIAL
-        self._writer = tf.io.TFRecordWriter(self._partial)
+        with output_errors(self._partial):
+            self._writer = tf.io.TFRecordWriter(self._partial)
         self.num_examples = 0
 
     def write(self, serialized: bytes) -> None:
-        self._writer.write(serialized)
+        with output_errors(self._partial):
+            self._writer.write(serialized)
         self.num_examples += 1
 
     def commit(self, record: dict) -> dict:
         """Closes, flushes to disk, renames to the final name, then writes the record. Returns the
         record with `file`, `num_examples`, `sha256` and `bytes` added."""
-        self._writer.close()
-        _fsync(self._partial)
-        record = {**record, "file": self.name, "num_examples": self.num_examples, "sha256": sha256(self._partial),
-                  "bytes": os.path.getsize(self._partial)}
-        os.replace(self._partial, self.path)
-        write_json(os.path.join(self.out, STATE_DIR, self.name + ".json"), record)
+        with output_errors(self._partial):
+            self._writer.close()
+            _fsync(self._partial)
+            record = {**record, "file": self.name, "num_examples": self.num_examples, "sha256": sha256(self._partial),
+                      "bytes": os.path.getsize(self._partial)}
+            os.replace(self._partial, self.path)
+            write_json(os.path.join(self.out, STATE_DIR, self.name + ".json"), record)
         return record
 
     def abort(self) -> None:
-        self._writer.close()
-        if os.path.exists(self._partial):
+        """Leaves no partial shard behind (a later run would delete it anyway)."""
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(OSError):
             os.remove(self._partial)
 
 
