@@ -1,7 +1,7 @@
 """Build throughput before and after a change, in one run: the same videos built by a git ref and by
 the working tree, alternating (A, B, A, B, ...) so this machine's drift hits both alike.
 
-    python benchmarks/compare_commits.py --before f9af549 [--videos 10] [--sampling first uniform] [--repeats 2]
+    python benchmarks/compare_commits.py --before f9af549 [--after HEAD] [--videos 10] [--sampling first uniform] [--repeats 2]
 
 Each build runs in a fresh process (as a user runs it) and is timed without the extractor's one-time
 set-up, as build_throughput.py does; the table gives the median s/video per side and after/before.
@@ -49,6 +49,8 @@ def build_seconds(checkout: str, videos: str, sampling: str, out: str) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", required=True, help="git ref to compare against (e.g. main, a commit)")
+    parser.add_argument("--after", default="", help="git ref for the other side (default: the working tree; a ref keeps "
+                        "the run safe from edits made while it runs)")
     parser.add_argument("--videos", type=int, default=10)
     parser.add_argument("--sampling", nargs="+", default=["first", "uniform"])
     parser.add_argument("--repeats", type=int, default=2)
@@ -64,14 +66,18 @@ def main():
             os.symlink(os.path.abspath(path), os.path.join(selected, os.path.basename(path)))
         before = os.path.join(tmp, "before")
         subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", before, args.before], check=True, capture_output=True)
-        sides = {"before": before, "after": ROOT}
+        after = ROOT
+        if args.after:
+            after = os.path.join(tmp, "after")
+            subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", after, args.after], check=True, capture_output=True)
+        sides = {"before": before, "after": after}
         times = {(side, s): [] for side in sides for s in args.sampling}
         for _ in range(args.repeats):
             for sampling in args.sampling:
                 for side, checkout in sides.items():
                     times[(side, sampling)].append(build_seconds(checkout, selected, sampling, os.path.join(tmp, "out")))
         print(f"{len(paths)} videos (1080p60 H.264 10 s), InceptionV3 @224, --frames 20; median of {args.repeats}, alternating")
-        print(f"before = {args.before}, after = working tree\n")
+        print(f"before = {args.before}, after = {args.after or 'working tree'}\n")
         print("| sampling | before s/video | after s/video | after / before |")
         print("|---|---:|---:|---:|")
         for sampling in args.sampling:
@@ -79,7 +85,8 @@ def main():
             a = statistics.median(times[("after", sampling)]) / len(paths)
             print(f"| {sampling} | {b:.2f} | {a:.2f} | {a / b:.2f} |")
     finally:
-        subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", os.path.join(tmp, "before")], capture_output=True)
+        for side in ("before", "after"):
+            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", os.path.join(tmp, side)], capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -1,23 +1,35 @@
-"""Decode only the sampled frames of a video, in one forward pass that stops after the last one.
+"""Decode exactly the sampled frames of a video, at a cost that does not grow with its length.
 
-Frames that are not kept are `grab()`bed (decoded, never converted); kept frames are retrieved,
-centre-cropped to a square, resized and turned into RGB. The whole video is never in memory: only
-the T kept frames at the output size are.
+1. Index: the video stream's packets are demuxed without decoding. Their timestamps give every
+   frame's presentation time (variable frame rate included) and the true frame count, whatever the
+   container's header claims; their key-frame flags say where decoding can start.
+2. Pick: the sampling rule chooses frames from that index (`sampling.pick`, a pure function).
+3. Decode: for each wanted frame, seek to the key frame before it when that lies beyond the next key
+   frame, else decode forward. Packets of frames nobody wants are decoded with skip_frame=NONREF:
+   pictures that no other picture references are never reconstructed, which is exact. (BIDIR,
+   NONINTRA and skip_loop_filter are lossy and never used.) Every kept frame is identified by its
+   timestamp, never by counting, and a wanted frame that a seek missed is found by decoding forward
+   from the start instead.
+4. Keep: wanted frames are converted to RGB, centre-cropped to a square and resized; nothing else is
+   kept, so memory is T frames at the output size however long the video is.
+
+`--keyframes` indexes the same way and decodes only the chosen key frames (skip_frame=NONKEY).
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # bad files are reported by us, with their path
 
+import av  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from dancedata import sampling  # noqa: E402
 from dancedata.config import SamplingConfig  # noqa: E402
-from dancedata.errors import ConfigError, DecodeError  # noqa: E402
+from dancedata.errors import DecodeError  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -25,13 +37,13 @@ class Clip:
     """The kept frames of one video. `frames` holds only the real ones: [mask.sum(), S, S, 3] uint8 RGB."""
 
     frames: np.ndarray
-    indices: np.ndarray  # [T] int64, -1 where padded
+    indices: np.ndarray  # [T] int64 frame numbers in presentation order, -1 where padded
     mask: np.ndarray  # [T] bool
-    claimed_frames: int  # what the container says; may be wrong
+    claimed_frames: int  # what the container says; may be wrong (0: it says nothing)
     fps: float
-    times: np.ndarray = None  # [T] float32 seconds of each kept frame, -1 where padded
-    decoded_frames: int = 0  # frames decoded to reach the last kept one (or the end of the stream)
-    truncated: bool = False  # the stream ended before a frame the sampling asked for
+    times: np.ndarray = None  # [T] float32 seconds of each kept frame from the first frame, -1 where padded
+    decoded_frames: int = 0  # frames the stream really holds (its decodable packets)
+    truncated: bool = False  # the container claims more frames than the stream holds, or a wanted frame did not decode
 
     def report(self) -> dict:
         """The decode report stored with each example (schema.FRAME_TIMES ...)."""
@@ -47,15 +59,19 @@ class Clip:
         }
 
 
-def to_square_rgb(frame_bgr: np.ndarray, size: int) -> np.ndarray:
-    """Centre square crop, resize to size x size, BGR -> RGB."""
-    height, width = frame_bgr.shape[:2]
+def to_square(frame_rgb: np.ndarray, size: int) -> np.ndarray:
+    """Centre square crop, resized to size x size (area averaging when shrinking)."""
+    height, width = frame_rgb.shape[:2]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
-    square = frame_bgr[top : top + side, left : left + side]
+    square = frame_rgb[top : top + side, left : left + side]
     interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    resized = cv2.resize(square, (size, size), interpolation=interpolation)
-    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    return cv2.resize(square, (size, size), interpolation=interpolation)
+
+
+def to_square_rgb(frame_bgr: np.ndarray, size: int) -> np.ndarray:
+    """Centre square crop, resize, BGR -> RGB (for frames read with OpenCV)."""
+    return cv2.cvtColor(to_square(frame_bgr, size), cv2.COLOR_BGR2RGB)
 
 
 UNOPENABLE = "cannot be opened as a video (not a video file, or an unsupported codec)"
@@ -79,123 +95,189 @@ def _check_file(path: str) -> None:
         handle.read(1)
 
 
-def _open(path: str) -> cv2.VideoCapture:
-    _check_file(path)
-    params = [cv2.CAP_PROP_N_THREADS, _threads] if _threads else []
-    capture = cv2.VideoCapture(path, cv2.CAP_FFMPEG, params)
-    if not capture.isOpened():
-        raise DecodeError(UNOPENABLE)
-    return capture
+@dataclasses.dataclass
+class Index:
+    """Every frame of a video stream, from its packets: presentation timestamps in stream time base."""
+
+    pts: np.ndarray  # [N] int64, increasing: frame i is the i-th picture shown
+    keys: list  # pts of key frames, increasing
+    seconds: np.ndarray  # [N] float64, from the first frame
+    complete: bool  # False when demuxing stopped at damaged data
+    tick: float = 0.0  # seconds per timestamp unit: the resolution of `seconds`
 
 
-def count_frames(path: str) -> int:
-    """Frames the stream really decodes to (a grab-only pass): for containers that state no count."""
-    capture = _open(path)
-    count = 0
-    while capture.grab():
-        count += 1
-    capture.release()
-    return count
-
-
-def read_keyframes(path: str, config: SamplingConfig, size: int) -> Clip:
-    """Fast mode: only key frames are decoded (PyAV, `skip_frame=NONKEY`); the sampling rule then
-    picks among them. Each kept key frame is scaled by the decoder's own scaler, then centre-cropped."""
-    import av  # SamplingConfig(keyframes=True) has already said what to install when it is missing
-
-    _check_file(path)
-    indices, times, frames, claimed = [], [], [], 0
+def index(container, stream) -> Index:
+    """Demuxes the stream's packets (reads the file, decodes nothing)."""
+    pts, keys, complete = [], [], True
     try:
-        container = av.open(path)
-    except (av.error.FFmpegError, OSError):
+        for packet in container.demux(stream):
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if packet.size == 0 or stamp is None:
+                continue
+            pts.append(stamp)
+            if packet.is_keyframe:
+                keys.append(stamp)
+    except av.error.FFmpegError:
+        complete = False  # a damaged or cut file: the frames before the damage still count
+    unique = np.unique(np.asarray(pts, np.int64))
+    if len(unique) == 0:
+        return Index(unique, [], np.empty(0), complete)
+    base = float(stream.time_base)
+    return Index(unique, sorted(set(keys)), (unique - unique[0]) * base, complete, base)
+
+
+class _Decoder:
+    """Decodes frames by timestamp: seeking where that skips whole groups of pictures, and skipping
+    non-reference pictures nobody asked for."""
+
+    def __init__(self, container, stream, idx: Index, size: int, keyframes_only: bool = False):
+        self.container, self.stream, self.idx, self.size = container, stream, idx, size
+        self.codec = stream.codec_context
+        self.keyframes_only = keyframes_only
+        self.kept: dict = {}
+
+    def _key_before(self, stamp: int):
+        position = bisect.bisect_right(self.idx.keys, stamp) - 1
+        return self.idx.keys[position] if position >= 0 else None
+
+    def _seek(self, key) -> None:
+        self._drain()
+        try:
+            self.container.seek(int(key if key is not None else self.idx.pts[0]), stream=self.stream, backward=True)
+        except av.error.FFmpegError:
+            self.container.seek(0, stream=self.stream, backward=True)
+        self.codec.flush_buffers()
+
+    def _drain(self) -> None:
+        try:
+            for frame in self.codec.decode(None):
+                self._take(frame)
+        except av.error.FFmpegError:
+            pass
+        self.codec.flush_buffers()
+
+    def _take(self, frame) -> None:
+        stamp = frame.pts if frame.pts is not None else frame.dts
+        if stamp in self.wanted and stamp not in self.kept:
+            self.kept[stamp] = to_square(frame.to_ndarray(format="rgb24"), self.size)
+
+    def decode(self, wanted: list, seek: bool = True) -> dict:
+        """{pts: frame} for every wanted pts the stream yields."""
+        self.wanted = set(wanted)
+        pending = sorted(self.wanted)
+        self._seek(self._key_before(pending[0]) if seek else None)
+        current_key = None
+        for packet in self.container.demux(self.stream):
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if packet.is_keyframe:
+                current_key = stamp
+            while pending and pending[0] in self.kept:
+                pending.pop(0)
+            if not pending:
+                break
+            if seek and current_key is not None and stamp is not None:
+                target_key = self._key_before(pending[0])
+                next_key = self.idx.keys[bisect.bisect_right(self.idx.keys, current_key)] if current_key < self.idx.keys[-1] else None
+                if target_key is not None and next_key is not None and target_key > next_key:
+                    self._seek(target_key)  # a whole group of pictures lies between: jump over it
+                    current_key = None
+                    continue
+            if self.keyframes_only:
+                self.codec.skip_frame = "NONKEY"
+            else:
+                self.codec.skip_frame = "DEFAULT" if stamp in self.wanted else "NONREF"
+            try:
+                for frame in self.codec.decode(packet):
+                    self._take(frame)
+            except av.error.FFmpegError:
+                continue  # a damaged packet: the frames it carried are missing, later ones may decode
+        self._drain()
+        return self.kept
+
+
+def _open(path: str):
+    _check_file(path)
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError):
         raise DecodeError(UNOPENABLE) from None
-    try:
-        with container:
-            stream = container.streams.video[0]
-            stream.codec_context.skip_frame = "NONKEY"
-            stream.thread_type = "AUTO"
-            if _threads:
-                stream.codec_context.thread_count = _threads
-            fps = float(stream.average_rate or 0)
-            claimed = stream.frames
-            for frame in container.decode(stream):
-                scale = size / min(frame.width, frame.height)
-                width, height = max(size, round(frame.width * scale)), max(size, round(frame.height * scale))
-                scaled = frame.reformat(width=width, height=height, format="rgb24").to_ndarray()
-                top, left = (height - size) // 2, (width - size) // 2
-                frames.append(scaled[top : top + size, left : left + size])
-                indices.append(round(frame.time * fps) if frame.time is not None and fps else len(indices))
-                times.append(frame.time if frame.time is not None else (indices[-1] / fps if fps else -1.0))
-                if config.sampling == "first" and len(frames) == config.frames:
-                    break
-    except (av.error.FFmpegError, IndexError) as error:
-        if not frames:
-            raise DecodeError(f"cannot decode key frames: {error}") from None
-    if not frames:
-        raise DecodeError(f"no key frame could be decoded (container claims {claimed} frames)")
-    chosen, mask = sampling.sample(config, len(frames))
-    real = chosen[mask]
-    picked = np.full(config.frames, -1, dtype=np.int64)
-    picked[: len(real)] = np.asarray(indices)[real]
-    picked_times = np.full(config.frames, -1.0, dtype=np.float32)
-    picked_times[: len(real)] = np.asarray(times, np.float32)[real]
-    decoded = (picked[len(real) - 1] + 1) if len(real) else 0
-    return Clip(np.stack([frames[i] for i in real]), picked, mask, claimed, fps, picked_times, int(decoded))
+    if not container.streams.video:
+        container.close()
+        raise DecodeError("holds no video stream (audio or data only)")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    stream.codec_context.thread_count = _threads
+    return container, stream
 
 
 def read_clip(path: str, config: SamplingConfig, size: int) -> Clip:
-    """Decodes the frames `config` samples from `path`, stopping after the last one.
+    """Decodes exactly the frames `config` samples from `path` (see the module docstring).
 
-    A container may over-state its frame count (a truncated file claims 120 and decodes 58): the clip
-    then holds the sampled frames that exist and its mask says which those are.
-    Raises DecodeError when not a single frame can be decoded.
+    A container may over-state or omit its frame count: the index from its packets decides, so a
+    video with at least T decodable frames yields T real frames. Raises DecodeError, with one plain
+    sentence, when not a single frame can be decoded.
     """
-    if config.keyframes:
-        return read_keyframes(path, config, size)
-    capture = _open(path)
+    container, stream = _open(path)
     try:
-        claimed = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-        frame_count = claimed if claimed > 0 else sampling.UNKNOWN
-        if frame_count == sampling.UNKNOWN and sampling.needs_frame_count(config):
-            frame_count = count_frames(path)
-        indices, mask = sampling.sample(config, frame_count, fps)
-        wanted = indices[mask]
-        kept, times = [], []
-        position = 0
-        for target in wanted:
-            while position < target and capture.grab():
-                position += 1
-            if position < target or not capture.grab():
-                break  # the stream ended before this frame
-            milliseconds = capture.get(cv2.CAP_PROP_POS_MSEC)
-            ok, frame = capture.retrieve()
-            position += 1
-            if not ok or frame is None:
-                break
-            kept.append(to_square_rgb(frame, size))
-            times.append(milliseconds / 1000 if milliseconds >= 0 else (target / fps if fps else -1.0))
+        claimed = int(stream.frames or 0)
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+        idx = index(container, stream)
+        if config.keyframes:
+            keys = np.searchsorted(idx.pts, np.asarray(idx.keys, np.int64))
+            seconds = idx.seconds[keys] if len(keys) else np.empty(0)
+            chosen, mask = sampling.pick(config, seconds, idx.tick)
+            positions = keys[chosen[mask]] if len(keys) else np.empty(0, np.int64)
+        else:
+            chosen, mask = sampling.pick(config, idx.seconds, idx.tick)
+            positions = chosen[mask]
+        if not len(positions):
+            raise DecodeError(f"no frame could be decoded (container claims {claimed} frames)")
+        wanted = [int(idx.pts[p]) for p in positions]
+        decoder = _Decoder(container, stream, idx, size, keyframes_only=config.keyframes)
+        try:
+            kept = decoder.decode(wanted)
+            if len(kept) < len(wanted):  # a seek landed past a wanted frame: find it by decoding forward
+                kept = decoder.decode(wanted, seek=False)
+            missing = [stamp for stamp in wanted if stamp not in kept]
+            if missing and kept and min(missing) > max(kept) and not config.keyframes:
+                # The last packets do not decode (a cut file): sample again from the frames before them.
+                idx = Index(idx.pts[idx.pts < min(missing)], idx.keys, idx.seconds[idx.pts < min(missing)], False, idx.tick)
+                chosen, mask = sampling.pick(config, idx.seconds, idx.tick)
+                positions = chosen[mask]
+                wanted = [int(idx.pts[p]) for p in positions]
+                kept = _Decoder(container, stream, idx, size).decode(wanted, seek=False)
+        except av.error.FFmpegError as error:
+            raise DecodeError(f"the decoder failed: {error}") from None
     finally:
-        capture.release()
+        container.close()
     if not kept:
         raise DecodeError(f"no frame could be decoded (container claims {claimed} frames)")
-    real = len(kept)
-    truncated = real < len(wanted) or (config.sampling == "first" and claimed > real < config.frames)
-    indices[real:] = -1
-    mask[real:] = False
-    frame_times = np.full(config.frames, -1.0, np.float32)
-    frame_times[:real] = times
-    return Clip(np.stack(kept), indices, mask, claimed, fps, frame_times, position, bool(truncated))
+    present = [k for k, stamp in enumerate(wanted) if stamp in kept]
+    real = len(present)
+    indices = np.full(config.frames, -1, np.int64)
+    indices[:real] = np.asarray(positions)[present]
+    times = np.full(config.frames, -1.0, np.float32)
+    times[:real] = idx.seconds[indices[:real]]
+    mask = np.zeros(config.frames, bool)
+    mask[:real] = True
+    frames = np.stack([kept[wanted[k]] for k in present])
+    truncated = real < len(wanted) or not idx.complete or (claimed > len(idx.pts))
+    return Clip(frames, indices, mask, claimed, fps, times, int(len(idx.pts)), bool(truncated))
 
 
 def read_clip_or_error(path: str, config: SamplingConfig, size: int):
-    """read_clip, but any failure comes back as a DecodeError value: one broken file in a
-    13,939-video dataset must not stop the others. Configuration errors still raise."""
+    """read_clip, but a failure of the video comes back as a DecodeError value (for predict, which
+    decodes in-process). Configuration and machine errors still raise."""
+    from dancedata.decode_pool import is_environment_failure
+    from dancedata.errors import ConfigError
+
     try:
         return read_clip(path, config, size)
     except ConfigError:
         raise
     except DecodeError as error:
         return error
-    except Exception as error:  # OpenCV and FFmpeg raise assorted types on damaged files
+    except Exception as error:  # noqa: BLE001 - FFmpeg and OpenCV raise assorted types on damaged files
+        if is_environment_failure(error):
+            raise
         return DecodeError(f"{type(error).__name__}: {error}")

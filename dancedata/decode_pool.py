@@ -2,7 +2,8 @@
 
 Each worker is a process started with forkserver (or spawn), never fork: TensorFlow is loaded in the
 build process and must not be forked, and workers never import it. A worker decodes one video at a
-time with one decoder thread, so `--workers N` uses about N cores. The parent gives every video a
+time with cores // workers FFmpeg threads (one each with the default two workers on two cores), so
+the workers together use about the machine's cores instead of workers x cores threads. The parent gives every video a
 deadline (`--video-timeout`): a worker that passes it is killed and the video recorded as "decoder
 timed out after N s"; a worker that dies (a segfault, the out-of-memory killer) is replaced, its
 video retried once in a fresh worker, then recorded with the signal. Frames come back as one compact
@@ -53,12 +54,17 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _worker(conn, decoder_spec: str | None) -> None:
+def threads_per_worker(workers: int) -> int:
+    """FFmpeg threads for each of `workers` decode processes, so that workers x threads fit the cores."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def _worker(conn, decoder_spec: str | None, threads: int = 1) -> None:
     """Runs in the worker process: decode jobs until told to stop. Ctrl-C is the parent's to handle."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from dancedata import decode
 
-    decode.use_threads(1)
+    decode.use_threads(threads)
     read = _decoder(decoder_spec)
     while True:
         try:
@@ -90,9 +96,9 @@ def _context():
 
 
 class _Worker:
-    def __init__(self, context, decoder_spec):
+    def __init__(self, context, decoder_spec, threads):
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker, args=(child, decoder_spec), daemon=True, name="dancedata-decode")
+        self.process = context.Process(target=_worker, args=(child, decoder_spec, threads), daemon=True, name="dancedata-decode")
         self.process.start()
         child.close()
         self.job = None  # (index, row, deadline, attempt)
@@ -119,7 +125,8 @@ class DecodePool:
         self.sampling, self.size, self.timeout = sampling, size, timeout
         self._decoder = decoder if decoder is not None else os.environ.get(DECODER_VARIABLE)
         self._context = _context()
-        self._workers = [_Worker(self._context, self._decoder) for _ in range(workers)]
+        self._threads = threads_per_worker(workers)
+        self._workers = [_Worker(self._context, self._decoder, self._threads) for _ in range(workers)]
 
     def close(self) -> None:
         for worker in self._workers:
@@ -135,7 +142,7 @@ class DecodePool:
     def _replace(self, worker: _Worker, kill: bool):
         """A fresh worker in `worker`'s place; returns the old one's exit code (negative: a signal)."""
         worker.stop(kill=kill)
-        self._workers[self._workers.index(worker)] = _Worker(self._context, self._decoder)
+        self._workers[self._workers.index(worker)] = _Worker(self._context, self._decoder, self._threads)
         return worker.process.exitcode
 
     def _submit(self, worker: _Worker, index: int, row: dict, attempt: int) -> None:

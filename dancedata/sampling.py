@@ -40,11 +40,6 @@ def stride_for(config: SamplingConfig, video_fps: float) -> int:
     return max(1, round(video_fps / config.fps))
 
 
-def needs_frame_count(config: SamplingConfig) -> bool:
-    """Only uniform sampling must know how long the clip is before it picks frames."""
-    return config.sampling == "uniform"
-
-
 def sample(config: SamplingConfig, frame_count: int, video_fps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(indices [T] int64 with -1 padding, mask [T] bool) for a clip of `frame_count` frames.
 
@@ -68,3 +63,60 @@ def pad(chosen: np.ndarray, frames: int) -> tuple[np.ndarray, np.ndarray]:
     mask = np.zeros(frames, dtype=bool)
     mask[: len(chosen)] = True
     return indices, mask
+
+
+def _increasing(chosen: np.ndarray, count: int) -> np.ndarray:
+    """Nearest strictly increasing indices within [0, count): where two targets fall on one frame
+    (variable frame rate, a frozen stretch), the later one moves to the next frame."""
+    chosen = np.clip(chosen, 0, count - 1).astype(np.int64)
+    for k in range(1, len(chosen)):
+        chosen[k] = max(chosen[k], chosen[k - 1] + 1)
+    for k in range(len(chosen) - 1, -1, -1):  # pushed past the end: pull back
+        chosen[k] = min(chosen[k], count - len(chosen) + k)
+    return chosen
+
+
+def at_or_before(times: np.ndarray, targets: np.ndarray, slack: float = 0.0) -> np.ndarray:
+    """Index of the last frame shown at or before each target time; a frame starting within `slack`
+    seconds after a target counts as at it (timestamps are rounded to the container's time base)."""
+    return np.searchsorted(times, targets + slack, side="right") - 1
+
+
+def is_constant_rate(times: np.ndarray, tick: float = 0.0) -> bool:
+    """True when every frame lasts as long as the others, up to the container's rounding (one tick)."""
+    if len(times) < 3:
+        return True
+    steps = np.diff(times)
+    return float(steps.max() - steps.min()) <= max(tick, float(np.median(steps)) * 1e-3) * 1.001
+
+
+def pick(config: SamplingConfig, times: np.ndarray, tick: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(indices [T], mask [T]) from the presentation times (seconds, increasing) of every frame the
+    stream holds; `tick` is their resolution (the stream's time base).
+
+    A constant-rate stream gets the frame-number rules above (uniform: the centre frame of each of T
+    equal segments; stride --fps: every round(video fps / fps)-th frame). A variable-rate stream is
+    sampled evenly in time: uniform takes the last frame shown at or before the centre time of each
+    of T equal spans of the clip's duration, stride --fps the last frame at or before every 1/fps
+    seconds, so a clip with a burst of fast frames is not over-sampled there.
+    """
+    times = np.asarray(times, np.float64)
+    count = len(times)
+    if count == 0:
+        return pad(np.empty(0, np.int64), config.frames)
+    if config.sampling == "first" or (config.sampling == "stride" and config.stride):
+        return sample(config, count)
+    step = float(np.median(np.diff(times))) if count > 1 else 0.0
+    if is_constant_rate(times, tick):
+        return sample(config, count, 1 / step if step > 0 else 0.0)
+    slack = max(tick / 2, step * 1e-6)  # timestamps are rounded to the tick
+    if config.sampling == "uniform":
+        if count <= config.frames:
+            return pad(np.arange(count), config.frames)
+        duration = times[-1] - times[0] + step
+        centres = times[0] + (np.arange(config.frames) + 0.5) * duration / config.frames
+        return pad(_increasing(at_or_before(times, centres, slack), count), config.frames)
+    targets = times[0] + np.arange(config.frames) / config.fps
+    targets = targets[targets <= times[-1] + slack]
+    chosen = np.unique(at_or_before(times, targets, slack))
+    return pad(chosen[chosen >= 0][: config.frames], config.frames)

@@ -55,12 +55,11 @@ def test_bad_files_are_skipped_with_path_and_reason(built):
     assert sorted(entry["path"] for entry in built["manifest"]["skipped"]) == sorted(str(built["root"] / n) for n in built["bad"])
 
 
-def test_truncated_video_keeps_its_real_frames_and_masks_the_rest(built):
+def test_truncated_video_is_sampled_over_the_frames_it_really_holds(built):
+    """The AVI claims 40 frames and holds about 20: uniform sampling spreads over those, so all 8 are real."""
     row = next(r for r in read_all(built["out"], built["manifest"]) if r["video_id"].startswith("gHO_sBM_c01_d23"))
-    real = int(row["mask"].sum())
-    assert 0 < real < 8
-    assert (row["frame_indices"][real:] == -1).all() and (row["frame_indices"][:real] >= 0).all()
-    assert not row["features"][real:].any() and row["features"][:real].any()
+    assert row["mask"].all() and row["features"].any()
+    assert row["frame_indices"].max() < 25 and (row["frame_indices"] >= 0).all()
 
 
 def test_round_trip_equals_direct_batched_extraction(built):
