@@ -14,9 +14,13 @@ import sys
 GENRES = ("BR", "PO", "LO", "MH", "LH", "HO", "WA", "KR", "JS", "JB")
 
 
-def make(folder: str, count: int, seconds: float = 10.0, size: str = "1920x1080", fps: int = 60, bitrate: str = "10M") -> list:
+def _ffmpeg(*args) -> None:
     if shutil.which("ffmpeg") is None:
         sys.exit("ffmpeg not found: install it (Debian/Ubuntu: apt-get install ffmpeg) to make realistic H.264 inputs")
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def make(folder: str, count: int, seconds: float = 10.0, size: str = "1920x1080", fps: int = 60, bitrate: str = "10M") -> list:
     os.makedirs(folder, exist_ok=True)
     paths = []
     for i in range(count):
@@ -27,20 +31,14 @@ def make(folder: str, count: int, seconds: float = 10.0, size: str = "1920x1080"
         if os.path.exists(path):
             continue
         source = f"testsrc2=size={size}:rate={fps},noise=alls=12:allf=t"
-        subprocess.run(
-            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", source, "-t", str(seconds),
-             "-c:v", "libx264", "-preset", "veryfast", "-b:v", bitrate, "-maxrate", bitrate, "-bufsize", "20M",
-             "-g", str(fps), "-pix_fmt", "yuv420p", path],
-            check=True,
-        )
+        _ffmpeg("-f", "lavfi", "-i", source, "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-b:v", bitrate,
+                "-maxrate", bitrate, "-bufsize", "20M", "-g", str(fps), "-pix_fmt", "yuv420p", path)
     return paths
 
 
 def make_studio(folder: str, count: int, seconds: float = 10.0, fps: int = 60) -> list:
     """Clips that look like AIST to an encoder: a static studio background and one moving figure,
     x264's default preset (medium: 3 B-frames, b-pyramid), one key frame a second (-g 60), 1080p60."""
-    if shutil.which("ffmpeg") is None:
-        sys.exit("ffmpeg not found: install it (Debian/Ubuntu: apt-get install ffmpeg) to make realistic H.264 inputs")
     os.makedirs(folder, exist_ok=True)
     paths = []
     for i in range(count):
@@ -52,12 +50,8 @@ def make_studio(folder: str, count: int, seconds: float = 10.0, fps: int = 60) -
         figure = f"testsrc2=size=360x720:rate={fps}"
         studio = f"color=c=0x3c4650:size=1920x1080:rate={fps}"
         moving = f"[0][1]overlay=x='780+{400 + 40 * i}*sin(t*1.3+{i})':y='200+80*sin(t*2.1)',noise=alls=3:allf=t"
-        subprocess.run(
-            ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", studio, "-f", "lavfi", "-i", figure,
-             "-filter_complex", moving, "-t", str(seconds), "-c:v", "libx264", "-preset", "medium", "-g", str(fps),
-             "-pix_fmt", "yuv420p", path],
-            check=True,
-        )
+        _ffmpeg("-f", "lavfi", "-i", studio, "-f", "lavfi", "-i", figure, "-filter_complex", moving, "-t", str(seconds),
+                "-c:v", "libx264", "-preset", "medium", "-g", str(fps), "-pix_fmt", "yuv420p", path)
     return paths
 
 
@@ -69,8 +63,7 @@ def concatenated(path: str, parts: list) -> str:
     listing = path + ".txt"
     with open(listing, "w") as handle:
         handle.writelines(f"file '{os.path.abspath(p)}'\n" for p in parts)
-    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "concat", "-safe", "0", "-i", listing,
-                    "-c", "copy", path], check=True)
+    _ffmpeg("-f", "concat", "-safe", "0", "-i", listing, "-c", "copy", path)
     os.remove(listing)
     return path
 

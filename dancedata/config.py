@@ -44,7 +44,7 @@ class SamplingConfig:
     fps: float = flag("with --sampling stride: target frames per second (0: use --stride)", default=0.0)
     keyframes: bool = flag(
         "fast mode: decode only the key frames and apply --sampling (uniform or first) to them; "
-        "far less decoding, but a clip has only as many distinct frames as key frames (needs PyAV: dancedata[fast])",
+        "far less decoding, but a clip has only as many distinct frames as key frames",
         default=False,
     )
 
@@ -55,11 +55,6 @@ class SamplingConfig:
         _positive("fps", self.fps, allow_zero=True)
         if self.keyframes and self.sampling == "stride":
             raise ConfigError("keyframes works with sampling uniform or first, got sampling='stride'")
-        if self.keyframes:  # before any output is written, not once per video
-            try:
-                import av  # noqa: F401
-            except ImportError:
-                raise ConfigError("keyframes sampling needs PyAV: pip install 'dancedata[fast]'") from None
         if self.sampling == "stride" and not (self.stride or self.fps):
             raise ConfigError("sampling 'stride' needs stride > 0 or fps > 0, got stride=0 and fps=0")
 

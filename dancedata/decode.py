@@ -69,6 +69,18 @@ def to_square(frame_rgb: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(square, (size, size), interpolation=interpolation)
 
 
+def frame_to_square(frame, size: int) -> np.ndarray:
+    """A decoded frame -> [size, size, 3] uint8 RGB: scaled so its short side is `size` and converted
+    to RGB in one swscale pass (area averaging when shrinking; 0.7 ms for a 1080p frame against 5 ms
+    for converting it whole and resizing after), then centre-cropped."""
+    side = min(frame.width, frame.height)
+    width, height = max(size, round(frame.width * size / side)), max(size, round(frame.height * size / side))
+    method = "AREA" if side > size else "BILINEAR"
+    scaled = frame.reformat(width=width, height=height, format="rgb24", interpolation=method).to_ndarray()
+    top, left = (height - size) // 2, (width - size) // 2
+    return np.ascontiguousarray(scaled[top : top + size, left : left + size])
+
+
 def to_square_rgb(frame_bgr: np.ndarray, size: int) -> np.ndarray:
     """Centre square crop, resize, BGR -> RGB (for frames read with OpenCV)."""
     return cv2.cvtColor(to_square(frame_bgr, size), cv2.COLOR_BGR2RGB)
@@ -159,27 +171,35 @@ class _Decoder:
     def _take(self, frame) -> None:
         stamp = frame.pts if frame.pts is not None else frame.dts
         if stamp in self.wanted and stamp not in self.kept:
-            self.kept[stamp] = to_square(frame.to_ndarray(format="rgb24"), self.size)
+            self.kept[stamp] = frame_to_square(frame, self.size)
 
     def decode(self, wanted: list, seek: bool = True) -> dict:
-        """{pts: frame} for every wanted pts the stream yields."""
+        """{pts: frame} for every wanted pts the stream yields.
+
+        Decoding order only refers backwards, so once the packet of the last wanted frame of a group
+        of pictures has been sent, the rest of that group is needed by nobody: it is skipped up to the
+        next key frame (or a seek jumps further), and demuxing stops when every wanted packet is sent.
+        """
         self.wanted = set(wanted)
-        pending = sorted(self.wanted)
-        self._seek(self._key_before(pending[0]) if seek else None)
-        current_key = None
+        key_of = {stamp: self._key_before(stamp) for stamp in self.wanted}
+        unsent = set(self.wanted)
+        self._seek(key_of[min(unsent)] if seek else None)
+        current_key, skipping = None, False
         for packet in self.container.demux(self.stream):
             stamp = packet.pts if packet.pts is not None else packet.dts
             if packet.is_keyframe:
-                current_key = stamp
-            while pending and pending[0] in self.kept:
-                pending.pop(0)
-            if not pending:
+                current_key, skipping = stamp, False
+            if not unsent:
                 break
-            if seek and current_key is not None and stamp is not None:
-                target_key = self._key_before(pending[0])
-                next_key = self.idx.keys[bisect.bisect_right(self.idx.keys, current_key)] if current_key < self.idx.keys[-1] else None
-                if target_key is not None and next_key is not None and target_key > next_key:
-                    self._seek(target_key)  # a whole group of pictures lies between: jump over it
+            if skipping or stamp is None:
+                continue
+            first_unsent = min(unsent)
+            target_key = key_of[first_unsent]
+            if seek and current_key is not None and target_key is not None:
+                later = bisect.bisect_right(self.idx.keys, current_key)
+                next_key = self.idx.keys[later] if later < len(self.idx.keys) else None
+                if next_key is not None and target_key > next_key:
+                    self._seek(target_key)  # whole groups of pictures lie between: jump over them
                     current_key = None
                     continue
             if self.keyframes_only:
@@ -190,7 +210,10 @@ class _Decoder:
                 for frame in self.codec.decode(packet):
                     self._take(frame)
             except av.error.FFmpegError:
-                continue  # a damaged packet: the frames it carried are missing, later ones may decode
+                pass  # a damaged packet: the frames it carried are missing, later ones may decode
+            unsent.discard(stamp)
+            if unsent and current_key is not None and key_of[min(unsent)] is not None and key_of[min(unsent)] > current_key:
+                skipping = True  # every wanted frame of this group is sent: its tail is needed by nobody
         self._drain()
         return self.kept
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from dancedata import manifest as manifest_lib
 from dancedata import schema
-from dancedata.errors import ConfigError, ManifestError, ShardError
+from dancedata.errors import ConfigError, ShardError
 
 _HOLDOUT_BUCKETS = 1000
 # In the message of the error a damaged shard raises inside tf.data; `shard_error` finds it there.

@@ -12,6 +12,27 @@ import pytest
 # One colour per genre, so a correct pipeline can learn genre from pixels (BGR).
 GENRE_COLOURS = {"BR": (0, 0, 220), "PO": (0, 200, 0), "LO": (220, 0, 0), "HO": (0, 220, 220)}
 FAST_EXTRACTOR = {"backbone": "ResNet50", "weights": "none", "image_size": 32, "batch_size": 8}
+# ~34 KB per example at 8 frames x 2048 float16: about three examples per shard, so every split has several.
+SMALL_SHARDS = {"frames": 8, "shard_mb": 0.1, "quiet": True, **FAST_EXTRACTOR}
+BUILD_FLAGS = ["--frames", "8", "--shard-mb", "0.1", "--backbone", "ResNet50", "--weights", "none", "--image-size", "32",
+               "--batch-size", "8", "--quiet"]
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def build_outputs(folder, same_input=True):
+    """{name: content} of everything a reader uses: shards and manifest (build_info.json is timings by
+    design). Built from another copy of the input folder, the manifest is compared without `source`."""
+    import json
+
+    found = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != "build_info.json"}
+    if not same_input:
+        found["manifest.json"] = {k: v for k, v in json.loads(found["manifest.json"]).items() if k != "source"}
+    return found
+
+
+def cli_env(**extra):
+    """The environment for a dancedata subprocess: tests/ importable (the fault-injecting decoder)."""
+    return {**os.environ, "PYTHONPATH": TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
 
 
 def write_video(path, frames=12, colour=(0, 0, 255), size=(48, 64), fps=30, seed=0):

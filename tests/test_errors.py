@@ -1,6 +1,5 @@
 """The error messages users see for their mistakes: each names the value and what to do."""
 import json
-import sys
 
 import pytest
 
@@ -23,17 +22,6 @@ from dancedata.errors import ConfigError, InputError, ManifestError
 def test_config_errors(make, message):
     with pytest.raises(ConfigError, match=message):
         make()
-
-
-def test_keyframes_without_pyav_is_one_line_before_any_output(tmp_path, monkeypatch, capsys):
-    from dancedata import cli
-    from dancedata.build_shards import main
-
-    monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
-    (tmp_path / "aist").mkdir()
-    code = cli.run(main, "build_shards", [str(tmp_path / "aist"), "--out", str(tmp_path / "out"), "--keyframes"])
-    assert code == 2 and not (tmp_path / "out").exists()
-    assert capsys.readouterr().err.strip() == "build_shards: error: keyframes sampling needs PyAV: pip install 'dancedata[fast]'"
 
 
 def test_scan_errors(tmp_path):

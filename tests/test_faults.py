@@ -2,7 +2,6 @@
 and one-line errors everywhere. Faults are real: processes hang, segfault and get signals."""
 import errno
 import http.server
-import json
 import os
 import shutil
 import signal
@@ -12,31 +11,16 @@ import threading
 import time
 
 import pytest
-from conftest import FAST_EXTRACTOR, add_bad_files, make_aist_folder, write_truncated_avi, write_video
+from conftest import BUILD_FLAGS as FLAGS
+from conftest import SMALL_SHARDS as OPTIONS
+from conftest import add_bad_files, cli_env, make_aist_folder, write_truncated_avi, write_video
+from conftest import build_outputs as outputs
 from faulty_decoder import SPEC
 
 import dancedata
 import train as train_script
-from dancedata import cli, decode_pool, download, inspect, predict, write
+from dancedata import cli, decode_pool, inspect, write
 from dancedata.build_shards import main as build_main
-
-TESTS = os.path.dirname(os.path.abspath(__file__))
-OPTIONS = dict(frames=8, shard_mb=0.1, quiet=True, **FAST_EXTRACTOR)
-FLAGS = ["--frames", "8", "--shard-mb", "0.1", "--backbone", "ResNet50", "--weights", "none", "--image-size", "32",
-         "--batch-size", "8", "--quiet"]
-
-
-def outputs(folder, same_input=True):
-    """Shards and manifest as bytes; from another copy of the input, the manifest without `source`."""
-    found = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != "build_info.json"}
-    if not same_input:
-        found["manifest.json"] = {k: v for k, v in json.loads(found["manifest.json"]).items() if k != "source"}
-    return found
-
-
-def cli_env(**extra):
-    return {**os.environ, "PYTHONPATH": TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
-
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
@@ -228,7 +212,7 @@ def test_a_truncated_shard_is_named_too(reference, tmp_path):
 
 
 def run_module(*args, env=None):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, env=env or cli_env(), cwd=os.path.dirname(TESTS))
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300, env=env or cli_env(), cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.parametrize(

@@ -8,25 +8,15 @@ import sys
 import time
 
 import pytest
-from conftest import FAST_EXTRACTOR, aist_name, make_aist_folder, write_video
+from conftest import BUILD_FLAGS as FLAGS
+from conftest import FAST_EXTRACTOR, SMALL_SHARDS, aist_name, build_outputs, make_aist_folder, write_video
 
 import dancedata
 from dancedata import cli, naming, split
 from dancedata.build_shards import main as build_main
 
-# ~34 KB per example at 8 frames x 2048 float16: about three examples per shard, so every split has several.
-SMALL_SHARDS = {"frames": 8, "shard_mb": 0.1, "quiet": True, **FAST_EXTRACTOR}
-FLAGS = ["--frames", "8", "--shard-mb", "0.1", "--backbone", "ResNet50", "--weights", "none", "--image-size", "32",
-         "--batch-size", "8", "--quiet"]
-
-
-def outputs(folder):
-    """{name: bytes} of everything a reader uses: shards and manifest (build_info.json is timings by design)."""
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != "build_info.json"}
-
-
 def assert_same_build(a, b):
-    left, right = outputs(a), outputs(b)
+    left, right = build_outputs(a), build_outputs(b)
     assert sorted(left) == sorted(right)
     differing = [name for name in left if left[name] != right[name]]
     assert not differing, differing
@@ -294,3 +284,15 @@ def test_stable_fraction_is_a_pure_function():
     assert split.stable_fraction(0, "a") != split.stable_fraction(1, "a")
     values = [split.stable_fraction(7, f"seq{i}") for i in range(2000)]
     assert 0.45 < sum(v < 0.5 for v in values) / len(values) < 0.55
+
+
+def test_clips_shorter_than_the_frames_asked_for_are_counted_and_said(tmp_path):
+    root = tmp_path / "aist"
+    make_aist_folder(root, genres=("BR", "PO"), performances=2, cameras=1, frames=6)
+    manifest = dancedata.build_shards(str(root), str(tmp_path / "out"), **SMALL_SHARDS)  # 8 frames of 6-frame clips
+    assert manifest["short_examples"] == 4 and manifest["truncated"] == []
+    [warning] = [w for w in manifest["warnings"] if "fewer real frames" in w]
+    assert warning.startswith("4 example(s) have fewer real frames than the 8 asked for")
+    from dancedata import inspect
+
+    assert "short: 4 example(s) with fewer than 8 real frames" in inspect.summary(manifest)
