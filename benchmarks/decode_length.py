@@ -2,7 +2,7 @@
 
     python benchmarks/decode_length.py [--baseline-videos 5]
 
-In one run: uniform-20 build time per video for 10 s, 60 s and 10-minute 1080p60 clips (x264 default
+In one run: uniform-20 build time per video for six 10 s, three 60 s and one 10-minute 1080p60 clips (x264 default
 preset, B-frames, one key frame a second; the long ones are 10 s clips joined without re-encoding),
 the decode floor of each, the speed-up over the notebook baseline on the 10 s clips, and peak memory
 of --keyframes decoding a 10 s and the 10-minute clip (each in a fresh process that imports only the
@@ -76,7 +76,7 @@ def linked(folder: str, paths: list) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline-videos", type=int, default=5)
+    parser.add_argument("--baseline-videos", type=int, default=6)
     parser.add_argument("--folder", default=os.path.join(HERE, "data", "studio"))
     parser.add_argument("--json", default=os.path.join(HERE, "results", "decode_length.json"))
     args = parser.parse_args()
@@ -87,7 +87,9 @@ def main():
     ten_minutes = video_maker.concatenated(os.path.join(args.folder, "gPO_sFM_c01_d41_mPO0_ch41.mp4"), [minute[k % 3] for k in range(10)])
     tmp = tempfile.mkdtemp(prefix="dancedata-length-")
     try:
-        sets = {"10 s": short[:3], "60 s": minute, "10 min": [ten_minutes]}
+        # Each build's fixed start-up (decode worker pool, plan, manifest; ~1 s) is spread over its videos,
+        # as in a real build; the single 10-minute clip carries all of it.
+        sets = {"10 s": short, "60 s": minute, "10 min": [ten_minutes]}
         rows = {}
         for name, paths in sets.items():
             built = build_seconds(linked(os.path.join(tmp, name.replace(" ", "")), paths), os.path.join(tmp, "out"))

@@ -6,18 +6,13 @@ it continues where it stopped; the result is byte-identical to an uninterrupted 
 """
 from __future__ import annotations
 
-import collections
-import datetime
-import os
-import platform
-import socket
+import concurrent.futures
 import sys
 import time
 
-import numpy as np
-
-from dancedata import cli, config, manifest, plan as plan_lib, runners, scan, schema, write
+from dancedata import cli, config, manifest, plan as plan_lib, runners, scan, write
 from dancedata.config import BuildConfig, ExtractorConfig, SamplingConfig
+from dancedata.decode_pool import DecodePool
 from dancedata.errors import InputError
 
 
@@ -40,114 +35,53 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
     started = time.time()
     found = scan.scan(input_path, build.layout)
     if found.videos.empty:
-        raise InputError(_nothing_usable(input_path, found.skipped))
+        raise InputError(runners.nothing_usable(input_path, found.skipped))
     folder = write.OutputFolder(build.out)
     setup_started = time.time()
-    extractor = Extractor(extractor_config, frames_per_video=sampling.frames)  # before touching --out
+    # The decode workers start (about a second: a forkserver importing the decoder) while the backbone loads.
+    with concurrent.futures.ThreadPoolExecutor(1) as starter:
+        starting = starter.submit(DecodePool, min(build.workers, len(found.videos)), sampling, extractor_config.image_size, build.video_timeout)
+        try:
+            extractor = Extractor(extractor_config, frames_per_video=sampling.frames)  # before touching --out
+        except BaseException:
+            starting.result().close()  # a weights or image-size problem: no worker is left behind
+            raise
+        pool = starting.result()
     setup_s = time.time() - setup_started
-    plan = plan_lib.make_plan(found, sampling, extractor.manifest_entry(), extractor.feature_dim, build)
-    prepared = runners.prepare(plan, folder, overwrite=build.overwrite, update=build.update)
     progress = _progress(build.quiet)
-    try:
-        records = runners.run_local(plan, folder, prepared, extractor, sampling, build, progress)
-    finally:
-        progress.close()
-    result = _manifest(input_path, plan, extractor, sampling, build, records)
-    if not any(split["num_examples"] for split in result["splits"].values()):
-        raise InputError(_nothing_usable(input_path, result["skipped"]))
-    manifest.write(build.out, result)
-    runners.finish(folder, prepared, plan)
-    built = [r for r in records if r["file"] not in prepared.done]
-    write.write_json(os.path.join(build.out, write.BUILD_INFO), {
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "elapsed_s": round(time.time() - started, 2),
-        "extractor_setup_s": round(setup_s, 2),
-        "host": socket.gethostname(),
-        "workers": build.workers,
-        "shards_built": len(built),
-        "shards_kept": len(prepared.done),
-    })
-    return result
+    with pool:
+        plan = plan_lib.make_plan(found, sampling, extractor.manifest_entry(), extractor.feature_dim, build)
+        planned = manifest.planned(input_path, plan, extractor.manifest_entry(), extractor.feature_dim, sampling, build)
+        prepared = runners.prepare(plan, folder, overwrite=build.overwrite, update=build.update, planned=planned,
+                                   num_workers=build.num_workers, worker_index=build.worker_index)
+        try:
+            runners.run_local(plan, folder, prepared, extractor, sampling, build, progress, pool=pool)
+        finally:
+            progress.close()
+    info = {"elapsed_s": round(time.time() - started, 2), "extractor_setup_s": round(setup_s, 2), "workers": build.workers,
+            "shards_built": len(prepared.pending), "shards_kept": len(prepared.done)}
+    if build.partitioned:
+        return _after_part(build, plan, prepared, info)
+    return runners.finalize(write.OutputFolder(build.out), info)
 
 
-def _nothing_usable(input_path: str, skipped: list) -> str:
-    if not skipped:
-        return f"no video files in {input_path}"
-    reasons = collections.Counter(entry["reason"] for entry in skipped).most_common(3)
-    listed = "; ".join(f"{count} x {reason}" for reason, count in reasons)
-    return f"no usable video in {input_path}: {len(skipped)} file(s) skipped ({listed})"
+def _after_part(build: BuildConfig, plan, prepared, info: dict) -> dict | None:
+    """A part is done: the last part to finish writes the manifest; the others say what is left."""
+    folder = write.OutputFolder(build.out)
+    left = runners.missing(folder)
+    part = f"part {build.worker_index + 1} of {build.num_workers} built ({len(prepared.pending)} shards built, {len(prepared.done)} already there)"
+    if left:
+        runners.say(f"{part}; {len(left)} of {len(plan.units)} shards are still to be built by other parts. "
+                    f"The last part to finish writes manifest.json (or run: python -m dancedata.build_shards --finalize {build.out})")
+        return None
+    runners.say(f"{part}; every part is built: writing manifest.json")
+    return runners.finalize(folder, {**info, "num_workers": build.num_workers, "worker_index": build.worker_index})
 
 
-def _versions() -> dict:
-    import cv2
-    import keras
-    import pandas
-    import tensorflow as tf
-
-    from dancedata import __version__
-
-    return {
-        "dancedata": __version__,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "opencv": cv2.__version__,
-        "numpy": np.__version__,
-        "pandas": pandas.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def _manifest(input_path, plan, extractor, sampling, build, records) -> dict:
-    """The manifest: a pure function of the plan and the committed records (no time, no host)."""
-    splits = {}
-    for record in records:
-        entry = splits.setdefault(record["split"], {"num_examples": 0, "genres": {}, "groups": plan.groups.get(record["split"], {}), "shards": []})
-        entry["num_examples"] += record["num_examples"]
-        for genre, count in record["genres"].items():
-            entry["genres"][genre] = entry["genres"].get(genre, 0) + count
-        entry["shards"].append({key: record[key] for key in ("file", "num_examples", "sha256")})
-    for entry in splits.values():
-        entry["genres"] = dict(sorted(entry["genres"].items()))
-    skipped = plan.skipped + [{"path": e["path"], "reason": e["reason"]} for r in records for e in r["skipped"]]
-    truncated = [entry for record in records for entry in record["truncated"]]
-    short = sum(record["short_examples"] for record in records)
-    lost, seen = sum(r["values_lost"] for r in records), sum(r["values_seen"] for r in records)
-    warnings = list(plan.warnings)
-    empty = [name for name, entry in splits.items() if not entry["num_examples"]]
-    if empty:
-        warnings.append(f"split(s) {', '.join(empty)} have no example: every video planned there failed to decode")
-    if short:
-        warnings.append(
-            f"{short} example(s) have fewer real frames than the {sampling.frames} asked for "
-            f"({len(truncated)} of them from truncated streams); their masks mark the padding"
-        )
-    return {
-        "schema_version": schema.SCHEMA_VERSION,
-        "feature_spec": schema.feature_spec(sampling.frames, extractor.feature_dim, build.dtype),
-        "classes": plan.classes,
-        "num_frames": sampling.frames,
-        "feature_dim": extractor.feature_dim,
-        "feature_dtype": build.dtype,
-        "extractor": extractor.manifest_entry(),
-        "sampling": config.asdict(sampling),
-        "split": {
-            "strategy": build.split,
-            "val_fraction": build.val_fraction,
-            "test_fraction": build.test_fraction,
-            "seed": build.seed,
-            "leaked_sequences": len(plan.leaked),
-            "grouped": scan.has_grouping(plan.videos),
-            "shared_with_train": plan.shared,
-        },
-        "splits": splits,
-        "skipped": sorted(skipped, key=lambda e: (e["path"], e["reason"])),
-        "truncated": sorted(truncated, key=lambda e: e["path"]),
-        "short_examples": short,
-        "warnings": warnings,
-        "precision_loss": {"dtype": build.dtype, "fraction_of_values_lost": lost / max(seen, 1)},
-        "source": {"path": os.path.abspath(input_path), "layout": plan.layout},
-        "build": {"versions": _versions(), "info": write.BUILD_INFO},
-    }
+def finalize(out: str) -> dict:
+    """Writes the manifest of a build in `out` whose shards are all built (a partitioned build's parts
+    on several machines, say); returns it. Raises InputError naming the parts still missing."""
+    return runners.finalize(write.OutputFolder(out), {"finalized_by": "--finalize"})
 
 
 def _parser():
@@ -156,7 +90,11 @@ def _parser():
         description="Decode each video once, extract frame features in batches, write sharded TFRecords + manifest.json. "
         "Run the same command again after an interruption to resume.",
     )
-    parser.add_argument("input", help="folder of videos (AIST names, or one subfolder per class) or a CSV of path,label")
+    parser.add_argument("input", nargs="?", help="folder of videos (AIST names, or one subfolder per class) or a CSV of path,label")
+    parser.add_argument(
+        "--finalize", metavar="OUT",
+        help="write the manifest of the partitioned build in OUT once all its parts are built (no input needed)",
+    )
     config.add_flags(parser, SamplingConfig, ExtractorConfig, BuildConfig)
     return parser
 
@@ -164,10 +102,19 @@ def _parser():
 def main(argv=None) -> int:
     from dancedata import inspect
 
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.finalize:
+        if args.input:
+            parser.error("give the input folder or --finalize OUT, not both")
+        print(inspect.summary(finalize(args.finalize), info_file=inspect.build_info(args.finalize)))
+        return 0
+    if not args.input:
+        parser.error("the input folder is required (or --finalize OUT to finish a partitioned build)")
     configs = [config.from_flags(args, cls) for cls in (SamplingConfig, ExtractorConfig, BuildConfig)]
     result = build_from_configs(args.input, *configs)
-    print(inspect.summary(result, info_file=inspect.build_info(configs[2].out)))
+    if result is not None:
+        print(inspect.summary(result, info_file=inspect.build_info(configs[2].out)))
     return 0
 
 

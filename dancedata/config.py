@@ -25,7 +25,7 @@ def _positive(name: str, value, allow_zero: bool = False):
         raise ConfigError(f"{name} must be {bound}, got {value!r}")
 
 
-def _choice(name: str, value, choices):
+def check_choice(name: str, value, choices):
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
@@ -50,7 +50,7 @@ class SamplingConfig:
 
     def __post_init__(self):
         _positive("frames", self.frames)
-        _choice("sampling", self.sampling, SAMPLINGS)
+        check_choice("sampling", self.sampling, SAMPLINGS)
         _positive("stride", self.stride, allow_zero=True)
         _positive("fps", self.fps, allow_zero=True)
         if self.keyframes and self.sampling == "stride":
@@ -82,7 +82,7 @@ class ExtractorConfig:
         if self.image_size < 32:
             raise ConfigError(f"image_size must be at least 32, got {self.image_size!r}")
         _positive("batch_size", self.batch_size, allow_zero=True)
-        _choice("mixed_precision", self.mixed_precision, ("auto", "on", "off"))
+        check_choice("mixed_precision", self.mixed_precision, ("auto", "on", "off"))
         if self.weights not in ("imagenet", "none") and not os.path.isfile(self.weights):
             raise ConfigError(f"weights must be imagenet, none or an existing file; no file at {self.weights!r}")
 
@@ -116,11 +116,17 @@ class BuildConfig:
         default=False,
     )
     quiet: bool = flag("no progress bar", default=False)
+    num_workers: int = flag(
+        "machines sharing this build (a partitioned build: each runs the same command with its own --worker-index "
+        "and the same --out; the last to finish writes manifest.json)",
+        default=1,
+    )
+    worker_index: int = flag("which machine this is, 0 .. --num-workers - 1", default=0)
 
     def __post_init__(self):
-        _choice("layout", self.layout, LAYOUTS)
-        _choice("split", self.split, SPLITS)
-        _choice("dtype", self.dtype, DTYPES)
+        check_choice("layout", self.layout, LAYOUTS)
+        check_choice("split", self.split, SPLITS)
+        check_choice("dtype", self.dtype, DTYPES)
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0 <= value < 1:
@@ -132,6 +138,18 @@ class BuildConfig:
         _positive("workers", self.workers)
         _positive("video_timeout", self.video_timeout)
         _positive("shard_mb", self.shard_mb)
+        _positive("num_workers", self.num_workers)
+        if not 0 <= self.worker_index < self.num_workers:
+            raise ConfigError(f"worker_index must be in 0..{self.num_workers - 1}, got {self.worker_index!r}")
+        if self.overwrite and self.num_workers > 1:
+            raise ConfigError(
+                "overwrite cannot be combined with num_workers > 1 (each part would delete the others' shards); "
+                "clear --out once, or choose another, then start the parts"
+            )
+
+    @property
+    def partitioned(self) -> bool:
+        return self.num_workers > 1
 
 
 def split_options(options: dict, *classes) -> list:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 from dancedata import schema
 from dancedata.errors import ManifestError
@@ -24,7 +25,7 @@ def dumps(document: dict) -> str:
 def write(folder: str, manifest: dict, name: str = FILENAME) -> str:
     """Writes atomically (temporary name, then rename): a reader never sees half a manifest."""
     target = os.path.join(folder, name)
-    temporary = target + ".incomplete"
+    temporary = f"{target}.{os.getpid()}.{threading.get_ident()}.incomplete"  # writers on other machines too
     with open(temporary, "w") as handle:
         handle.write(dumps(manifest))
         handle.flush()
@@ -57,3 +58,98 @@ def load(folder: str) -> dict:
             + ("Upgrade dancedata (pip install -U dancedata) to read it" if newer else "Rebuild the shards with this dancedata")
         )
     return manifest
+
+
+def versions() -> dict:
+    """The versions of what wrote a build (they go in its manifest)."""
+    import platform
+
+    import cv2
+    import keras
+    import numpy as np
+    import pandas
+    import tensorflow as tf
+
+    from dancedata import __version__
+
+    return {
+        "dancedata": __version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "opencv": cv2.__version__,
+        "numpy": np.__version__,
+        "pandas": pandas.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def planned(input_path: str, plan, extractor_entry: dict, feature_dim: int, sampling, build) -> dict:
+    """What a build's manifest says before any shard exists: everything the plan decides. It is kept
+    in the build's plan file, so whichever machine finishes a partitioned build can write the manifest."""
+    from dancedata import config, scan
+
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "feature_spec": schema.feature_spec(sampling.frames, feature_dim, build.dtype),
+        "classes": plan.classes,
+        "num_frames": sampling.frames,
+        "feature_dim": feature_dim,
+        "feature_dtype": build.dtype,
+        "extractor": extractor_entry,
+        "sampling": config.asdict(sampling),
+        "split": {
+            "strategy": build.split,
+            "val_fraction": build.val_fraction,
+            "test_fraction": build.test_fraction,
+            "seed": build.seed,
+            "leaked_sequences": len(plan.leaked),
+            "grouped": scan.has_grouping(plan.videos),
+            "shared_with_train": plan.shared,
+        },
+        "groups": plan.groups,
+        "skipped": plan.skipped,
+        "warnings": plan.warnings,
+        "source": {"path": os.path.abspath(input_path), "layout": plan.layout},
+        "build": {"versions": versions(), "info": "build_info.json"},
+    }
+
+
+def complete(planned_part: dict, records: list) -> dict:
+    """The manifest: a pure function of the planned part and the committed shards' records, in plan
+    order (no time, no host), so every runner writes the same bytes."""
+    frames = planned_part["num_frames"]
+    splits = {}
+    for record in records:
+        groups = planned_part["groups"].get(record["split"], {})
+        entry = splits.setdefault(record["split"], {"num_examples": 0, "genres": {}, "groups": groups, "shards": []})
+        entry["num_examples"] += record["num_examples"]
+        for genre, count in record["genres"].items():
+            entry["genres"][genre] = entry["genres"].get(genre, 0) + count
+        entry["shards"].append({key: record[key] for key in ("file", "num_examples", "sha256")})
+    for entry in splits.values():
+        entry["genres"] = dict(sorted(entry["genres"].items()))
+    skipped = planned_part["skipped"] + [{"path": e["path"], "reason": e["reason"]} for r in records for e in r["skipped"]]
+    truncated = [entry for record in records for entry in record["truncated"]]
+    short = sum(record["short_examples"] for record in records)
+    lost, seen = sum(r["values_lost"] for r in records), sum(r["values_seen"] for r in records)
+    warnings = list(planned_part["warnings"])
+    empty = [name for name, entry in splits.items() if not entry["num_examples"]]
+    if empty:
+        warnings.append(f"split(s) {', '.join(empty)} have no example: every video planned there failed to decode")
+    if short:
+        warnings.append(
+            f"{short} example(s) have fewer real frames than the {frames} asked for "
+            f"({len(truncated)} of them from truncated streams); their masks mark the padding"
+        )
+    head = ("schema_version", "feature_spec", "classes", "num_frames", "feature_dim", "feature_dtype", "extractor", "sampling", "split")
+    return {
+        **{key: planned_part[key] for key in head},
+        "splits": splits,
+        "skipped": sorted(skipped, key=lambda e: (e["path"], e["reason"])),
+        "truncated": sorted(truncated, key=lambda e: e["path"]),
+        "short_examples": short,
+        "warnings": warnings,
+        "precision_loss": {"dtype": planned_part["feature_dtype"], "fraction_of_values_lost": lost / max(seen, 1)},
+        "source": planned_part["source"],
+        "build": planned_part["build"],
+    }

@@ -5,13 +5,18 @@ its videos and the build's identity.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import datetime
 import os
+import socket
 import sys
 
-from dancedata import plan as plan_lib, work_unit
+from dancedata import manifest, plan as plan_lib, work_unit
 from dancedata.decode_pool import DecodePool
 from dancedata.errors import InputError
+from dancedata.write import BUILD_INFO, PLAN_FILE, write_json
 
 
 @dataclasses.dataclass
@@ -36,9 +41,20 @@ def _changes_text(added, removed, changed) -> str:
     return ", ".join(parts)
 
 
-def prepare(plan, folder, overwrite: bool = False, update: bool = False) -> Prepared:
-    """Checks that `folder` holds nothing that conflicts with `plan`, and works out what is built."""
+def share(units: list, num_workers: int, worker_index: int) -> list:
+    """The units part `worker_index` of a partitioned build builds: every num_workers-th in plan order
+    (each part gets shards of every split)."""
+    return units[worker_index::num_workers]
+
+
+def prepare(plan, folder, overwrite: bool = False, update: bool = False, planned: dict | None = None,
+            num_workers: int = 1, worker_index: int = 0) -> Prepared:
+    """Checks that `folder` holds nothing that conflicts with `plan`, and works out what is built.
+
+    A part of a partitioned build (`num_workers` > 1) builds only its share, and touches only its own
+    shards and those of no unit of the plan, so parts on several machines can start at any time."""
     out = folder.out
+    mine = {unit.name for unit in share(plan.units, num_workers, worker_index)}
     if overwrite:
         folder.clear()
     elif folder.plan is None and folder.manifest is not None:
@@ -68,13 +84,15 @@ def prepare(plan, folder, overwrite: bool = False, update: bool = False) -> Prep
                 "choose another --out"
             )
 
-    folder.remove_partials()
+    folder.remove_partials(mine if num_workers > 1 else None)
     records = folder.records()
     done = {}
     for unit in plan.units:
         record = records.get(unit.name)
         if folder.is_built(unit.name, unit.key, record):
             done[unit.name] = records.pop(unit.name)
+        elif unit.name not in mine:
+            records.pop(unit.name, None)  # another part's: it may be writing it now
     for name, record in records.items():  # committed shards of an earlier plan: their features may be reused
         path = os.path.join(out, name)
         intact = os.path.exists(path) and folder.is_built(name, record.get("key"), record)
@@ -84,10 +102,18 @@ def prepare(plan, folder, overwrite: bool = False, update: bool = False) -> Prep
             folder.forget(name)
     leftovers = folder.ours() - names - {"manifest.json", "build_info.json"}
     if set(done) != names and folder.manifest is not None:
-        os.remove(os.path.join(out, "manifest.json"))  # a manifest means "complete"; it is written again last
-    folder.start({"identity": plan.identity, "inputs": plan.inputs, "files": sorted(names | leftovers)})
-    pending = [unit for unit in plan.units if unit.name not in done]
+        with contextlib.suppress(FileNotFoundError):  # a manifest means "complete"; it is written again last
+            os.remove(os.path.join(out, "manifest.json"))
+    folder.start(_plan_document(plan, sorted(names | leftovers), planned, num_workers))
+    pending = [unit for unit in plan.units if unit.name not in done and unit.name in mine]
     return Prepared(done, pending, work_unit.Reuse(folder.reuse_records()), leftovers)
+
+
+def _plan_document(plan, files: list, planned: dict | None, num_workers: int) -> dict:
+    """.build/plan.json: what refuse-to-mix and --update compare, the files the build owns, and what
+    finalize needs to write the manifest without the input folder or the extractor."""
+    return {"identity": plan.identity, "inputs": plan.inputs, "files": files,
+            "units": [[unit.name, unit.key] for unit in plan.units], "num_workers": num_workers, "manifest": planned}
 
 
 def say(message: str) -> None:
@@ -95,8 +121,9 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_local(plan, folder, prepared: Prepared, extractor, sampling, build, progress=None) -> list:
-    """Builds every pending unit here; returns all units' records in plan order."""
+def run_local(plan, folder, prepared: Prepared, extractor, sampling, build, progress=None, pool=None) -> list:
+    """Builds every pending unit here, decoding in `pool` (or a DecodePool of its own); returns
+    {shard name: record} of the units built or found built."""
     from dancedata.extract import VideoBatcher
 
     reuse, pending = prepared.reuse, prepared.pending
@@ -112,8 +139,10 @@ def run_local(plan, folder, prepared: Prepared, extractor, sampling, build, prog
         progress.reset(total=sum(len(unit.videos) for unit in pending))
     batcher = VideoBatcher(extractor)
     records = dict(prepared.done)
-    workers = min(build.workers, max(len(to_decode), 1))
-    with DecodePool(workers, sampling, extractor.config.image_size, build.video_timeout) as pool:
+    own = pool is None
+    if own:
+        pool = DecodePool(min(build.workers, max(len(to_decode), 1)), sampling, extractor.config.image_size, build.video_timeout)
+    try:
         decoded = pool.imap(to_decode)
         for unit in pending:
             records[unit.name] = work_unit.run(
@@ -121,12 +150,65 @@ def run_local(plan, folder, prepared: Prepared, extractor, sampling, build, prog
                 on_video=progress.update if progress is not None else None,
             )
         decoded.close()
-    return [records[unit.name] for unit in plan.units]
+    finally:
+        if own:
+            pool.close()
+    return records
 
 
-def finish(folder, prepared: Prepared, plan) -> None:
-    """After the manifest: deletes an earlier plan's shards and the reuse area."""
-    for name in prepared.leftovers:
+def missing(folder) -> list:
+    """(position, name) of the plan's units whose shard is not committed, by the records alone."""
+    records = folder.records()
+    return [(position, name) for position, (name, key) in enumerate(folder.plan["units"])
+            if (records.get(name) or {}).get("key") != key or not os.path.exists(os.path.join(folder.out, name))]
+
+
+def finalize(folder, info: dict | None = None) -> dict:
+    """Writes the manifest of a build whose units are all committed (by any runner, on any machine),
+    deletes an earlier plan's leftovers, and writes build_info.json; returns the manifest. Running
+    it twice, or on two machines at once, writes the same manifest."""
+    document = folder.plan
+    if document is None or "units" not in document:
+        raise InputError(
+            f"{folder.out} holds no build plan (.build/{os.path.basename(PLAN_FILE)}); "
+            "start the build with the input folder: python -m dancedata.build_shards VIDEOS --out "
+            f"{folder.out} [--num-workers K --worker-index I]"
+        )
+    records = folder.records()
+    absent = [(position, name) for position, (name, key) in enumerate(document["units"])
+              if not folder.is_built(name, key, records.get(name))]
+    if absent:
+        count = document.get("num_workers", 1)
+        parts = sorted({position % count for position, _ in absent})
+        runs = " and ".join(f"--worker-index {index}" for index in parts)
+        raise InputError(
+            f"{folder.out}: shards of {len(parts)} part(s) are not built yet ({len(absent)} of {len(document['units'])} "
+            f"shards, e.g. {absent[0][1]}); run the build with --num-workers {count} {runs}"
+            if count > 1 else
+            f"{folder.out}: {len(absent)} of {len(document['units'])} shards are not built yet (e.g. {absent[0][1]}); "
+            "run the build command again to finish it"
+        )
+    result = manifest.complete(document["manifest"], [records[name] for name, _ in document["units"]])
+    if not any(split["num_examples"] for split in result["splits"].values()):
+        raise InputError(nothing_usable(result["source"]["path"], result["skipped"]))
+    manifest.write(folder.out, result)
+    names = [name for name, _ in document["units"]]
+    for name in set(document.get("files", [])) - set(names) - {manifest.FILENAME, BUILD_INFO}:
         folder.forget(name)
+    folder.remove_partials()
     folder.finish()
-    folder.start({"identity": plan.identity, "inputs": plan.inputs, "files": sorted(unit.name for unit in plan.units)})
+    folder.start({**document, "files": names})
+    write_json(os.path.join(folder.out, BUILD_INFO), {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        **(info or {}),
+    })
+    return result
+
+
+def nothing_usable(input_path: str, skipped: list) -> str:
+    if not skipped:
+        return f"no video files in {input_path}"
+    reasons = collections.Counter(entry["reason"] for entry in skipped).most_common(3)
+    listed = "; ".join(f"{count} x {reason}" for reason, count in reasons)
+    return f"no usable video in {input_path}: {len(skipped)} file(s) skipped ({listed})"

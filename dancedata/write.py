@@ -30,6 +30,7 @@ PLAN_FILE = "plan.json"
 REUSE_DIR = "reuse"
 BUILD_INFO = "build_info.json"
 SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord$")
+TEMPORARY_JSON = re.compile(r"^(manifest|build_info)\.json\.[\w.]+\.incomplete$")  # manifest.write's
 
 
 def sha256(path: str) -> str:
@@ -175,25 +176,36 @@ class OutputFolder:
 
     def keep_for_reuse(self, name: str, record: dict) -> None:
         """Moves a committed shard of an earlier plan aside, named by its key, so an update can read
-        its examples while the new plan writes shards that may have the same name."""
+        its examples while the new plan writes shards that may have the same name. Another part of a
+        partitioned build may have moved it already."""
         os.makedirs(self.reuse, exist_ok=True)
         base = os.path.join(self.reuse, record["key"][:32])
-        os.replace(os.path.join(self.out, name), base + ".tfrecord")
-        os.replace(os.path.join(self.state, name + ".json"), base + ".json")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(os.path.join(self.out, name), base + ".tfrecord")
+            os.replace(os.path.join(self.state, name + ".json"), base + ".json")
 
     def forget(self, name: str) -> None:
         """Drops a shard (and its record) that no plan needs any more."""
         for path in (os.path.join(self.out, name), os.path.join(self.state, name + ".json")):
-            if os.path.exists(path):
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
 
-    def remove_partials(self) -> None:
-        """`.incomplete` files are never finished work: a killed build left them."""
+    def remove_partials(self, names: set | None = None) -> None:
+        """`.incomplete` files are never finished work: a killed build left them. With `names`, only
+        those shards' (a part of a partitioned build leaves the other parts' work in progress alone)."""
         if not os.path.isdir(self.out):
             return
         for name in os.listdir(self.out):
-            if name.endswith(PARTIAL) and (SHARD_NAME.match(name[: -len(PARTIAL)]) or name[: -len(PARTIAL)] in self.ours()):
-                os.remove(os.path.join(self.out, name))
+            if not name.endswith(PARTIAL):
+                continue
+            shard = name[: -len(PARTIAL)]
+            if names is not None:
+                ours = shard in names
+            else:
+                ours = SHARD_NAME.match(shard) or shard in self.ours() or TEMPORARY_JSON.match(name)
+            if ours:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(self.out, name))
 
     def clear(self) -> None:
         """--overwrite: deletes what earlier builds wrote here, and nothing else."""
