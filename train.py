@@ -14,6 +14,9 @@ from dancedata import cli, config
 from dancedata.errors import ConfigError
 
 
+STRATEGIES = ("default", "mirrored", "multi-worker")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     shards: str = config.flag("shard folder with manifest.json (local or gs://)", default="tfrecords")
@@ -34,6 +37,16 @@ class TrainConfig:
     verify: bool = config.flag("check shard sha256 against the manifest before training", default=False)
     skip_bad_shards: bool = config.flag("leave out corrupted or truncated shards (listed in one warning) instead of stopping", default=False)
     overwrite: bool = config.flag("replace an earlier run in --out (its files and TensorBoard logs)", default=False)
+    data_service: str = config.flag(
+        "grpc://HOST:PORT of a tf.data service dispatcher whose workers read and parse the training split "
+        "(python -m dancedata.data_service); validation and evaluation stay local",
+        default="",
+    )
+    strategy: str = config.flag(
+        "default: one device; mirrored: all local GPUs (or logical CPUs) in sync, --batch-size is the global batch "
+        "split over them; multi-worker: reserved (Keras 3's fit cannot train under MultiWorkerMirroredStrategy yet)",
+        default="default",
+    )
 
     def __post_init__(self):
         from models import ARCHITECTURES
@@ -47,6 +60,15 @@ class TrainConfig:
             raise ConfigError(f"seq_len and patience must be non-negative, got {self.seq_len!r} and {self.patience!r}")
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        config.check_choice("strategy", self.strategy, STRATEGIES)
+        if self.data_service:
+            from dancedata import data_service
+
+            data_service.parse_address(self.data_service)
+            if self.cache:
+                raise ConfigError("cache and data_service exclude each other: with a data service its workers read the training split")
+            if self.strategy != "default":
+                raise ConfigError("data_service works with strategy default only (one trainer consuming the service)")
         if self.model not in ARCHITECTURES:
             raise ConfigError(f"model must be one of {', '.join(ARCHITECTURES)}; got {self.model!r}")
 
@@ -75,22 +97,45 @@ def _fits_in_memory(nbytes: int) -> bool:
     return nbytes <= available / 4
 
 
-def _datasets(builder, cfg: TrainConfig):
-    """(train, validation or None); validation never shares a performance with train."""
+def _train_size(builder, cfg: TrainConfig) -> int:
+    """Examples in the training part of train (all of it, or what the held-out validation leaves)."""
+    if not _holdout(builder, cfg):
+        return builder.info.splits["train"]
+    kept = builder.as_dataset("train", batch_size=256, holdout_fraction=_holdout(builder, cfg), skip_bad_shards=cfg.skip_bad_shards)
+    return sum(int(label.shape[0]) for _, label in kept)
+
+
+def _datasets(builder, cfg: TrainConfig, strategy):
+    """(train, validation or None, steps per epoch or None); validation never shares a performance
+    with train. Through a data service or a distribution strategy, train repeats and an epoch is
+    steps_per_epoch = ceil(examples / global batch) steps."""
     if cfg.verify:  # once per split, before any dataset reads it
         for split in builder.info.splits:
             builder.verify(split)
     usable = _usable_splits(builder)
     holdout = _holdout(builder, cfg)
     cache = cfg.cache
-    if cache is None:  # train and validation are read every epoch; a held-out val is a part of train
+    if cfg.data_service:
+        cache = False
+    elif cache is None:  # train and validation are read every epoch; a held-out val is a part of train
         nbytes = builder.cache_bytes("train") + (builder.cache_bytes("val") if "val" in usable else 0)
         cache = _fits_in_memory(nbytes)
         if not cache:
             print(f"train and validation ({nbytes / 1e9:.1f} GB decoded) are over a quarter of the available "
                   "memory: reading them from the shards every epoch (--cache keeps them anyway)", file=sys.stderr)
     common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, cache=cache, skip_bad_shards=cfg.skip_bad_shards)
-    train = builder.as_dataset("train", shuffle=True, seed=cfg.seed, holdout_fraction=holdout, **common)
+    train_options = dict(shuffle=True, seed=cfg.seed, holdout_fraction=holdout, **common)
+    steps = None
+    if cfg.data_service:
+        train = builder.as_dataset("train", repeat=True, data_service=cfg.data_service, **train_options)
+    elif cfg.strategy != "default":  # each worker reads its share of the files, per-replica batches
+        train = strategy.distribute_datasets_from_function(
+            lambda context: _uint8_mask(builder.as_dataset("train", repeat=True, input_context=context, **train_options))
+        )
+    else:
+        train = builder.as_dataset("train", **train_options)
+    if cfg.data_service or cfg.strategy != "default":
+        steps = max(1, -(-_train_size(builder, cfg) // cfg.batch_size))
     if "val" in usable:
         val = builder.as_dataset("val", **common)
     else:
@@ -98,7 +143,38 @@ def _datasets(builder, cfg: TrainConfig):
         if not sum(1 for _ in val.unbatch()):
             print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
             val = None
-    return train, val
+    if val is not None and cfg.strategy != "default":
+        val = _uint8_mask(val)
+    return train, val, steps
+
+
+def _uint8_mask(dataset):
+    """The mask as uint8 for a distribution strategy: fit under MirroredStrategy fails on a bool input
+    ("AddN ... of bool", TF 2.21 + Keras 3.15); the model's bool input converts it back."""
+    import tensorflow as tf
+
+    return dataset.map(lambda inputs, label: ((inputs[0], tf.cast(inputs[1], tf.uint8)), label))
+
+
+def _strategy(cfg: TrainConfig):
+    """The tf.distribute strategy for --strategy (created before any model or dataset)."""
+    import tensorflow as tf
+
+    if cfg.strategy == "default":
+        return tf.distribute.get_strategy()
+    if cfg.strategy == "multi-worker":
+        # Measured with TF 2.21 + Keras 3.15 over two processes: fit fails under MultiWorkerMirroredStrategy
+        # (a cross-worker reduce of the first batch, then of the loss; keras-team/keras#20585, open).
+        raise ConfigError(
+            "strategy multi-worker is not available: Keras 3's fit cannot train under MultiWorkerMirroredStrategy "
+            "(keras-team/keras#20585); use --strategy mirrored on one machine with several GPUs"
+        )
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [device.name for device in gpus or tf.config.list_logical_devices("CPU")]
+    strategy = tf.distribute.MirroredStrategy(devices)
+    if cfg.batch_size % strategy.num_replicas_in_sync:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} replicas")
+    return strategy
 
 
 def _evaluation(builder, cfg: TrainConfig, val_ds):
@@ -180,6 +256,7 @@ def _train(cfg: TrainConfig) -> dict:
     info = builder.info
     if not info.splits.get("train"):
         raise ConfigError(f"{cfg.shards} has no training example (splits: {', '.join(f'{n} {c}' for n, c in info.splits.items()) or 'none'})")
+    strategy = _strategy(cfg)
     out = _prepare_out(cfg)
     for warning in info.manifest.get("warnings", []):  # what the build said about its splits, where training starts
         print(f"warning from the build: {warning}", file=sys.stderr)
@@ -188,17 +265,19 @@ def _train(cfg: TrainConfig) -> dict:
               f"{cfg.shards}`): left out", file=sys.stderr)
     keras.utils.set_random_seed(cfg.seed)
 
-    train_ds, val_ds = _datasets(builder, cfg)
+    train_ds, val_ds, steps_per_epoch = _datasets(builder, cfg, strategy)
     mean, variance = feature_moments(
         builder.as_dataset("train", batch_size=256, holdout_fraction=_holdout(builder, cfg), skip_bad_shards=cfg.skip_bad_shards)
     )
     num_frames = cfg.seq_len or info.num_frames
-    model = models.build_model(cfg.model, len(info.classes), num_frames, info.feature_dim, mean, variance)
-    model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+
+    def compiled_model():
+        model = models.build_model(cfg.model, len(info.classes), num_frames, info.feature_dim, mean, variance)
+        model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    with strategy.scope():
+        model = compiled_model()
     best = os.path.join(out, "checkpoints", "best.weights.h5")
     os.makedirs(os.path.dirname(best), exist_ok=True)
     callbacks = [keras.callbacks.CSVLogger(os.path.join(out, "history.csv")), keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
@@ -207,14 +286,19 @@ def _train(cfg: TrainConfig) -> dict:
         if cfg.patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))
     # The dataset is already shuffled (files, then a buffer), seeded; Keras must not try again.
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=callbacks, verbose=2, shuffle=False)
+    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                        callbacks=callbacks, verbose=2, shuffle=False)
     if val_ds is not None and os.path.exists(best):
         model.load_weights(best)  # the best epoch on validation, not the last
+    if cfg.strategy != "default":  # evaluate and save on one device: a mirrored model's predict_on_batch
+        trained, model = model, compiled_model()  # runs the whole batch on every replica and concatenates
+        model.set_weights(trained.get_weights())
 
     evaluate_on, evaluation = _evaluation(builder, cfg, val_ds)
     split = info.manifest.get("split", {})
     metrics = {
         "evaluated_split": evaluate_on,
+        "distribution": {"strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync, "data_service": bool(cfg.data_service)},
         "split_strategy": split.get("strategy"),
         "shared_with_train": split.get("shared_with_train", {}).get(evaluate_on if evaluate_on in ("val", "test") else "", {}),
     }

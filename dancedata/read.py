@@ -180,6 +180,7 @@ class DatasetBuilder:
         holdout: bool = False,
         input_context=None,
         skip_bad_shards: bool = False,
+        data_service: str | None = None,
     ):
         """((features, mask), label) batches of `split`; with_metadata adds a dict of string fields.
 
@@ -191,6 +192,9 @@ class DatasetBuilder:
         A corrupted or truncated shard raises tf.errors.InvalidArgumentError naming the file when it is
         read (`shard_error(error)` turns it into a ShardError); skip_bad_shards=True checks the shards
         first and leaves damaged ones out, with one warning that lists them.
+        data_service="grpc://HOST:PORT" has tf.data service workers read, parse and batch (see
+        `dancedata.data_service`); each shard is read by one worker per epoch, so the result's
+        cardinality is unknown: use repeat=True and steps_per_epoch. Not with cache or input_context.
         """
         import tensorflow as tf
 
@@ -200,6 +204,12 @@ class DatasetBuilder:
             raise ConfigError(f"seq_len must be in 1..{self.info.num_frames} (the stored frames), got {seq_len}")
         if not 0 <= holdout_fraction < 1:
             raise ConfigError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+        if data_service is not None:
+            from dancedata import data_service as service
+
+            if cache or input_context is not None:
+                raise ConfigError("data_service cannot be combined with cache or input_context: the service's workers read the shards")
+            data_service = service.check_reachable(data_service)
         training = shuffle if training is None else training
         paths = self.files(split)
         counts = [shard["num_examples"] for shard in self.manifest["splits"][split]["shards"]]
@@ -225,9 +235,16 @@ class DatasetBuilder:
                 shard_records = True
             batch_size = input_context.get_per_replica_batch_size(batch_size)
 
+        if shuffle and data_service:  # the dispatcher hands out files in order (a shuffle here would defeat
+            # its splitting: every worker would read every file), so the order is shuffled once, seeded
+            order = np.random.default_rng(seed).permutation(len(paths))
+            paths, counts = [paths[i] for i in order], [counts[i] for i in order]
         files = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64)))
-        if shuffle:  # seeded, so the same seed gives the same order of files every run
-            files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        if shuffle and not data_service:
+            # Seeded, and the same order every epoch: a cache after this point holds one order, so
+            # reshuffling files per epoch would make cached and uncached training differ. The example
+            # buffer below still reshuffles every epoch, and shards are mixed when written.
+            files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=False)
         # Reading several shards at once hides per-file latency (remote storage) and mixes shards.
         records = files.interleave(
             _checked_records,
@@ -251,7 +268,7 @@ class DatasetBuilder:
             )
         else:
             examples = records
-        if repeat:
+        if repeat and not data_service:  # through the service, each epoch is one job: repeated at the end
             examples = examples.repeat()
         if shuffle:
             # Shards are already shuffled at write time and files are interleaved, so a modest buffer
@@ -270,7 +287,12 @@ class DatasetBuilder:
         else:  # one vectorised parse_example per batch
             def prepare(serialized, seed):
                 return to_inputs(self.decode(serialized, keys, cast=False), seed)
-        return batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+        batches = batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if data_service:
+            batches = service.distribute(batches, data_service)
+            if repeat:
+                batches = batches.repeat()
+        return batches.prefetch(tf.data.AUTOTUNE)
 
     def _holdout_filter(self, fraction: float, keep_holdout: bool):
         import tensorflow as tf

@@ -61,7 +61,7 @@ def make_aist_folder(root, genres=("BR", "PO", "LO", "HO"), performances=3, came
     for g, genre in enumerate(genres):
         for p in range(performances):
             for c in range(1, cameras + 1):
-                stem = aist_name(genre, camera=c, dancer=g * 4 + p + 1, music=p % 6, choreo=p + 1)
+                stem = aist_name(genre, camera=c, dancer=g * max(performances, 4) + p + 1, music=p % 6, choreo=p + 1)
                 write_video(root / f"{stem}.mp4", frames=frames, colour=GENRE_COLOURS[genre], seed=len(made))
                 made[stem] = genre
     return made
@@ -117,3 +117,22 @@ def built(tmp_path_factory):
     # ~34 KB per example: shard_mb=0.1 puts about three in each shard, so every split has several shards.
     manifest = dancedata.build_shards(str(root), str(out), frames=8, shard_mb=0.1, quiet=True, **FAST_EXTRACTOR)
     return {"root": root, "out": out, "manifest": manifest, "videos": made, "bad": bad}
+
+
+LEARNING_TRAIN_FLAGS = ["--epochs", "25", "--batch-size", "8", "--learning-rate", "0.01", "--seed", "0"]
+
+
+@pytest.fixture(scope="session")
+def learning_run(tmp_path_factory):
+    """Shards where genre is visible in the pixels (one colour per genre) and a run trained on them:
+    (base folder, {video_id: genre}); shards in base/shards, the run in base/run."""
+    import dancedata
+    import train as train_script
+    from dancedata import cli
+
+    base = tmp_path_factory.mktemp("learn")
+    made = make_aist_folder(base / "aist", performances=10, cameras=2, frames=6)  # 60 train, 10 test videos with seed 0
+    dancedata.build_shards(str(base / "aist"), str(base / "shards"), frames=6, shard_mb=0.1, quiet=True, **FAST_EXTRACTOR)
+    argv = ["--shards", str(base / "shards"), "--out", str(base / "run"), *LEARNING_TRAIN_FLAGS]
+    assert cli.run(train_script.main, "train.py", argv) == 0
+    return base, made

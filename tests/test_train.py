@@ -14,14 +14,8 @@ from dancedata import predict as predict_module
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("learn")
-    made = make_aist_folder(base / "aist", performances=6, cameras=2, frames=6)  # 8 test videos with seed 0
-    dancedata.build_shards(str(base / "aist"), str(base / "shards"), frames=6, quiet=True, **FAST_EXTRACTOR)
-    argv = ["--shards", str(base / "shards"), "--out", str(base / "run"), "--epochs", "25", "--batch-size", "8",
-            "--learning-rate", "0.01", "--seed", "0"]
-    assert cli.run(train_script.main, "train.py", argv) == 0
-    return base, made
+def run(learning_run):
+    return learning_run
 
 
 def test_training_learns_genre_well_above_chance(run):

@@ -1,0 +1,111 @@
+"""tf.data service servers, to move reading and parsing of shards off the training machine:
+
+    python -m dancedata.data_service dispatcher --port 5050
+    python -m dancedata.data_service worker --dispatcher HOST:5050          # on each input machine
+    python train.py --shards gs://bucket/shards --data-service grpc://HOST:5050
+
+Thin wrappers over `tf.data.experimental.service`: the workers need TensorFlow and read access to the
+shards (the same paths the trainer uses), not dancedata. The trainer sends its pipeline (reading,
+checking record counts, parsing, batching) to the dispatcher; each worker reads the shard files the
+dispatcher hands it, so an epoch reads every example once however many workers there are
+("distributed_epoch"), and the trainer only receives finished batches.
+"""
+from __future__ import annotations
+
+import re
+import socket
+import sys
+
+from dancedata import cli
+from dancedata.errors import ConfigError
+
+ADDRESS = re.compile(r"^(?:grpc://)?(?P<host>\[[0-9a-fA-F:]+\]|[^:/\s]+):(?P<port>\d{1,5})$")
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """(host, port) of `grpc://HOST:PORT` or `HOST:PORT`; a ConfigError otherwise."""
+    found = ADDRESS.match(address or "")
+    if not found or not 0 < int(found["port"]) < 65536:
+        raise ConfigError(f"data service address must be grpc://HOST:PORT or HOST:PORT, got {address!r}")
+    return found["host"].strip("[]"), int(found["port"])
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> str:
+    """The address as tf.data wants it (grpc://HOST:PORT) once something listens there. tf.data
+    retries an unreachable dispatcher for ever; a mistyped port should be one line instead."""
+    host, port = parse_address(address)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        raise ConfigError(
+            f"cannot reach a tf.data service dispatcher at {host}:{port} ({error.strerror or error}); "
+            f"start one with `python -m dancedata.data_service dispatcher --port {port}`"
+        ) from None
+    return f"grpc://{host}:{port}"
+
+
+def distribute(dataset, address: str):
+    """`dataset` produced by the service's workers, each shard file read by one worker per epoch.
+    The result has unknown cardinality: repeat it and give fit() steps_per_epoch."""
+    import tensorflow as tf
+
+    return dataset.apply(
+        tf.data.experimental.service.distribute(
+            processing_mode="distributed_epoch",
+            service=address,
+            compression=None,  # float features barely compress; on a LAN the CPU cost is not worth it
+        )
+    )
+
+
+def start_dispatcher(port: int = 0, work_dir: str | None = None):
+    """A DispatchServer on `port` (0: any free port; its address is `server.target`)."""
+    import tensorflow as tf
+
+    service = tf.data.experimental.service
+    return service.DispatchServer(service.DispatcherConfig(port=port, work_dir=work_dir, fault_tolerant_mode=bool(work_dir)))
+
+
+def start_worker(dispatcher: str, port: int = 0, worker_address: str | None = None):
+    """A WorkerServer registered with `dispatcher` (HOST:PORT or grpc://HOST:PORT)."""
+    import tensorflow as tf
+
+    host, dispatcher_port = parse_address(dispatcher)
+    service = tf.data.experimental.service
+    options = {"dispatcher_address": f"{host}:{dispatcher_port}", "port": port}
+    if worker_address:
+        options["worker_address"] = worker_address
+    return service.WorkerServer(service.WorkerConfig(**options))
+
+
+def _parser():
+    parser = cli.ArgumentParser(prog="python -m dancedata.data_service", description="Start a tf.data service dispatcher or worker.")
+    commands = parser.add_subparsers(dest="role", required=True)
+    dispatcher = commands.add_parser("dispatcher", help="the coordinator trainers connect to")
+    dispatcher.add_argument("--port", type=int, default=5050, help="port to listen on (default: 5050)")
+    dispatcher.add_argument("--work-dir", help="folder (local or gs://) for the dispatcher's journal: restarts without losing jobs")
+    worker = commands.add_parser("worker", help="a process that reads and parses shards for trainers")
+    worker.add_argument("--dispatcher", required=True, help="HOST:PORT of the dispatcher")
+    worker.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
+    worker.add_argument("--worker-address", help="HOST:%%port%% the dispatcher and trainers use to reach this worker")
+    for command in (dispatcher, worker):
+        command.error = parser.error  # one line, exit 2
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.role == "dispatcher":
+        server = start_dispatcher(args.port, args.work_dir)
+        port = server.target.rsplit(":", 1)[1]
+        print(f"tf.data service dispatcher on port {port}; trainers pass --data-service grpc://{socket.getfqdn()}:{port}", flush=True)
+    else:
+        check_reachable(args.dispatcher)
+        server = start_worker(args.dispatcher, args.port, args.worker_address)
+        print(f"tf.data service worker serving for dispatcher {args.dispatcher}", flush=True)
+    server.join()  # until killed
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main, "data_service", interrupted="server stopped"))

@@ -1,0 +1,125 @@
+"""Training past one device and one input machine: a tf.data service (an in-process dispatcher and two
+workers on 127.0.0.1, and the `python -m dancedata.data_service` servers), MirroredStrategy over two
+logical CPUs, and MultiWorkerMirroredStrategy over two processes."""
+import collections
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from conftest import LEARNING_TRAIN_FLAGS, cli_env
+
+import train as train_script
+from dancedata import DatasetBuilder, cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def service():
+    """An in-process dispatcher and two workers; yields the dispatcher's grpc:// address."""
+    from dancedata import data_service
+
+    dispatcher = data_service.start_dispatcher(port=0)
+    workers = [data_service.start_worker(dispatcher.target, port=0) for _ in range(2)]
+    yield dispatcher.target
+    for server in workers + [dispatcher]:
+        server.stop()
+
+
+def _video_ids(dataset) -> collections.Counter:
+    return collections.Counter(v.decode() for *_, metadata in dataset for v in metadata["video_id"].numpy())
+
+
+def test_an_epoch_through_the_service_reads_every_example_once(learning_run, service):
+    base, _ = learning_run
+    builder = DatasetBuilder(str(base / "shards"))
+    assert len(builder.files("train")) >= 4  # several files for the dispatcher to hand out
+    local = _video_ids(builder.as_dataset("train", batch_size=4, shuffle=True, seed=1, with_metadata=True))
+    served = _video_ids(builder.as_dataset("train", batch_size=4, shuffle=True, seed=1, with_metadata=True, data_service=service))
+    assert served == local and set(served.values()) == {1}
+
+
+def test_training_through_the_service_learns_as_well_as_without(learning_run, service, tmp_path):
+    base, _ = learning_run
+    argv = ["--shards", str(base / "shards"), "--out", str(tmp_path / "run"), *LEARNING_TRAIN_FLAGS, "--data-service", service]
+    assert cli.run(train_script.main, "train.py", argv) == 0
+    served = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    local = json.loads((base / "run" / "metrics.json").read_text())
+    assert served["distribution"]["data_service"] and served["num_examples"] == local["num_examples"]
+    assert served["test_accuracy"] >= 0.75 and abs(served["test_accuracy"] - local["test_accuracy"]) <= 0.1, (served, local)
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 25  # epochs stay epochs: repeat + steps per epoch
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_server_commands_serve_a_dataset(learning_run, tmp_path):
+    base, _ = learning_run
+    port = _free_port()
+    command = [sys.executable, "-m", "dancedata.data_service"]
+    servers = [subprocess.Popen(command + ["dispatcher", "--port", str(port)], stdout=subprocess.PIPE, text=True, env=cli_env())]
+    try:
+        assert "trainers pass --data-service grpc://" in servers[0].stdout.readline()
+        servers.append(subprocess.Popen(command + ["worker", "--dispatcher", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, text=True, env=cli_env()))
+        assert "worker serving" in servers[1].stdout.readline()
+        builder = DatasetBuilder(str(base / "shards"))
+        served = _video_ids(builder.as_dataset("test", batch_size=4, with_metadata=True, data_service=f"grpc://127.0.0.1:{port}"))
+        assert sum(served.values()) == builder.info.splits["test"] == len(served)
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+
+
+def test_service_mistakes_are_one_line(learning_run, tmp_path, capsys):
+    base, _ = learning_run
+    shards = str(base / "shards")
+    for address, message in (("grpc://127.0.0.1:1", "cannot reach a tf.data service dispatcher at 127.0.0.1:1"),
+                              ("127.0.0.1", "data service address must be grpc://HOST:PORT or HOST:PORT")):
+        code = cli.run(train_script.main, "train.py", ["--shards", shards, "--out", str(tmp_path / "r"), "--data-service", address])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and message in err[-1], err
+    code = cli.run(train_script.main, "train.py", ["--shards", shards, "--data-service", "h:1", "--cache"])
+    assert code == 2 and "cache and data_service exclude each other" in capsys.readouterr().err
+
+
+TWO_CPUS = """
+import sys, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+sys.path.insert(0, {root!r})
+import train
+from dancedata import cli
+sys.exit(cli.run(train.main, "train.py", sys.argv[1:]))
+"""
+
+
+def test_mirrored_over_two_devices_learns_and_evaluates_as_one_device(learning_run, tmp_path):
+    import keras
+
+    base, _ = learning_run
+    argv = ["--shards", str(base / "shards"), "--out", str(tmp_path / "run"), *LEARNING_TRAIN_FLAGS, "--strategy", "mirrored"]
+    done = subprocess.run([sys.executable, "-c", TWO_CPUS.format(root=ROOT), *argv], capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["distribution"] == {"strategy": "mirrored", "replicas": 2, "data_service": False}
+    assert metrics["test_accuracy"] >= 0.75, metrics
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")  # saved without the strategy
+    builder = DatasetBuilder(str(base / "shards"))
+    alone = train_script._evaluate(model, builder.as_dataset("test", batch_size=8), builder.info.classes)
+    assert alone["test_accuracy"] == metrics["test_accuracy"]
+    assert alone["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5, abs=1e-6)
+
+
+def test_multi_worker_says_why_it_is_not_available(learning_run, tmp_path, capsys):
+    base, _ = learning_run
+    code = cli.run(train_script.main, "train.py", ["--shards", str(base / "shards"), "--out", str(tmp_path / "r"), "--strategy", "multi-worker"])
+    assert code == 2 and "keras-team/keras#20585" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
