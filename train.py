@@ -330,4 +330,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, "train.py", interrupted="the best weights so far are in the run folder's checkpoints/; run again to train from scratch"))
+    cli.exit(cli.run(main, "train.py", interrupted="the best weights so far are in the run folder's checkpoints/; run again to train from scratch"))

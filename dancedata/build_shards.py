@@ -7,10 +7,11 @@ it continues where it stopped; the result is byte-identical to an uninterrupted 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import sys
 import time
 
-from dancedata import cli, config, manifest, plan as plan_lib, runners, scan, write
+from dancedata import cli, config, fs, manifest, plan as plan_lib, runners, scan, write
 from dancedata.config import BuildConfig, ExtractorConfig, SamplingConfig
 from dancedata.decode_pool import DecodePool
 from dancedata.errors import InputError
@@ -29,37 +30,53 @@ def _progress(quiet: bool):
     return tqdm(total=0, unit="video", disable=quiet, dynamic_ncols=True, file=sys.stderr)
 
 
-def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_config: ExtractorConfig, build: BuildConfig) -> dict:
+def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_config: ExtractorConfig, build: BuildConfig,
+                       beam_args: list | None = None) -> dict | None:
+    """Builds; returns the manifest, or None when this was a part of a partitioned build and other
+    parts are still to finish. `beam_args` are extra Beam pipeline options (runner 'beam')."""
     from dancedata.extract import Extractor
 
     started = time.time()
+    fs.check(build.out)  # s3:// without a loadable tensorflow-io: one line before any work
     found = scan.scan(input_path, build.layout)
     if found.videos.empty:
         raise InputError(runners.nothing_usable(input_path, found.skipped))
     folder = write.OutputFolder(build.out)
     setup_started = time.time()
-    # The decode workers start (about a second: a forkserver importing the decoder) while the backbone loads.
-    with concurrent.futures.ThreadPoolExecutor(1) as starter:
-        starting = starter.submit(DecodePool, min(build.workers, len(found.videos)), sampling, extractor_config.image_size, build.video_timeout)
-        try:
-            extractor = Extractor(extractor_config, frames_per_video=sampling.frames)  # before touching --out
-        except BaseException:
-            starting.result().close()  # a weights or image-size problem: no worker is left behind
-            raise
-        pool = starting.result()
+    if build.runner == "beam":
+        from dancedata import beam_runner
+
+        beam_runner.pipeline_options(build, beam_args)  # a missing Beam or a bad option: before any work
+        pool = contextlib.nullcontext()  # Beam's workers decode
+        extractor = Extractor(extractor_config, frames_per_video=sampling.frames)  # the plan needs its fingerprint
+    else:
+        # The decode workers start (about a second: a forkserver importing the decoder) while the backbone loads.
+        with concurrent.futures.ThreadPoolExecutor(1) as starter:
+            starting = starter.submit(DecodePool, min(build.workers, len(found.videos)), sampling, extractor_config.image_size, build.video_timeout)
+            try:
+                extractor = Extractor(extractor_config, frames_per_video=sampling.frames)  # before touching --out
+            except BaseException:
+                starting.result().close()  # a weights or image-size problem: no worker is left behind
+                raise
+            pool = starting.result()
     setup_s = time.time() - setup_started
-    progress = _progress(build.quiet)
+    info = {}
     with pool:
         plan = plan_lib.make_plan(found, sampling, extractor.manifest_entry(), extractor.feature_dim, build)
         planned = manifest.planned(input_path, plan, extractor.manifest_entry(), extractor.feature_dim, sampling, build)
         prepared = runners.prepare(plan, folder, overwrite=build.overwrite, update=build.update, planned=planned,
                                    num_workers=build.num_workers, worker_index=build.worker_index)
-        try:
-            runners.run_local(plan, folder, prepared, extractor, sampling, build, progress, pool=pool)
-        finally:
-            progress.close()
-    info = {"elapsed_s": round(time.time() - started, 2), "extractor_setup_s": round(setup_s, 2), "workers": build.workers,
-            "shards_built": len(prepared.pending), "shards_kept": len(prepared.done)}
+        if build.runner == "beam":
+            runners.say(f"building {len(prepared.pending)} of {len(plan.units)} shards on Apache Beam")
+            info["beam"] = beam_runner.run(prepared.pending, sampling, extractor_config, build, beam_args)
+        else:
+            progress = _progress(build.quiet)
+            try:
+                runners.run_local(plan, folder, prepared, extractor, sampling, build, progress, pool=pool)
+            finally:
+                progress.close()
+    info.update({"elapsed_s": round(time.time() - started, 2), "extractor_setup_s": round(setup_s, 2), "workers": build.workers,
+                 "runner": build.runner, "shards_built": len(prepared.pending), "shards_kept": len(prepared.done)})
     if build.partitioned:
         return _after_part(build, plan, prepared, info)
     return runners.finalize(write.OutputFolder(build.out), info)
@@ -103,7 +120,9 @@ def main(argv=None) -> int:
     from dancedata import inspect
 
     parser = _parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    beam_args = argv[argv.index("--") + 1:] if "--" in argv else []  # after `--`: Beam pipeline options
+    args = parser.parse_args(argv[: len(argv) - len(beam_args) - 1] if "--" in argv else argv)
     if args.finalize:
         if args.input:
             parser.error("give the input folder or --finalize OUT, not both")
@@ -112,11 +131,13 @@ def main(argv=None) -> int:
     if not args.input:
         parser.error("the input folder is required (or --finalize OUT to finish a partitioned build)")
     configs = [config.from_flags(args, cls) for cls in (SamplingConfig, ExtractorConfig, BuildConfig)]
-    result = build_from_configs(args.input, *configs)
+    if beam_args and configs[2].runner != "beam":
+        parser.error("options after `--` are Beam pipeline options: they need --runner beam")
+    result = build_from_configs(args.input, *configs, beam_args=beam_args)
     if result is not None:
         print(inspect.summary(result, info_file=inspect.build_info(configs[2].out)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, "build_shards", interrupted="committed shards are kept; run the same command to resume"))
+    cli.exit(cli.run(main, "build_shards", interrupted="committed shards are kept; run the same command to resume"))

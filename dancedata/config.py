@@ -13,6 +13,7 @@ SAMPLINGS = ("uniform", "first", "stride")
 SPLITS = ("sequence", "dancer", "random", "crossmodal")
 LAYOUTS = ("auto", "aist", "folders", "csv")
 DTYPES = ("float16", "float32")
+RUNNERS = ("local", "beam")
 
 
 def flag(text: str, **kwargs):
@@ -122,6 +123,12 @@ class BuildConfig:
         default=1,
     )
     worker_index: int = flag("which machine this is, 0 .. --num-workers - 1", default=0)
+    runner: str = flag(
+        "local: build here; beam: build the work units on Apache Beam (pip install 'dancedata[beam]'); pipeline "
+        "options go after `--` or in --beam-options (default: Beam's local runner, --workers processes)",
+        default="local",
+    )
+    beam_options: str = flag("Beam pipeline options as one string, e.g. '--runner=DataflowRunner --project=P'", default="")
 
     def __post_init__(self):
         check_choice("layout", self.layout, LAYOUTS)
@@ -138,6 +145,11 @@ class BuildConfig:
         _positive("workers", self.workers)
         _positive("video_timeout", self.video_timeout)
         _positive("shard_mb", self.shard_mb)
+        check_choice("runner", self.runner, RUNNERS)
+        if self.beam_options and self.runner != "beam":
+            raise ConfigError(f"beam_options need runner 'beam', got runner {self.runner!r}")
+        if self.runner == "beam" and self.num_workers > 1:
+            raise ConfigError("runner 'beam' spreads the build itself; it cannot be combined with num_workers > 1")
         _positive("num_workers", self.num_workers)
         if not 0 <= self.worker_index < self.num_workers:
             raise ConfigError(f"worker_index must be in 0..{self.num_workers - 1}, got {self.worker_index!r}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import socket
-import sys
 
 from dancedata import cli
 from dancedata.errors import ConfigError
@@ -108,4 +107,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, "data_service", interrupted="server stopped"))
+    cli.exit(cli.run(main, "data_service", interrupted="server stopped"))

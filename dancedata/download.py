@@ -268,4 +268,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, "download", tensorflow=False, interrupted="finished files are kept and partial ones resume; run the same command again"))
+    cli.exit(cli.run(main, "download", tensorflow=False, interrupted="finished files are kept and partial ones resume; run the same command again"))

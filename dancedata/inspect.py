@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import collections
 import json
-import sys
 
 from dancedata import cli, manifest, naming
 
@@ -114,4 +113,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, "inspect"))
+    cli.exit(cli.run(main, "inspect"))

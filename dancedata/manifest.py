@@ -23,8 +23,15 @@ def dumps(document: dict) -> str:
 
 
 def write(folder: str, manifest: dict, name: str = FILENAME) -> str:
-    """Writes atomically (temporary name, then rename): a reader never sees half a manifest."""
-    target = os.path.join(folder, name)
+    """Writes under a temporary name, then renames: a local reader never sees half a manifest (on
+    object storage the final object appears whole when it is written)."""
+    from dancedata import fs
+
+    target = fs.join(folder, name)
+    if fs.is_remote(target):
+        with fs.open_file(target, "w") as handle:
+            handle.write(dumps(manifest))
+        return target
     temporary = f"{target}.{os.getpid()}.{threading.get_ident()}.incomplete"  # writers on other machines too
     with open(temporary, "w") as handle:
         handle.write(dumps(manifest))
@@ -38,6 +45,9 @@ def load(folder: str) -> dict:
     """Reads and checks a shard folder's manifest; raises ManifestError saying what is wrong."""
     import tensorflow as tf
 
+    from dancedata import fs
+
+    fs.check(folder)
     path = path_in(folder)
     if not tf.io.gfile.exists(path):
         raise ManifestError(f"no {FILENAME} in {folder}: build shards first with `python -m dancedata.build_shards VIDEO_DIR --out {folder}`")

@@ -6,14 +6,12 @@ its videos and the build's identity.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import datetime
-import os
 import socket
 import sys
 
-from dancedata import manifest, plan as plan_lib, work_unit
+from dancedata import fs, manifest, plan as plan_lib, work_unit
 from dancedata.decode_pool import DecodePool
 from dancedata.errors import InputError
 from dancedata.write import BUILD_INFO, PLAN_FILE, write_json
@@ -59,7 +57,7 @@ def prepare(plan, folder, overwrite: bool = False, update: bool = False, planned
         folder.clear()
     elif folder.plan is None and folder.manifest is not None:
         raise InputError(
-            f"{out} already holds a build written by an earlier dancedata (no .build/{os.path.basename('plan.json')}); "
+            f"{out} already holds a build written by an earlier dancedata (no .build/plan.json); "
             "pass --overwrite to replace it, or choose another --out"
         )
     elif folder.plan is not None:
@@ -77,7 +75,7 @@ def prepare(plan, folder, overwrite: bool = False, update: bool = False, planned
             )
     names = {unit.name for unit in plan.units}
     if folder.plan is None:  # a fresh folder: never replace shard files that no build of ours recorded
-        foreign = sorted(n for n in names if os.path.exists(os.path.join(out, n)))
+        foreign = sorted(n for n in names if fs.exists(fs.join(out, n)))
         if foreign:
             raise InputError(
                 f"{out} holds {len(foreign)} shard file(s) that no dancedata build recorded (e.g. {foreign[0]}); "
@@ -94,16 +92,14 @@ def prepare(plan, folder, overwrite: bool = False, update: bool = False, planned
         elif unit.name not in mine:
             records.pop(unit.name, None)  # another part's: it may be writing it now
     for name, record in records.items():  # committed shards of an earlier plan: their features may be reused
-        path = os.path.join(out, name)
-        intact = os.path.exists(path) and folder.is_built(name, record.get("key"), record)
+        intact = folder.is_built(name, record.get("key"), record)
         if intact and (record.get("videos") or record.get("skipped")):
             folder.keep_for_reuse(name, record)
         else:
             folder.forget(name)
     leftovers = folder.ours() - names - {"manifest.json", "build_info.json"}
     if set(done) != names and folder.manifest is not None:
-        with contextlib.suppress(FileNotFoundError):  # a manifest means "complete"; it is written again last
-            os.remove(os.path.join(out, "manifest.json"))
+        fs.remove(fs.join(out, "manifest.json"))  # a manifest means "complete"; it is written again last
     folder.start(_plan_document(plan, sorted(names | leftovers), planned, num_workers))
     pending = [unit for unit in plan.units if unit.name not in done and unit.name in mine]
     return Prepared(done, pending, work_unit.Reuse(folder.reuse_records()), leftovers)
@@ -124,8 +120,6 @@ def say(message: str) -> None:
 def run_local(plan, folder, prepared: Prepared, extractor, sampling, build, progress=None, pool=None) -> list:
     """Builds every pending unit here, decoding in `pool` (or a DecodePool of its own); returns
     {shard name: record} of the units built or found built."""
-    from dancedata.extract import VideoBatcher
-
     reuse, pending = prepared.reuse, prepared.pending
     if prepared.done:
         kept = sum(r["num_examples"] + len(r["skipped"]) for r in prepared.done.values())
@@ -137,22 +131,32 @@ def run_local(plan, folder, prepared: Prepared, extractor, sampling, build, prog
         say(f"reusing {reused} videos from earlier shards (same file size and time); {len(to_decode)} to decode")
     if progress is not None:
         progress.reset(total=sum(len(unit.videos) for unit in pending))
-    batcher = VideoBatcher(extractor)
     records = dict(prepared.done)
     own = pool is None
     if own:
         pool = DecodePool(min(build.workers, max(len(to_decode), 1)), sampling, extractor.config.image_size, build.video_timeout)
     try:
-        decoded = pool.imap(to_decode)
-        for unit in pending:
-            records[unit.name] = work_unit.run(
-                unit, folder, decoded, batcher, reuse, sampling.frames, extractor.feature_dim, build.dtype,
-                on_video=progress.update if progress is not None else None,
-            )
-        decoded.close()
+        records.update(build_units(pending, folder, reuse, extractor, sampling, build, pool,
+                                   on_video=progress.update if progress is not None else None))
     finally:
         if own:
             pool.close()
+    return records
+
+
+def build_units(units: list, folder, reuse, extractor, sampling, build, pool, on_video=None) -> dict:
+    """Builds `units` in order, decoding ahead across them in `pool`; returns {shard name: record}.
+    The one place every runner (local, partitioned, Beam) builds a unit."""
+    from dancedata.extract import VideoBatcher
+
+    batcher = VideoBatcher(extractor)
+    decoded = pool.imap([row for unit in units for row in unit.videos if not reuse.has(row)])
+    records = {}
+    for unit in units:
+        records[unit.name] = work_unit.run(
+            unit, folder, decoded, batcher, reuse, sampling.frames, extractor.feature_dim, build.dtype, on_video=on_video,
+        )
+    decoded.close()
     return records
 
 
@@ -160,7 +164,7 @@ def missing(folder) -> list:
     """(position, name) of the plan's units whose shard is not committed, by the records alone."""
     records = folder.records()
     return [(position, name) for position, (name, key) in enumerate(folder.plan["units"])
-            if (records.get(name) or {}).get("key") != key or not os.path.exists(os.path.join(folder.out, name))]
+            if (records.get(name) or {}).get("key") != key or not fs.exists(fs.join(folder.out, name))]
 
 
 def finalize(folder, info: dict | None = None) -> dict:
@@ -170,7 +174,7 @@ def finalize(folder, info: dict | None = None) -> dict:
     document = folder.plan
     if document is None or "units" not in document:
         raise InputError(
-            f"{folder.out} holds no build plan (.build/{os.path.basename(PLAN_FILE)}); "
+            f"{folder.out} holds no build plan (.build/{PLAN_FILE}); "
             "start the build with the input folder: python -m dancedata.build_shards VIDEOS --out "
             f"{folder.out} [--num-workers K --worker-index I]"
         )
@@ -198,7 +202,7 @@ def finalize(folder, info: dict | None = None) -> dict:
     folder.remove_partials()
     folder.finish()
     folder.start({**document, "files": names})
-    write_json(os.path.join(folder.out, BUILD_INFO), {
+    write_json(fs.join(folder.out, BUILD_INFO), {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         **(info or {}),

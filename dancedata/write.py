@@ -14,13 +14,11 @@ sha256. Whatever a kill leaves half-done is therefore redone, never taken as com
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
-import shutil
 
-from dancedata import manifest
+from dancedata import fs, manifest
 from dancedata.errors import EnvironmentFailure, InputError
 from dancedata.plan import shard_name  # noqa: F401  (re-exported: the name every reader of shards knows)
 
@@ -33,30 +31,22 @@ SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord$")
 TEMPORARY_JSON = re.compile(r"^(manifest|build_info)\.json\.[\w.]+\.incomplete$")  # manifest.write's
 
 
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync(path: str) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
+sha256 = fs.sha256
 
 
 def write_json(path: str, document: dict) -> None:
     """Atomically (temporary name, fsync, rename)."""
-    folder, name = os.path.split(path)
+    folder, name = path.rsplit("/", 1) if fs.is_remote(path) else os.path.split(path)
     manifest.write(folder, document, name)
 
 
 def read_json(path: str):
+    import tensorflow as tf
+
     try:
-        with open(path) as handle:
+        with fs.open_file(path) as handle:
             return json.load(handle)
-    except (OSError, ValueError):
+    except (OSError, ValueError, tf.errors.OpError):
         return None
 
 
@@ -83,7 +73,7 @@ class ShardWriter:
         import tensorflow as tf
 
         self.out, self.name = out, name
-        self.path = os.path.join(out, name)
+        self.path = fs.join(out, name)
         self._partial = self.path + PARTIAL
         with output_errors(self._partial):
             self._writer = tf.io.TFRecordWriter(self._partial)
@@ -99,35 +89,36 @@ class ShardWriter:
         record with `file`, `num_examples`, `sha256` and `bytes` added."""
         with output_errors(self._partial):
             self._writer.close()
-            _fsync(self._partial)
+            fs.sync(self._partial)
             record = {**record, "file": self.name, "num_examples": self.num_examples, "sha256": sha256(self._partial),
-                      "bytes": os.path.getsize(self._partial)}
-            os.replace(self._partial, self.path)
-            write_json(os.path.join(self.out, STATE_DIR, self.name + ".json"), record)
+                      "bytes": fs.size(self._partial)}
+            fs.replace(self._partial, self.path)
+            write_json(fs.join(self.out, STATE_DIR, self.name + ".json"), record)
         return record
 
     def abort(self) -> None:
         """Leaves no partial shard behind (a later run would delete it anyway)."""
         with contextlib.suppress(Exception):
             self._writer.close()
-        with contextlib.suppress(OSError):
-            os.remove(self._partial)
+        with contextlib.suppress(Exception):
+            fs.remove(self._partial)
 
 
 class OutputFolder:
     """The state an earlier build left in `out`, and the only code that deletes files there."""
 
     def __init__(self, out: str):
-        if os.path.exists(out) and not os.path.isdir(out):
+        fs.check(out)
+        if fs.exists(out) and not fs.isdir(out):
             raise InputError(f"output {out} is a file, not a folder; pass --out with a folder path")
         self.out = out
-        self.state = os.path.join(out, STATE_DIR)
-        self.reuse = os.path.join(self.state, REUSE_DIR)
-        self.plan = read_json(os.path.join(self.state, PLAN_FILE))
-        self.manifest = read_json(os.path.join(out, manifest.FILENAME))
+        self.state = fs.join(out, STATE_DIR)
+        self.reuse = fs.join(self.state, REUSE_DIR)
+        self.plan = read_json(fs.join(self.state, PLAN_FILE))
+        self.manifest = read_json(fs.join(out, manifest.FILENAME))
 
     def is_empty(self) -> bool:
-        return not os.path.isdir(self.out) or not [n for n in os.listdir(self.out) if not n.startswith(".")]
+        return not [n for n in fs.listdir(self.out) if not n.startswith(".")]
 
     def ours(self) -> set:
         """Names in `out` that a dancedata build wrote (per its plan and manifest), and may delete."""
@@ -140,37 +131,33 @@ class OutputFolder:
 
     def records(self) -> dict:
         """{shard name: record} of the committed shards of the current plan generation."""
-        if not os.path.isdir(self.state):
-            return {}
         found = {}
-        for name in sorted(os.listdir(self.state)):
+        for name in sorted(fs.listdir(self.state)):
             if name.endswith(".tfrecord.json"):
-                record = read_json(os.path.join(self.state, name))
+                record = read_json(fs.join(self.state, name))
                 if record:
                     found[name[: -len(".json")]] = record
         return found
 
     def reuse_records(self) -> list:
         """(path of an earlier shard, its record) for the shards kept for an update."""
-        if not os.path.isdir(self.reuse):
-            return []
         pairs = []
-        for name in sorted(os.listdir(self.reuse)):
+        for name in sorted(fs.listdir(self.reuse)):
             if name.endswith(".json"):
-                record = read_json(os.path.join(self.reuse, name))
-                shard = os.path.join(self.reuse, name[: -len(".json")] + ".tfrecord")
-                if record and os.path.exists(shard):
+                record = read_json(fs.join(self.reuse, name))
+                shard = fs.join(self.reuse, name[: -len(".json")] + ".tfrecord")
+                if record and fs.exists(shard):
                     pairs.append((shard, record))
         return pairs
 
     def is_built(self, name: str, key: str, record: dict | None) -> bool:
         """A shard is built when its record is for this unit and its bytes are the recorded ones."""
-        path = os.path.join(self.out, name)
+        path = fs.join(self.out, name)
         return (
             record is not None
             and record.get("key") == key
-            and os.path.exists(path)
-            and os.path.getsize(path) == record.get("bytes")
+            and fs.exists(path)
+            and fs.size(path) == record.get("bytes")
             and sha256(path) == record.get("sha256")
         )
 
@@ -178,24 +165,23 @@ class OutputFolder:
         """Moves a committed shard of an earlier plan aside, named by its key, so an update can read
         its examples while the new plan writes shards that may have the same name. Another part of a
         partitioned build may have moved it already."""
-        os.makedirs(self.reuse, exist_ok=True)
-        base = os.path.join(self.reuse, record["key"][:32])
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(os.path.join(self.out, name), base + ".tfrecord")
-            os.replace(os.path.join(self.state, name + ".json"), base + ".json")
+        import tensorflow as tf
+
+        fs.makedirs(self.reuse)
+        base = fs.join(self.reuse, record["key"][:32])
+        with contextlib.suppress(FileNotFoundError, tf.errors.NotFoundError):
+            fs.replace(fs.join(self.out, name), base + ".tfrecord")
+            fs.replace(fs.join(self.state, name + ".json"), base + ".json")
 
     def forget(self, name: str) -> None:
         """Drops a shard (and its record) that no plan needs any more."""
-        for path in (os.path.join(self.out, name), os.path.join(self.state, name + ".json")):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+        for path in (fs.join(self.out, name), fs.join(self.state, name + ".json")):
+            fs.remove(path)
 
     def remove_partials(self, names: set | None = None) -> None:
         """`.incomplete` files are never finished work: a killed build left them. With `names`, only
         those shards' (a part of a partitioned build leaves the other parts' work in progress alone)."""
-        if not os.path.isdir(self.out):
-            return
-        for name in os.listdir(self.out):
+        for name in fs.listdir(self.out):
             if not name.endswith(PARTIAL):
                 continue
             shard = name[: -len(PARTIAL)]
@@ -204,24 +190,21 @@ class OutputFolder:
             else:
                 ours = SHARD_NAME.match(shard) or shard in self.ours() or TEMPORARY_JSON.match(name)
             if ours:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(os.path.join(self.out, name))
+                fs.remove(fs.join(self.out, name))
 
     def clear(self) -> None:
         """--overwrite: deletes what earlier builds wrote here, and nothing else."""
         for name in self.ours():
-            path = os.path.join(self.out, name)
-            if os.path.isfile(path):
-                os.remove(path)
+            fs.remove(fs.join(self.out, name))
         self.remove_partials()
-        shutil.rmtree(self.state, ignore_errors=True)
+        fs.rmtree(self.state)
         self.plan = self.manifest = None
 
     def start(self, plan_document: dict) -> None:
         """Creates the folders and records the plan before any shard is written."""
-        os.makedirs(self.state, exist_ok=True)
-        write_json(os.path.join(self.state, PLAN_FILE), plan_document)
+        fs.makedirs(self.state)
+        write_json(fs.join(self.state, PLAN_FILE), plan_document)
         self.plan = plan_document
 
     def finish(self) -> None:
-        shutil.rmtree(self.reuse, ignore_errors=True)
+        fs.rmtree(self.reuse)

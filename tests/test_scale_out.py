@@ -123,3 +123,27 @@ def test_multi_worker_says_why_it_is_not_available(learning_run, tmp_path, capsy
     code = cli.run(train_script.main, "train.py", ["--shards", str(base / "shards"), "--out", str(tmp_path / "r"), "--strategy", "multi-worker"])
     assert code == 2 and "keras-team/keras#20585" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_s3_where_tensorflow_io_cannot_load_is_one_line(tmp_path, capsys):
+    """In the main environment (current TensorFlow) tensorflow-io is absent or cannot load; .ci/run's
+    pinned environment builds to s3:// for real (test_s3.py)."""
+    import tensorflow as tf
+
+    from dancedata.build_shards import main as build_main
+
+    try:
+        import tensorflow_io  # noqa: F401
+
+        loadable = "s3" in tf.io.gfile.get_registered_schemes()
+    except ImportError:
+        loadable = False
+    if loadable:
+        pytest.skip("tensorflow-io loads here: the pinned remote stack")
+    (tmp_path / "videos").mkdir()
+    code = cli.run(build_main, "build_shards", [str(tmp_path / "videos"), "--out", "s3://bucket/shards"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "s3:// " in err[0] and "tensorflow-io" in err[0] and "dancedata[remote]" in err[0], err
+    code = cli.run(train_script.main, "train.py", ["--shards", "s3://bucket/shards", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "tensorflow-io" in err[0], err
