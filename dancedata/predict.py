@@ -6,12 +6,12 @@ run), in batches across videos. An unreadable video gets its own error line; the
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
 from dancedata import cli, decode, naming
 from dancedata.config import ExtractorConfig, SamplingConfig
+from dancedata import fs
 from dancedata.errors import DecodeError, InputError, ManifestError
 
 
@@ -23,12 +23,13 @@ def load_run(run_dir: str):
         import models  # noqa: F401  registers the custom layers of models/ for loading
     except ImportError:
         pass
+    fs.check(run_dir)  # gs://, or s3:// and others with tensorflow-io
     for name in ("model.keras", "dataset.json"):
-        if not os.path.isfile(os.path.join(run_dir, name)):
+        if not fs.isfile(fs.join(run_dir, name)):
             raise InputError(f"{run_dir} is not a train.py run folder: {name} is missing")
-    with open(os.path.join(run_dir, "dataset.json")) as handle:
+    with fs.open_file(fs.join(run_dir, "dataset.json")) as handle:
         dataset = json.load(handle)
-    return keras.models.load_model(os.path.join(run_dir, "model.keras")), dataset
+    return keras.models.load_model(fs.join(run_dir, "model.keras")), dataset
 
 
 def predict(videos: list, run_dir: str, top_k: int = 3, batch_size: int | None = None) -> list:

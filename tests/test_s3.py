@@ -75,3 +75,12 @@ def test_build_to_s3_and_train_from_it(s3, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["num_examples"] == local_manifest["splits"]["test"]["num_examples"]
+
+    for path in sorted(run.iterdir()):  # the run folder in the bucket: predict reads its model from there
+        if path.is_file():
+            client.put_object(Bucket="dance", Key=f"run/{path.name}", Body=path.read_bytes())
+    video = str(sorted(videos.glob("*.mp4"))[0])
+    predict = [sys.executable, "-m", "dancedata.predict", video, "--model", "s3://dance/run", "--json"]
+    done = subprocess.run(predict, capture_output=True, text=True, env=cli_env(**env), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1])["video"] == video
