@@ -11,7 +11,7 @@ import datetime
 import socket
 import sys
 
-from dancedata import fs, manifest, plan as plan_lib, work_unit
+from dancedata import fs, manifest, plan as plan_lib, tfds_metadata, work_unit
 from dancedata.decode_pool import DecodePool
 from dancedata.errors import InputError
 from dancedata.write import BUILD_INFO, PLAN_FILE, write_json
@@ -97,7 +97,7 @@ def prepare(plan, folder, overwrite: bool = False, update: bool = False, planned
             folder.keep_for_reuse(name, record)
         else:
             folder.forget(name)
-    leftovers = folder.ours() - names - {"manifest.json", "build_info.json"}
+    leftovers = folder.ours() - names - {"manifest.json", "build_info.json", *tfds_metadata.FILES}
     if set(done) != names and folder.manifest is not None:
         fs.remove(fs.join(out, "manifest.json"))  # a manifest means "complete"; it is written again last
     folder.start(_plan_document(plan, sorted(names | leftovers), planned, num_workers))
@@ -195,9 +195,10 @@ def finalize(folder, info: dict | None = None) -> dict:
     result = manifest.complete(document["manifest"], [records[name] for name, _ in document["units"]])
     if not any(split["num_examples"] for split in result["splits"].values()):
         raise InputError(nothing_usable(result["source"]["path"], result["skipped"]))
-    manifest.write(folder.out, result)
+    tfds_metadata.write(folder.out, result, {name: records[name]["bytes"] for name, _ in document["units"]})
+    manifest.write(folder.out, result)  # last: a manifest means "complete"
     names = [name for name, _ in document["units"]]
-    for name in set(document.get("files", [])) - set(names) - {manifest.FILENAME, BUILD_INFO}:
+    for name in set(document.get("files", [])) - set(names) - {manifest.FILENAME, BUILD_INFO, *tfds_metadata.FILES}:
         folder.forget(name)
     folder.remove_partials()
     folder.finish()

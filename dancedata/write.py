@@ -122,7 +122,9 @@ class OutputFolder:
 
     def ours(self) -> set:
         """Names in `out` that a dancedata build wrote (per its plan and manifest), and may delete."""
-        names = {manifest.FILENAME, BUILD_INFO}
+        from dancedata import tfds_metadata
+
+        names = {manifest.FILENAME, BUILD_INFO, *tfds_metadata.FILES}
         if self.plan:
             names.update(self.plan.get("files", []))
         if self.manifest:
