@@ -249,7 +249,7 @@ def _train(cfg: TrainConfig) -> dict:
 
     import models
     from dancedata import naming
-    from dancedata.read import DatasetBuilder, feature_moments
+    from dancedata.read import DatasetBuilder, build_moments, feature_moments
     from models import report
 
     builder = DatasetBuilder(cfg.shards)
@@ -266,9 +266,12 @@ def _train(cfg: TrainConfig) -> dict:
     keras.utils.set_random_seed(cfg.seed)
 
     train_ds, val_ds, steps_per_epoch = _datasets(builder, cfg, strategy)
-    mean, variance = feature_moments(
-        builder.as_dataset("train", batch_size=256, holdout_fraction=_holdout(builder, cfg), skip_bad_shards=cfg.skip_bad_shards)
-    )
+    moments = build_moments(builder) if not _holdout(builder, cfg) and not cfg.skip_bad_shards else None
+    if moments is None:  # an older build, or train is not the whole train split: read it once
+        moments = feature_moments(
+            builder.as_dataset("train", batch_size=256, holdout_fraction=_holdout(builder, cfg), skip_bad_shards=cfg.skip_bad_shards)
+        )
+    mean, variance = moments
     num_frames = cfg.seq_len or info.num_frames
 
     def compiled_model():

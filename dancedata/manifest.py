@@ -10,6 +10,7 @@ from dancedata import schema
 from dancedata.errors import ManifestError
 
 FILENAME = "manifest.json"
+STATISTICS = "feature_statistics.json"  # per-dimension mean and variance of the train split's real frames
 REQUIRED = ("schema_version", "feature_spec", "classes", "num_frames", "feature_dim", "feature_dtype", "splits")
 
 

@@ -328,6 +328,21 @@ class DatasetBuilder:
         return to_inputs
 
 
+def build_moments(builder: DatasetBuilder):
+    """(mean, variance) float32 of the train split's real frames as the build computed them while
+    writing it, or None for builds without them (before they were recorded)."""
+    entry = builder.manifest.get("feature_statistics")
+    if not entry:
+        return None
+    import json
+
+    from dancedata import fs
+
+    with fs.open_file(fs.join(builder.path, entry["file"])) as handle:
+        stats = json.load(handle)
+    return np.asarray(stats["mean"], np.float32), np.asarray(stats["variance"], np.float32)
+
+
 def feature_moments(dataset) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and variance over the real frames of a ((features, mask), label) dataset."""
     total = squares = None

@@ -97,7 +97,7 @@ def prepare(plan, folder, overwrite: bool = False, update: bool = False, planned
             folder.keep_for_reuse(name, record)
         else:
             folder.forget(name)
-    leftovers = folder.ours() - names - {"manifest.json", "build_info.json", *tfds_metadata.FILES}
+    leftovers = folder.ours() - names - {manifest.FILENAME, BUILD_INFO, manifest.STATISTICS, *tfds_metadata.FILES}
     if set(done) != names and folder.manifest is not None:
         fs.remove(fs.join(out, "manifest.json"))  # a manifest means "complete"; it is written again last
     folder.start(_plan_document(plan, sorted(names | leftovers), planned, num_workers))
@@ -192,13 +192,19 @@ def finalize(folder, info: dict | None = None) -> dict:
             f"{folder.out}: {len(absent)} of {len(document['units'])} shards are not built yet (e.g. {absent[0][1]}); "
             "run the build command again to finish it"
         )
-    result = manifest.complete(document["manifest"], [records[name] for name, _ in document["units"]])
+    ordered = [records[name] for name, _ in document["units"]]
+    result = manifest.complete(document["manifest"], ordered)
+    frames, mean, variance = work_unit.mean_and_variance([r for r in ordered if r["split"] == "train"])
+    if frames:  # train.py standardises with these instead of reading the train split once more
+        write_json(fs.join(folder.out, manifest.STATISTICS), {
+            "split": "train", "frames": frames, "mean": mean.tolist(), "variance": variance.tolist()})
+        result["feature_statistics"] = {"file": manifest.STATISTICS, "split": "train", "frames": frames}
     if not any(split["num_examples"] for split in result["splits"].values()):
         raise InputError(nothing_usable(result["source"]["path"], result["skipped"]))
     tfds_metadata.write(folder.out, result, {name: records[name]["bytes"] for name, _ in document["units"]})
     manifest.write(folder.out, result)  # last: a manifest means "complete"
     names = [name for name, _ in document["units"]]
-    for name in set(document.get("files", [])) - set(names) - {manifest.FILENAME, BUILD_INFO, *tfds_metadata.FILES}:
+    for name in set(document.get("files", [])) - set(names) - {manifest.FILENAME, BUILD_INFO, manifest.STATISTICS, *tfds_metadata.FILES}:
         folder.forget(name)
     folder.remove_partials()
     folder.finish()

@@ -97,6 +97,7 @@ def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: 
     writer = ShardWriter(folder.out, unit.name)
     record = {"key": unit.key, "split": unit.split, "genres": {}, "videos": [], "skipped": [], "truncated": [],
               "short_examples": 0, "values_lost": 0, "values_seen": 0}
+    moments = Moments(feature_dim)
     empty = np.empty((0,), np.uint8)
 
     def emit(row, outcome, features):
@@ -108,6 +109,7 @@ def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: 
             if isinstance(outcome, tuple):  # reused: ("example", proto, values lost)
                 example, lost = outcome[1], outcome[2]
                 serialized = relabel(example, row)
+                moments.add_example(example, frames, dtype)
             else:
                 clip = outcome
                 full = np.zeros((frames, feature_dim), np.float32)
@@ -115,6 +117,7 @@ def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: 
                 example = schema.to_example(full, clip.mask, clip.indices, row["label"], row, dtype, clip.report())
                 serialized = schema.serialize(example)
                 lost = schema.values_lost(features, dtype)
+                moments.add(full.astype(dtype)[clip.mask])
             facts = _facts(example if isinstance(example, tf.train.Example) else tf.train.Example.FromString(serialized))
             writer.write(serialized)
             record["genres"][row["genre"]] = record["genres"].get(row["genre"], 0) + 1
@@ -143,4 +146,48 @@ def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: 
         writer.abort()
         raise
     record["genres"] = dict(sorted(record["genres"].items()))
+    record["moments"] = moments.as_record()
     return writer.commit(record)
+
+
+class Moments:
+    """Per-dimension sums over real frames, of the values as stored (float16 rounding included), so
+    the mean and variance the manifest gets equal what a reader of the shards computes."""
+
+    def __init__(self, feature_dim: int):
+        self.frames = 0
+        self.total = np.zeros(feature_dim, np.float64)
+        self.squares = np.zeros(feature_dim, np.float64)
+
+    def add(self, stored: np.ndarray) -> None:
+        values = stored.astype(np.float64)
+        self.frames += len(values)
+        self.total += values.sum(0)
+        self.squares += (values**2).sum(0)
+
+    def add_example(self, example, frames: int, dtype: str) -> None:
+        feature = example.features.feature
+        stored = np.frombuffer(feature[schema.FEATURES].bytes_list.value[0], np.dtype(dtype).newbyteorder("<")).reshape(frames, -1)
+        self.add(stored[np.asarray(feature[schema.MASK].int64_list.value, bool)])
+
+    def as_record(self) -> dict:
+        return {"frames": self.frames, "sum": self.total.tolist(), "sum_squares": self.squares.tolist()}
+
+
+def mean_and_variance(records: list) -> tuple:
+    """(frames, mean, variance) from units' moments, summed in the order given (plan order: the same
+    floats on every runner)."""
+    if any("moments" not in record for record in records):  # a shard kept from a build before moments
+        return 0, None, None
+    frames, total, squares = 0, None, None
+    for record in records:
+        moments = record["moments"]
+        if not moments["frames"]:
+            continue
+        frames += moments["frames"]
+        total = np.asarray(moments["sum"]) if total is None else total + np.asarray(moments["sum"])
+        squares = np.asarray(moments["sum_squares"]) if squares is None else squares + np.asarray(moments["sum_squares"])
+    if not frames:
+        return 0, None, None
+    mean = total / frames
+    return frames, mean, np.maximum(squares / frames - mean**2, 0)

@@ -124,7 +124,7 @@ class OutputFolder:
         """Names in `out` that a dancedata build wrote (per its plan and manifest), and may delete."""
         from dancedata import tfds_metadata
 
-        names = {manifest.FILENAME, BUILD_INFO, *tfds_metadata.FILES}
+        names = {manifest.FILENAME, BUILD_INFO, manifest.STATISTICS, *tfds_metadata.FILES}
         if self.plan:
             names.update(self.plan.get("files", []))
         if self.manifest:

@@ -171,3 +171,18 @@ def test_input_pipelines_split_the_data_without_overlap(built, pipelines):
         ds = builder.as_dataset("train", batch_size=6, with_metadata=True, input_context=context)
         seen += [v.decode() for _, _, m in ds for v in m["video_id"].numpy()]
     assert len(seen) == len(set(seen)) == builder.info.splits["train"]
+
+
+def test_the_build_records_the_train_split_moments_a_reader_computes(built):
+    from dancedata.read import build_moments, feature_moments
+
+    builder = DatasetBuilder(str(built["out"]))
+    assert builder.manifest["feature_statistics"]["split"] == "train"
+    mean, variance = build_moments(builder)
+    read_mean, read_variance = feature_moments(builder.as_dataset("train", batch_size=7))
+    assert mean.shape == (builder.info.feature_dim,) and mean.dtype == np.float32
+    np.testing.assert_allclose(mean, read_mean, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(variance, read_variance, rtol=1e-3, atol=1e-6)
+    assert builder.manifest["feature_statistics"]["frames"] == sum(
+        int(mask.numpy().sum()) for (_, mask), _ in builder.as_dataset("train", batch_size=64)
+    )

@@ -8,6 +8,7 @@ import pytest
 from conftest import FAST_EXTRACTOR, make_aist_folder
 
 import dancedata
+from dancedata import DatasetBuilder
 import train as train_script
 from dancedata import cli
 from dancedata import predict as predict_module
@@ -115,3 +116,17 @@ def test_a_split_left_without_examples_is_left_out_with_a_message(tmp_path, caps
     err = capsys.readouterr().err
     assert "split test has no example" in err
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["evaluated_split"] == "val"
+
+
+def test_training_takes_the_statistics_the_build_recorded(run, tmp_path, monkeypatch):
+    from dancedata import read
+
+    base, _ = run
+    assert DatasetBuilder(str(base / "shards")).info.splits["val"]  # with a val split, train is all of train
+
+    def read_again(dataset):
+        raise AssertionError("train.py read the train split again for statistics the build recorded")
+
+    monkeypatch.setattr(read, "feature_moments", read_again)
+    argv = ["--shards", str(base / "shards"), "--out", str(tmp_path / "run"), "--epochs", "1"]
+    assert cli.run(train_script.main, "train.py", argv) == 0
