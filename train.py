@@ -324,6 +324,9 @@ def _train(cfg: TrainConfig) -> dict:
     return metrics
 
 
+INTERRUPTED = "the best weights so far are in the run folder's checkpoints/; run again to train from scratch"  # what Ctrl-C leaves, and how to go on
+
+
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="python train.py", description="Train a genre classifier on dancedata shards.")
     config.add_flags(parser, TrainConfig)
@@ -333,4 +336,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.exit(cli.run(main, "train.py", interrupted="the best weights so far are in the run folder's checkpoints/; run again to train from scratch"))
+    cli.exit(cli.run(main, "train.py", interrupted=INTERRUPTED))

@@ -8,8 +8,10 @@ usage: python -m dancedata.<command> --help
   build_shards  decode each video once, extract features in batches, write TFRecord shards + manifest.json
   inspect       summarise a shard folder: splits, genres, skipped files
   predict       top-k genres of videos with a model trained by train.py
+  data_service  start a tf.data service dispatcher or worker
 
-Training: python train.py --shards tfrecords/"""
+Training: python train.py --shards tfrecords/
+The same tools as one command: dancedata build|inspect|train|predict|download|data-service"""
 
 if __name__ == "__main__":
     print(COMMANDS)

@@ -116,6 +116,9 @@ def _parser():
     return parser
 
 
+INTERRUPTED = "committed shards are kept; run the same command to resume"  # what Ctrl-C leaves, and how to go on
+
+
 def main(argv=None) -> int:
     from dancedata import inspect
 
@@ -140,4 +143,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.exit(cli.run(main, "build_shards", interrupted="committed shards are kept; run the same command to resume"))
+    cli.exit(cli.run(main, "build_shards", interrupted=INTERRUPTED))

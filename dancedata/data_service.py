@@ -92,6 +92,9 @@ def _parser():
     return parser
 
 
+INTERRUPTED = "server stopped"  # what Ctrl-C leaves, and how to go on
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.role == "dispatcher":
@@ -107,4 +110,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.exit(cli.run(main, "data_service", interrupted="server stopped"))
+    cli.exit(cli.run(main, "data_service", interrupted=INTERRUPTED))

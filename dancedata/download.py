@@ -252,6 +252,9 @@ def _accepted(cfg: DownloadConfig) -> bool:
     return input("Type 'yes' to accept the terms of use: ").strip().lower() == "yes"
 
 
+INTERRUPTED = "finished files are kept and partial ones resume; run the same command again"  # what Ctrl-C leaves, and how to go on
+
+
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="python -m dancedata.download", description="Download AIST Dance DB videos.")
     parser.add_argument("out", help="folder for the videos (e.g. aist/)")
@@ -268,4 +271,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.exit(cli.run(main, "download", tensorflow=False, interrupted="finished files are kept and partial ones resume; run the same command again"))
+    cli.exit(cli.run(main, "download", tensorflow=False, interrupted=INTERRUPTED))
