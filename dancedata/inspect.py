@@ -5,6 +5,7 @@ import collections
 import json
 
 from dancedata import cli, manifest, naming
+from dancedata.errors import DecodeError, InputError
 
 SPLIT_ORDER = ("train", "val", "test")
 
@@ -101,12 +102,59 @@ def summary(info: dict, show_paths: int = 5, info_file: dict | None = None) -> s
     return "\n".join(lines)
 
 
+def preview(info: dict, video: str, out: str, columns: int = 5) -> str:
+    """Writes a PNG contact sheet of the frames the build's sampling keeps from `video` (after crop
+    and resize, as the backbone sees them), each labelled with its frame number and time; returns
+    `out`. Padding slots (the video has fewer frames than asked for) are drawn grey and say so."""
+    import cv2
+    import numpy as np
+
+    from dancedata import decode
+    from dancedata.config import SamplingConfig
+
+    sampling = SamplingConfig(**info["sampling"])
+    size = info["extractor"]["image_size"]
+    try:
+        clip = decode.read_clip(video, sampling, size)
+    except DecodeError as error:
+        raise InputError(f"cannot preview {video}: {error}") from None
+    tile = max(size, 160)  # small inputs are enlarged so the labels stay legible
+    label_height = 22
+    rows = -(-len(clip.mask) // columns)
+    sheet = np.full((rows * (tile + label_height), columns * tile, 3), 255, np.uint8)
+    real = iter(clip.frames)
+    for slot, kept in enumerate(clip.mask):
+        top, left = (slot // columns) * (tile + label_height), (slot % columns) * tile
+        if kept:
+            image = cv2.resize(next(real), (tile, tile), interpolation=cv2.INTER_NEAREST)
+            sheet[top + label_height: top + label_height + tile, left: left + tile] = image
+            time_text = f"{clip.times[slot]:.2f}s" if clip.times is not None else ""
+            text = f"{slot}: frame {clip.indices[slot]} {time_text}"
+        else:
+            sheet[top + label_height: top + label_height + tile, left: left + tile] = 200
+            text = f"{slot}: padding (no frame)"
+        cv2.putText(sheet, text, (left + 4, top + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    if not cv2.imwrite(out, cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+        raise InputError(f"cannot write {out}: check the folder exists and is writable")
+    return out
+
+
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="python -m dancedata.inspect", description="Summarise a shard folder's manifest.")
     parser.add_argument("shards", help="folder holding manifest.json (local or gs://)")
     parser.add_argument("--all", action="store_true", help="list every skipped path, not the first five per reason")
+    parser.add_argument("--preview", metavar="VIDEO",
+                        help="write a PNG contact sheet of the frames this build's sampling picks from VIDEO")
+    parser.add_argument("--preview-out", metavar="PNG", help="where the contact sheet goes (default: preview-<video name>.png)")
     args = parser.parse_args(argv)
     info = manifest.load(args.shards)
+    if args.preview:
+        import os
+
+        out = args.preview_out or f"preview-{os.path.splitext(os.path.basename(args.preview))[0]}.png"
+        print(f"wrote {preview(info, args.preview, out)}: {info['sampling']['sampling']} sampling, "
+              f"{info['num_frames']} frames at {info['extractor']['image_size']}px")
+        return 0
     shown = max(len(info["skipped"]), len(info.get("truncated", []))) if args.all else 5
     print(summary(info, show_paths=shown, info_file=build_info(args.shards)))
     return 0

@@ -186,3 +186,26 @@ def test_the_build_records_the_train_split_moments_a_reader_computes(built):
     assert builder.manifest["feature_statistics"]["frames"] == sum(
         int(mask.numpy().sum()) for (_, mask), _ in builder.as_dataset("train", batch_size=64)
     )
+
+
+def test_preview_shows_the_frames_the_build_samples(built, tmp_path, capsys):
+    """The contact sheet's tiles carry the stamped frame numbers of the frames uniform sampling picks."""
+    import cv2
+    from stamped import read_stamp, write_pyav
+
+    from dancedata import cli
+    from dancedata import inspect as inspect_module
+
+    video = tmp_path / "stamped.mp4"
+    write_pyav(video, 40)
+    out = tmp_path / "sheet.png"
+    code = cli.run(inspect_module.main, "inspect", [str(built["out"]), "--preview", str(video), "--preview-out", str(out)])
+    assert code == 0 and f"wrote {out}" in capsys.readouterr().out
+    sheet = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    frames, tile, label = 8, 160, 22  # the build's --frames 8 at 32 px, shown at 160 px
+    stamps = [read_stamp(sheet[(k // 5) * (tile + label) + label:(k // 5) * (tile + label) + label + tile,
+                               (k % 5) * tile:(k % 5 + 1) * tile]) for k in range(frames)]
+    # uniform: the frame shown at the middle of each of 8 equal parts of 40 frames: 2, 7, 12, ..., 37
+    assert stamps == [int((k + 0.5) * 40 / frames) for k in range(frames)]
+    code = cli.run(inspect_module.main, "inspect", [str(built["out"]), "--preview", str(tmp_path / "none.mp4")])
+    assert code == 2 and "cannot preview" in capsys.readouterr().err
