@@ -1,18 +1,26 @@
-"""`python -m dancedata.predict VIDEO [VIDEO ...] --model RUN_DIR`: top-k genres per video.
+"""`python -m dancedata.predict VIDEOS... --model RUN_DIR`: top-k genres per video, for any number
+of videos: files, folders (every video inside) or list files (one path per line).
 
-Frames are sampled and features extracted exactly as the run's shards were (dataset.json in the
-run), in batches across videos. An unreadable video gets its own error line; the others go on.
+Frames are sampled and features extracted as the run's shards were (dataset.json in the run), with
+decoding in the build's worker processes (a hung or crashing decoder costs one video), extraction in
+the build's fixed batches, and the classifier in batches of --batch-size videos. Results stream out in
+input order; memory stays bounded whatever the number of videos. An unreadable video gets its own
+error line (and the exit status is 1); the others go on.
 """
 from __future__ import annotations
 
+import csv
 import json
+import os
+import sys
 
 import numpy as np
 
-from dancedata import cli, decode, naming
+from dancedata import cli, fs, naming, scan
 from dancedata.config import ExtractorConfig, SamplingConfig
-from dancedata import fs
 from dancedata.errors import DecodeError, InputError, ManifestError
+
+LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
 
 def load_run(run_dir: str):
@@ -32,10 +40,40 @@ def load_run(run_dir: str):
     return keras.models.load_model(fs.join(run_dir, "model.keras")), dataset
 
 
-def predict(videos: list, run_dir: str, top_k: int = 3, batch_size: int | None = None) -> list:
-    """One dict per video: {"video", "top": [{"genre", "name", "probability"}]} or {"video", "error"}."""
+def expand_inputs(paths: list) -> list:
+    """Video paths from files, folders (every video inside, recursively, sorted) and list files (one
+    path per line; blank lines and # comments skipped; relative paths from the list's folder)."""
+    videos = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                           if name.lower().endswith(scan.VIDEO_EXTENSIONS))
+            if not found:
+                raise InputError(f"no video files in {path}")
+            videos += found
+        elif path.lower().endswith(LIST_EXTENSIONS):
+            try:
+                with open(path) as handle:
+                    lines = [line.strip() for line in handle]
+            except OSError as error:
+                raise InputError(f"cannot read the list {path}: {error.strerror}") from None
+            base = os.path.dirname(path)
+            videos += [line if os.path.isabs(line) else os.path.join(base, line) for line in lines if line and not line.startswith("#")]
+        else:
+            videos.append(path)  # a missing or unreadable file is reported as that video's error
+    if not videos:
+        raise InputError("no videos given")
+    return videos
+
+
+def iter_predict(videos, run_dir: str, top_k: int = 3, batch_size: int = 64, workers: int = 2, video_timeout: float = 300.0):
+    """Yields one dict per video, in input order: {"video", "top": [{"genre", "name", "probability"}]}
+    or {"video", "error"}. `videos` may be any iterable (it is read as decoding goes)."""
+    from dancedata.decode_pool import DecodePool
     from dancedata.extract import Extractor, VideoBatcher
 
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
     model, dataset = load_run(run_dir)
     recorded = dataset["extractor"]
     extractor_config = ExtractorConfig(
@@ -43,7 +81,6 @@ def predict(videos: list, run_dir: str, top_k: int = 3, batch_size: int | None =
         weights=recorded["weights"],
         image_size=recorded["image_size"],
         weights_seed=recorded.get("weights_seed", 0),
-        batch_size=batch_size or 0,
     )
     sampling = SamplingConfig(**dataset["sampling"])
     extractor = Extractor(extractor_config, frames_per_video=dataset["num_frames"])  # the build's batches: same features
@@ -52,56 +89,100 @@ def predict(videos: list, run_dir: str, top_k: int = 3, batch_size: int | None =
             f"the {recorded['backbone']} weights here differ from those the shards were built with "
             f"(weights={recorded['weights']}); predictions would be meaningless"
         )
-    classes, frames = dataset["classes"], dataset["num_frames"]
-    results, ready = {}, []
+    classify = _classifier(model, dataset, top_k)
     batcher = VideoBatcher(extractor)
-    for video in videos:
-        clip = decode.read_clip_or_error(video, sampling, extractor_config.image_size)
-        if isinstance(clip, DecodeError):
-            results[video] = {"video": video, "error": str(clip)}
-            continue
-        ready += batcher.add((video, clip), clip.frames)
-    ready += batcher.flush()
-    if ready:
-        dtype = np.dtype(dataset["feature_dtype"])
-        features = np.zeros((len(ready), frames, dataset["feature_dim"]), np.float32)
-        masks = np.zeros((len(ready), frames), bool)
-        for i, ((_, clip), rows) in enumerate(ready):
-            features[i, clip.mask] = rows.astype(dtype)  # the precision the model was trained on
-            masks[i] = clip.mask
-        seq_len = dataset.get("seq_len")
-        if seq_len:
-            from dancedata.read import window
+    waiting: list = []  # (video, Clip or DecodeError, features) in input order, at most batch_size + one extraction batch
+    with DecodePool(workers, sampling, extractor_config.image_size, video_timeout) as pool:
+        for row, clip in pool.imap({"path": str(video)} for video in videos):
+            frames = clip.frames if not isinstance(clip, DecodeError) else np.empty((0,), np.uint8)
+            waiting += [(item[0], item[1], features) for item, features in batcher.add((row["path"], clip), frames)]
+            while len(waiting) >= batch_size:
+                yield from classify(waiting[:batch_size])
+                del waiting[:batch_size]
+        waiting += [(item[0], item[1], features) for item, features in batcher.flush()]
+        for start in range(0, len(waiting), batch_size):
+            yield from classify(waiting[start : start + batch_size])
 
-            windowed = window(features, masks, seq_len, training=False, seed=None)
-            features, masks = (np.asarray(t) for t in windowed)
-        probabilities = np.asarray(model.predict_on_batch((features, masks)))
-        for ((video, _), _), row in zip(ready, probabilities):
-            order = np.argsort(-row)[:top_k]
-            top = [{"genre": classes[i], "name": naming.genre_name(classes[i]), "probability": float(row[i])} for i in order]
-            results[video] = {"video": video, "top": top}
-    return [results[video] for video in videos]
+
+def _classifier(model, dataset: dict, top_k: int):
+    """A function: [(video, clip or error, features)] -> result dicts, one model call per batch."""
+    classes, frames, dtype = dataset["classes"], dataset["num_frames"], np.dtype(dataset["feature_dtype"])
+    seq_len = dataset.get("seq_len")
+
+    def classify(items: list) -> list:
+        good = [(video, clip, rows) for video, clip, rows in items if not isinstance(clip, DecodeError)]
+        results = {}
+        if good:
+            features = np.zeros((len(good), frames, dataset["feature_dim"]), np.float32)
+            masks = np.zeros((len(good), frames), bool)
+            for i, (_, clip, rows) in enumerate(good):
+                features[i, clip.mask] = rows.astype(dtype)  # the precision the model was trained on
+                masks[i] = clip.mask
+            if seq_len:
+                from dancedata.read import window
+
+                features, masks = (np.asarray(t) for t in window(features, masks, seq_len, training=False, seed=None))
+            probabilities = np.asarray(model.predict_on_batch((features, masks)))
+            for (video, _, _), row in zip(good, probabilities):
+                order = np.argsort(-row)[:top_k]
+                results[video] = [{"genre": classes[i], "name": naming.genre_name(classes[i]), "probability": float(row[i])} for i in order]
+        return [{"video": video, "top": results[video]} if video in results else {"video": video, "error": str(clip)}
+                for video, clip, _ in items]
+
+    return classify
+
+
+def predict(videos: list, run_dir: str, top_k: int = 3, batch_size: int = 64, workers: int = 2) -> list:
+    """iter_predict as a list (for a few videos; stream with iter_predict for many)."""
+    return list(iter_predict(videos, run_dir, top_k, batch_size=batch_size, workers=workers))
+
+
+def _csv_row(result: dict, top_k: int) -> list:
+    row = [result["video"]]
+    top = result.get("top", [])
+    for k in range(top_k):
+        row += [top[k]["genre"], f"{top[k]['probability']:.6f}"] if k < len(top) else ["", ""]
+    return row + [result.get("error", "")]
 
 
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="python -m dancedata.predict", description="Predict the dance genre of videos.")
-    parser.add_argument("videos", nargs="+", help="video files")
-    parser.add_argument("--model", required=True, help="run folder written by train.py (holds model.keras)")
+    parser.add_argument("inputs", nargs="+", help="video files, folders of videos, or list files (.txt: one path per line)")
+    parser.add_argument("--model", required=True, help="run folder written by train.py (holds model.keras; local, gs:// or s3://)")
     parser.add_argument("--top-k", type=int, default=3, help="genres to show per video (default: 3)")
+    parser.add_argument("--batch-size", type=int, default=64, help="videos per classifier batch (default: 64)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2)")
+    parser.add_argument("--video-timeout", type=float, default=300.0, help="seconds one video may take to decode (default: 300)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line instead of text")
+    parser.add_argument("--csv", metavar="FILE", help="also write a CSV: video, genre_1, probability_1, ..., error")
     args = parser.parse_args(argv)
-    if args.top_k < 1:
-        parser.error(f"--top-k must be at least 1, got {args.top_k}")
-    results = predict(args.videos, args.model, args.top_k)
-    for result in results:
-        if args.json:
-            print(json.dumps(result))
-        elif "error" in result:
-            print(f"{result['video']}: error: {result['error']}")
-        else:
-            shown = ", ".join(f"{t['name']} ({t['genre']}) {t['probability']:.1%}" for t in result["top"])
-            print(f"{result['video']}: {shown}")
-    return 1 if any("error" in result for result in results) else 0
+    for name in ("top_k", "batch_size", "workers"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    videos = expand_inputs(args.inputs)
+    failed = 0
+    table = open(args.csv, "w", newline="") if args.csv else None
+    try:
+        writer = csv.writer(table) if table else None
+        if writer:
+            writer.writerow(["video"] + [f"{kind}_{k + 1}" for k in range(args.top_k) for kind in ("genre", "probability")] + ["error"])
+        for result in iter_predict(videos, args.model, args.top_k, args.batch_size, args.workers, args.video_timeout):
+            failed += "error" in result
+            if writer:
+                writer.writerow(_csv_row(result, args.top_k))
+            if args.json:
+                print(json.dumps(result), flush=True)
+            elif "error" in result:
+                print(f"{result['video']}: error: {result['error']}", flush=True)
+            else:
+                shown = ", ".join(f"{t['name']} ({t['genre']}) {t['probability']:.1%}" for t in result["top"])
+                print(f"{result['video']}: {shown}", flush=True)
+    finally:
+        if table:
+            table.close()
+    if failed:
+        print(f"{failed} of {len(videos)} video(s) could not be read (their lines say why)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import FAST_EXTRACTOR, make_aist_folder
+from conftest import FAST_EXTRACTOR, cli_env, make_aist_folder
 
 import dancedata
 from dancedata import DatasetBuilder
@@ -130,3 +130,44 @@ def test_training_takes_the_statistics_the_build_recorded(run, tmp_path, monkeyp
     monkeypatch.setattr(read, "feature_moments", read_again)
     argv = ["--shards", str(base / "shards"), "--out", str(tmp_path / "run"), "--epochs", "1"]
     assert cli.run(train_script.main, "train.py", argv) == 0
+
+
+MEASURED_PREDICT = """
+import sys
+from dancedata import cli, predict
+code = cli.run(predict.main, "predict", sys.argv[1:])
+peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1]
+print("PEAK_KB", peak, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _predict_peak_kb(inputs: list, run_dir, out_csv):
+    done = subprocess.run([sys.executable, "-c", MEASURED_PREDICT, *inputs, "--model", str(run_dir), "--csv", str(out_csv),
+                           "--batch-size", "16"], capture_output=True, text=True, env=cli_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stderr.split("PEAK_KB")[1].split()[0]), done.stdout.splitlines()
+
+
+def test_predict_streams_a_folder_of_500_videos_in_bounded_memory(run, tmp_path):
+    import csv
+
+    from conftest import GENRE_COLOURS, write_video
+
+    base, _ = run
+    folder = tmp_path / "many"
+    folder.mkdir()
+    genres = list(GENRE_COLOURS)
+    for i in range(500):  # each video's pixels and features would add ~70 KB if predict kept them
+        write_video(folder / f"v{i:03d}.mp4", frames=6, colour=GENRE_COLOURS[genres[i % 4]], seed=i)
+    listed = tmp_path / "few.txt"
+    listed.write_text("".join(f"many/v{i:03d}.mp4\n" for i in range(25)))
+    few_kb, few_lines = _predict_peak_kb([str(listed)], base / "run", tmp_path / "few.csv")
+    many_kb, many_lines = _predict_peak_kb([str(folder)], base / "run", tmp_path / "many.csv")
+    assert len(few_lines) == 25 and len(many_lines) == 500
+    assert many_kb - few_kb < 16 * 1024, (few_kb, many_kb)  # 20 x the videos, not 20 x the memory
+    with open(tmp_path / "many.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["video"] for row in rows] == [str(folder / f"v{i:03d}.mp4") for i in range(500)]  # input order
+    correct = sum(row["genre_1"] == genres[i % 4] for i, row in enumerate(rows))
+    assert correct / 500 >= 0.75 and all(not row["error"] for row in rows)
