@@ -15,6 +15,7 @@ from dancedata.errors import ConfigError
 
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
+CACHES = ("memory", "device", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,10 +30,12 @@ class TrainConfig:
     seed: int = config.flag("seed for weights, shuffling and windows", default=0)
     patience: int = config.flag("stop after this many epochs without val improvement (0: never)", default=0)
     val_fraction: float = config.flag("when the shards have no val split: part of train held out by sequence", default=0.1)
-    cache: bool | None = config.flag(
-        "keep the decoded train and validation examples in memory after the first epoch (default: when "
-        "they fit in a quarter of the available memory)",
+    cache: str | None = config.flag(
+        "memory (--cache): keep the decoded train and validation examples in memory after the first epoch; "
+        "device: put them on the accelerator once and gather each batch there; none (--no-cache): read the "
+        "shards every epoch (default: memory when they fit in a quarter of the available memory, else none)",
         default=None,
+        custom=True,
     )
     verify: bool = config.flag("check shard sha256 against the manifest before training", default=False)
     skip_bad_shards: bool = config.flag("leave out corrupted or truncated shards (listed in one warning) instead of stopping", default=False)
@@ -51,6 +54,11 @@ class TrainConfig:
     def __post_init__(self):
         from models import ARCHITECTURES
 
+        if isinstance(self.cache, bool):  # cache=True/False from before the device mode
+            object.__setattr__(self, "cache", "memory" if self.cache else "none")
+        if self.cache is not None:
+            config.check_choice("cache", self.cache, CACHES)
+
         for name in ("epochs", "batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -65,7 +73,7 @@ class TrainConfig:
             from dancedata import data_service
 
             data_service.parse_address(self.data_service)
-            if self.cache:
+            if self.cache in ("memory", "device"):
                 raise ConfigError("cache and data_service exclude each other: with a data service its workers read the training split")
             if self.strategy != "default":
                 raise ConfigError("data_service works with strategy default only (one trainer consuming the service)")
@@ -114,16 +122,17 @@ def _datasets(builder, cfg: TrainConfig, strategy):
             builder.verify(split)
     usable = _usable_splits(builder)
     holdout = _holdout(builder, cfg)
-    cache = cfg.cache
-    if cfg.data_service:
-        cache = False
-    elif cache is None:  # train and validation are read every epoch; a held-out val is a part of train
+    if cfg.cache == "device":
+        return _device_datasets(builder, cfg, usable, holdout)
+    cache = cfg.cache == "memory"
+    if cfg.cache is None and not cfg.data_service:  # train and validation are read every epoch; a held-out val is a part of train
         nbytes = builder.cache_bytes("train") + (builder.cache_bytes("val") if "val" in usable else 0)
         cache = _fits_in_memory(nbytes)
         if not cache:
             print(f"train and validation ({nbytes / 1e9:.1f} GB decoded) are over a quarter of the available "
                   "memory: reading them from the shards every epoch (--cache keeps them anyway)", file=sys.stderr)
-    common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, cache=cache, skip_bad_shards=cfg.skip_bad_shards)
+    # Features stay float16 to the model, which casts them on its device: half the bytes on the host.
+    common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, cache=cache, skip_bad_shards=cfg.skip_bad_shards, cast=False)
     train_options = dict(shuffle=True, seed=cfg.seed, holdout_fraction=holdout, **common)
     steps = None
     if cfg.data_service:
@@ -145,7 +154,55 @@ def _datasets(builder, cfg: TrainConfig, strategy):
             val = None
     if val is not None and cfg.strategy != "default":
         val = _uint8_mask(val)
-    return train, val, steps
+    return train, val, steps, None
+
+
+def _device_datasets(builder, cfg: TrainConfig, usable: set, holdout: float):
+    """--cache device: train (and val) examples in one table for the accelerator, and index batches
+    that are the batches the other cache modes read (same seed, same order, same windows)."""
+    from dancedata.read import load_table
+
+    table = load_table(builder, ["train"] + (["val"] if "val" in usable else []), cfg.skip_bad_shards)
+    print(f"--cache device: {table.features.nbytes / 1e9:.2f} GB of features on the accelerator "
+          f"({len(table.labels)} examples)", file=sys.stderr)
+    common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, skip_bad_shards=cfg.skip_bad_shards)
+    train = builder.as_index_dataset("train", table, shuffle=True, seed=cfg.seed, holdout_fraction=holdout, **common)
+    if "val" in usable:
+        val = builder.as_index_dataset("val", table, **common)
+    else:
+        val = builder.as_index_dataset("train", table, holdout_fraction=holdout, holdout=True, **common)
+        if not sum(1 for _ in val):
+            print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
+            val = None
+    return train, val, None, table
+
+
+def _gathering(model, table, cfg: TrainConfig, compile_model):
+    """A model that takes (example indices, frame positions), gathers features and masks from `table`
+    held on the device in non-trainable variables, and runs `model` (whose weights it shares) on them.
+    Only `model` is saved: the table never reaches model.keras or the checkpoints."""
+    import keras
+
+    class GatherFromTable(keras.layers.Layer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.features = self.add_weight(shape=table.features.shape, dtype=str(table.features.dtype),
+                                            initializer=lambda shape, dtype: table.features, trainable=False, name="features")
+            self.masks = self.add_weight(shape=table.masks.shape, dtype="uint8",
+                                         initializer=lambda shape, dtype: table.masks.astype("uint8"), trainable=False, name="masks")
+
+        def call(self, index, positions):
+            features = keras.ops.take(self.features, index, axis=0)
+            masks = keras.ops.take(self.masks, index, axis=0)
+            features = keras.ops.take_along_axis(features, positions[:, :, None], axis=1)
+            return features, keras.ops.take_along_axis(masks, positions, axis=1) > 0
+
+    length = cfg.seq_len or table.masks.shape[1]
+    index = keras.Input((), dtype="int64", name="index")
+    positions = keras.Input((length,), dtype="int32", name="positions")
+    gathering = keras.Model((index, positions), model(GatherFromTable(name="table")(index, positions)), name="on_device_table")
+    compile_model(gathering)
+    return gathering
 
 
 def _uint8_mask(dataset):
@@ -154,6 +211,25 @@ def _uint8_mask(dataset):
     import tensorflow as tf
 
     return dataset.map(lambda inputs, label: ((inputs[0], tf.cast(inputs[1], tf.uint8)), label))
+
+
+def _best_weights(target, path: str):
+    """A callback that saves `target`'s weights whenever val_accuracy beats its best so far
+    (ModelCheckpoint would save the fitted model's, which with --cache device include the table)."""
+    import keras
+
+    class BestWeights(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.best = float("-inf")
+
+        def on_epoch_end(self, epoch, logs=None):
+            value = (logs or {}).get("val_accuracy")
+            if value is not None and value > self.best:
+                self.best = value
+                target.save_weights(path)
+
+    return BestWeights()
 
 
 def _strategy(cfg: TrainConfig):
@@ -265,7 +341,7 @@ def _train(cfg: TrainConfig) -> dict:
               f"{cfg.shards}`): left out", file=sys.stderr)
     keras.utils.set_random_seed(cfg.seed)
 
-    train_ds, val_ds, steps_per_epoch = _datasets(builder, cfg, strategy)
+    train_ds, val_ds, steps_per_epoch, table = _datasets(builder, cfg, strategy)
     moments = build_moments(builder) if not _holdout(builder, cfg) and not cfg.skip_bad_shards else None
     if moments is None:  # an older build, or train is not the whole train split: read it once
         moments = feature_moments(
@@ -274,23 +350,26 @@ def _train(cfg: TrainConfig) -> dict:
     mean, variance = moments
     num_frames = cfg.seq_len or info.num_frames
 
-    def compiled_model():
-        model = models.build_model(cfg.model, len(info.classes), num_frames, info.feature_dim, mean, variance)
+    def compile_model(model):
         model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         return model
 
+    def compiled_model():
+        return compile_model(models.build_model(cfg.model, len(info.classes), num_frames, info.feature_dim, mean, variance))
+
     with strategy.scope():
         model = compiled_model()
+        fitted = _gathering(model, table, cfg, compile_model) if table is not None else model
     best = os.path.join(out, "checkpoints", "best.weights.h5")
     os.makedirs(os.path.dirname(best), exist_ok=True)
     callbacks = [keras.callbacks.CSVLogger(os.path.join(out, "history.csv")), keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
     if val_ds is not None:
-        callbacks.append(keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", save_best_only=True, save_weights_only=True))
+        callbacks.append(_best_weights(model, best))  # the classifier's weights only, whatever model is fitted
         if cfg.patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))
     # The dataset is already shuffled (files, then a buffer), seeded; Keras must not try again.
-    history = model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                        callbacks=callbacks, verbose=2, shuffle=False)
+    history = fitted.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                         callbacks=callbacks, verbose=2, shuffle=False)
     if val_ds is not None and os.path.exists(best):
         model.load_weights(best)  # the best epoch on validation, not the last
     if cfg.strategy != "default":  # evaluate and save on one device: a mirrored model's predict_on_batch
@@ -330,6 +409,9 @@ INTERRUPTED = "the best weights so far are in the run folder's checkpoints/; run
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="python train.py", description="Train a genre classifier on dancedata shards.")
     config.add_flags(parser, TrainConfig)
+    help_text = next(f.metadata["help"] for f in dataclasses.fields(TrainConfig) if f.name == "cache")
+    parser.add_argument("--cache", nargs="?", const="memory", default=None, choices=CACHES, help=help_text)
+    parser.add_argument("--no-cache", dest="cache", action="store_const", const="none", help="same as --cache none")
     args = parser.parse_args(argv)
     train(config.from_flags(args, TrainConfig))
     return 0

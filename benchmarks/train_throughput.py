@@ -94,10 +94,22 @@ def main():
     # train.py keeps the decoded train split in memory when it fits (it does here: 4096 examples ~ 0.3 GB).
     cached = builder.as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cache=True)
     uncached = builder.as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0)
+    # What train.py feeds now: float16 to the model, which casts on its device.
+    cached16 = builder.as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cache=True, cast=False)
+    uncached16 = builder.as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cast=False)
+    from dancedata.read import load_table
 
-    def epoch_seconds(fit_args):
+    table = load_table(builder, ["train"])
+    indices = builder.as_index_dataset("train", table, batch_size=args.batch_size, shuffle=True, seed=0)
+
+    def epoch_seconds(fit_args, on_device_table=False):
         keras.utils.set_random_seed(0)
         model = models.build_model(args.model, 10, 20, 2048, np.zeros(2048), np.ones(2048))
+        if on_device_table:  # train.py --cache device: the table in variables, a gather per step
+            import train
+
+            model = train._gathering(model, table, train.TrainConfig(shards=folder, seq_len=0),
+                                     lambda m: m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"]) or m)
         model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(**fit_args, epochs=1, verbose=0)  # warm-up: tracing, first-epoch costs, filling the cache
         start = time.perf_counter()
@@ -118,7 +130,11 @@ def main():
     shards_s = epoch_seconds({"x": cached})
     uncached_s = epoch_seconds({"x": uncached})
     numpy_s = epoch_seconds({"x": (features, masks), "y": labels, "batch_size": args.batch_size, "shuffle": True})
+    shards16_s = epoch_seconds({"x": cached16})
+    device_s = epoch_seconds({"x": indices}, on_device_table=True)
     pipeline_s, pipeline_uncached_s = pipeline_seconds(cached), pipeline_seconds(uncached)
+    pipeline16_s, pipeline16_uncached_s = pipeline_seconds(cached16), pipeline_seconds(uncached16)
+    pipeline_index_s = pipeline_seconds(indices)
     stages = stage_costs(builder, args.batch_size, pipeline_seconds)
 
     n = args.examples
@@ -134,16 +150,26 @@ def main():
     print(f"| input pipeline alone, cached (shuffle, batch, cast; best of 5) | {pipeline_s:.2f} | {n / pipeline_s:.0f} |")
     print(f"| input pipeline alone, --no-cache (read, shuffle, batch, parse, cast; best of 5) "
           f"| {pipeline_uncached_s:.2f} | {n / pipeline_uncached_s:.0f} |")
-    consumed = min(shards_s, uncached_s, numpy_s)  # the model's fastest observed consumption: the conservative ratio
+    print(f"| epoch, fit from shards cached, float16 to the model (train.py now) | {shards16_s:.2f} | {n / shards16_s:.0f} |")
+    print(f"| epoch, fit gathering from a table in variables (--cache device) | {device_s:.2f} | {n / device_s:.0f} |")
+    print(f"| input pipeline alone, cached, float16 out (best of 5) | {pipeline16_s:.2f} | {n / pipeline16_s:.0f} |")
+    print(f"| input pipeline alone, --no-cache, float16 out (best of 5) | {pipeline16_uncached_s:.2f} | {n / pipeline16_uncached_s:.0f} |")
+    print(f"| input pipeline alone, indices for --cache device (best of 5) | {pipeline_index_s:.2f} | {n / pipeline_index_s:.0f} |")
+    consumed = min(shards_s, uncached_s, numpy_s, shards16_s, device_s)  # the model's fastest observed consumption: the conservative ratio
     print(f"\nshards / numpy epoch time: {shards_s / numpy_s:.2f}x cached, {uncached_s / numpy_s:.2f}x uncached (target <= 1.1); "
           f"the pipeline delivers {consumed / pipeline_s:.1f}x what the model consumes in its fastest epoch "
           f"({consumed / pipeline_uncached_s:.1f}x uncached; target >= 10)")
+    print(f"float16 out (train.py now): {consumed / pipeline16_s:.1f}x cached (target >= 20), "
+          f"{consumed / pipeline16_uncached_s:.1f}x uncached (target >= 10); indices for --cache device "
+          f"{consumed / pipeline_index_s:.1f}x")
     print("\nwhere the uncached pipeline's time goes, microseconds per example added by each step: "
           + ", ".join(f"{name} {us:.0f}" for name, us in stages.items()))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as handle:
         json.dump({"header": header, "shards_epoch_s": shards_s, "shards_uncached_epoch_s": uncached_s,
                    "numpy_epoch_s": numpy_s, "pipeline_s": pipeline_s, "pipeline_uncached_s": pipeline_uncached_s,
+                   "shards_float16_epoch_s": shards16_s, "device_cache_epoch_s": device_s, "pipeline_float16_s": pipeline16_s,
+                   "pipeline_float16_uncached_s": pipeline16_uncached_s, "pipeline_index_s": pipeline_index_s,
                    "examples": n, "stage_us_per_example": stages}, handle, indent=2)
 
 

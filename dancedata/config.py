@@ -16,8 +16,9 @@ DTYPES = ("float16", "float32")
 RUNNERS = ("local", "beam")
 
 
-def flag(text: str, **kwargs):
-    return dataclasses.field(metadata={"help": text}, **kwargs)
+def flag(text: str, custom: bool = False, **kwargs):
+    """A config field and its CLI flag; custom=True: the command adds the flag itself (add_flags skips it)."""
+    return dataclasses.field(metadata={"help": text, "custom": custom}, **kwargs)
 
 
 def _positive(name: str, value, allow_zero: bool = False):
@@ -181,6 +182,8 @@ def add_flags(parser, *classes) -> None:
     for cls in classes:
         group = parser.add_argument_group(cls.__name__)
         for field in dataclasses.fields(cls):
+            if field.metadata.get("custom"):
+                continue
             flag = "--" + field.name.replace("_", "-")
             help_text = f"{field.metadata['help']} (default: {field.default})"
             if field.type in ("bool", bool):

@@ -89,7 +89,7 @@ def iter_predict(videos, run_dir: str, top_k: int = 3, batch_size: int = 64, wor
             f"the {recorded['backbone']} weights here differ from those the shards were built with "
             f"(weights={recorded['weights']}); predictions would be meaningless"
         )
-    classify = _classifier(model, dataset, top_k)
+    classify = _classifier(model, dataset, top_k, batch_size)
     batcher = VideoBatcher(extractor)
     waiting: list = []  # (video, Clip or DecodeError, features) in input order, at most batch_size + one extraction batch
     with DecodePool(workers, sampling, extractor_config.image_size, video_timeout) as pool:
@@ -104,8 +104,9 @@ def iter_predict(videos, run_dir: str, top_k: int = 3, batch_size: int = 64, wor
             yield from classify(waiting[start : start + batch_size])
 
 
-def _classifier(model, dataset: dict, top_k: int):
-    """A function: [(video, clip or error, features)] -> result dicts, one model call per batch."""
+def _classifier(model, dataset: dict, top_k: int, batch_size: int):
+    """A function: [(video, clip or error, features)] -> result dicts, one model call per batch, always
+    of `batch_size` rows (zeros pad the last), so the model is traced once."""
     classes, frames, dtype = dataset["classes"], dataset["num_frames"], np.dtype(dataset["feature_dtype"])
     seq_len = dataset.get("seq_len")
 
@@ -113,8 +114,8 @@ def _classifier(model, dataset: dict, top_k: int):
         good = [(video, clip, rows) for video, clip, rows in items if not isinstance(clip, DecodeError)]
         results = {}
         if good:
-            features = np.zeros((len(good), frames, dataset["feature_dim"]), np.float32)
-            masks = np.zeros((len(good), frames), bool)
+            features = np.zeros((max(batch_size, len(good)), frames, dataset["feature_dim"]), np.float32)
+            masks = np.zeros((len(features), frames), bool)
             for i, (_, clip, rows) in enumerate(good):
                 features[i, clip.mask] = rows.astype(dtype)  # the precision the model was trained on
                 masks[i] = clip.mask

@@ -60,6 +60,43 @@ def _checked_records(path, expected):
     return records.scan(tf.constant(0, tf.int64), count).filter(lambda keep, _: keep).map(lambda _, record: record)
 
 
+def _interleaved(paths: list, starts: list, counts: list, shuffle: bool, seed, source):
+    """The examples of several files in the order every reader of a split uses: files shuffled once
+    per seed (the same order every epoch: a cache after this point holds one order, so reshuffling per
+    epoch would make cached and uncached training differ; the example buffer still reshuffles), then
+    read several at a time, round robin. `source(path, start, count)` gives one file's elements (its
+    records, or the indices start .. start + count - 1 of its examples in a table)."""
+    import tensorflow as tf
+
+    files = tf.data.Dataset.from_tensor_slices((paths, tf.constant(starts, tf.int64), tf.constant(counts, tf.int64)))
+    if shuffle:
+        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=False)
+    # Reading several shards at once hides per-file latency (remote storage) and mixes shards.
+    return files.interleave(
+        source,
+        cycle_length=max(1, min(len(paths), 8)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def _batched(examples, batch_size: int, shuffle: bool, seed, repeat: bool, shuffle_buffer: int, drop_remainder: bool, windows: bool):
+    """(batch, window seed [2]) pairs: repeat, shuffle through a buffer, batch; the seeds come from a
+    seeded stream, so random windows are reproducible (zeros when there are no random windows)."""
+    import tensorflow as tf
+
+    if repeat:
+        examples = examples.repeat()
+    if shuffle:
+        # Shards are already shuffled at write time and files are interleaved, so a modest buffer
+        # mixes well; 256 x ~80 KB records measured ~40% faster than 1024 on 2 cores (cache misses).
+        examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    batches = examples.batch(batch_size, drop_remainder=drop_remainder)
+    if windows:
+        return tf.data.Dataset.zip((batches, tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)))
+    return batches.map(lambda batch: (batch, tf.zeros([2], tf.int64)))
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
     classes: list
@@ -181,6 +218,7 @@ class DatasetBuilder:
         input_context=None,
         skip_bad_shards: bool = False,
         data_service: str | None = None,
+        cast: bool = True,
     ):
         """((features, mask), label) batches of `split`; with_metadata adds a dict of string fields.
 
@@ -195,6 +233,8 @@ class DatasetBuilder:
         data_service="grpc://HOST:PORT" has tf.data service workers read, parse and batch (see
         `dancedata.data_service`); each shard is read by one worker per epoch, so the result's
         cardinality is unknown: use repeat=True and steps_per_epoch. Not with cache or input_context.
+        cast=False hands features over in the stored dtype (float16 by default): half the bytes through
+        the pipeline, and a model with a float32 input casts them on its device (train.py does this).
         """
         import tensorflow as tf
 
@@ -211,21 +251,9 @@ class DatasetBuilder:
                 raise ConfigError("data_service cannot be combined with cache or input_context: the service's workers read the shards")
             data_service = service.check_reachable(data_service)
         training = shuffle if training is None else training
-        paths = self.files(split)
-        counts = [shard["num_examples"] for shard in self.manifest["splits"][split]["shards"]]
         if verify:
             self.verify(split)
-        if skip_bad_shards:
-            bad = dict(self.bad_shards(split))
-            if bad:
-                import warnings
-
-                listed = "; ".join(f"{path} ({reason})" for path, reason in bad.items())
-                warnings.warn(f"skipping {len(bad)} damaged shard(s) of {split}: {listed}", stacklevel=2)
-                kept = [(p, c) for p, c in zip(paths, counts) if p not in bad]
-                paths, counts = [p for p, _ in kept], [c for _, c in kept]
-            if not paths:
-                raise ShardError(f"every shard of split {split} is damaged; rebuild with the same build command")
+        paths, counts = self._usable_files(split, skip_bad_shards)
         shard_records = False
         if input_context is not None:  # tf.distribute: each input pipeline reads its own part
             pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
@@ -239,19 +267,8 @@ class DatasetBuilder:
             # its splitting: every worker would read every file), so the order is shuffled once, seeded
             order = np.random.default_rng(seed).permutation(len(paths))
             paths, counts = [paths[i] for i in order], [counts[i] for i in order]
-        files = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64)))
-        if shuffle and not data_service:
-            # Seeded, and the same order every epoch: a cache after this point holds one order, so
-            # reshuffling files per epoch would make cached and uncached training differ. The example
-            # buffer below still reshuffles every epoch, and shards are mixed when written.
-            files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=False)
-        # Reading several shards at once hides per-file latency (remote storage) and mixes shards.
-        records = files.interleave(
-            _checked_records,
-            cycle_length=max(1, min(len(paths), 8)),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
+        records = _interleaved(paths, [0] * len(paths), counts, shuffle and not data_service, seed,
+                               lambda path, _, count: _checked_records(path, count))
         if shard_records:
             records = records.shard(pipelines, pipeline)
         if holdout_fraction:
@@ -268,20 +285,9 @@ class DatasetBuilder:
             )
         else:
             examples = records
-        if repeat and not data_service:  # through the service, each epoch is one job: repeated at the end
-            examples = examples.repeat()
-        if shuffle:
-            # Shards are already shuffled at write time and files are interleaved, so a modest buffer
-            # mixes well; 256 x ~80 KB records measured ~40% faster than 1024 on 2 cores (cache misses).
-            examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-        batches = examples.batch(batch_size, drop_remainder=drop_remainder)
-        if seq_len is not None and training:
-            # One stateless seed per batch from a seeded stream: windows are reproducible.
-            seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-            batches = tf.data.Dataset.zip((batches, seeds))
-        else:
-            batches = batches.map(lambda batch: (batch, tf.zeros([2], tf.int64)))
-        to_inputs = self._to_inputs(seq_len, training, with_metadata)
+        batches = _batched(examples, batch_size, shuffle, seed, repeat and not data_service, shuffle_buffer, drop_remainder,
+                           seq_len is not None and training)  # through the service, each epoch is one job: repeated at the end
+        to_inputs = self._to_inputs(seq_len, training, with_metadata, cast)
         if cache:
             prepare = to_inputs
         else:  # one vectorised parse_example per batch
@@ -293,6 +299,55 @@ class DatasetBuilder:
             if repeat:
                 batches = batches.repeat()
         return batches.prefetch(tf.data.AUTOTUNE)
+
+    def as_index_dataset(self, split: str, table: Table, batch_size: int = 32, shuffle: bool = False, seed=None,
+                         seq_len: int | None = None, repeat: bool = False, training: bool | None = None,
+                         shuffle_buffer: int = 256, holdout_fraction: float = 0.0, holdout: bool = False,
+                         skip_bad_shards: bool = False):
+        """The batches as_dataset(split, ...) gives with the same arguments, as indices into `table`
+        (load_table): ((example indices [B] int64, frame positions [B, seq_len or T] int32), label [B]).
+        Same files order, same buffer, same seeds, so the same examples land in the same batches with
+        the same windows; a model that gathers from the table on its device sees what as_dataset gives."""
+        import tensorflow as tf
+
+        training = shuffle if training is None else training
+        paths, counts = self._usable_files(split, skip_bad_shards)
+        starts = list(table.offsets[split] + np.cumsum([0] + counts[:-1]))
+        indices = _interleaved(paths, starts, counts, shuffle, seed, lambda _, start, count: tf.data.Dataset.range(start, start + count))
+        if holdout_fraction:
+            limit = int(round(holdout_fraction * _HOLDOUT_BUCKETS))
+            held = tf.constant(np.asarray(tf.strings.to_hash_bucket_fast(table.sequences, _HOLDOUT_BUCKETS)) < limit)
+            indices = indices.filter(lambda i: tf.gather(held, i) if holdout else tf.logical_not(tf.gather(held, i)))
+        masks, labels = tf.constant(table.masks), tf.constant(table.labels)
+        frames = self.info.num_frames
+        length = seq_len if seq_len is not None else frames
+
+        def to_inputs(index, seed):
+            if length < frames:
+                positions = window_positions(tf.gather(masks, index), length, training, seed)
+            else:
+                positions = tf.broadcast_to(tf.range(frames)[None, :], [tf.shape(index)[0], frames])
+            return (index, positions), tf.gather(labels, index)
+
+        batches = _batched(indices, batch_size, shuffle, seed, repeat, shuffle_buffer, False, seq_len is not None and training)
+        return batches.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+    def _usable_files(self, split: str, skip_bad_shards: bool) -> tuple:
+        """(paths, counts) of `split`, leaving out damaged shards (with one warning) when asked."""
+        paths = self.files(split)
+        counts = [shard["num_examples"] for shard in self.manifest["splits"][split]["shards"]]
+        if skip_bad_shards:
+            bad = dict(self.bad_shards(split))
+            if bad:
+                import warnings
+
+                listed = "; ".join(f"{path} ({reason})" for path, reason in bad.items())
+                warnings.warn(f"skipping {len(bad)} damaged shard(s) of {split}: {listed}", stacklevel=3)
+                kept = [(p, c) for p, c in zip(paths, counts) if p not in bad]
+                paths, counts = [p for p, _ in kept], [c for _, c in kept]
+            if not paths:
+                raise ShardError(f"every shard of split {split} is damaged; rebuild with the same build command")
+        return paths, counts
 
     def _holdout_filter(self, fraction: float, keep_holdout: bool):
         import tensorflow as tf
@@ -307,8 +362,9 @@ class DatasetBuilder:
 
         return keep
 
-    def _to_inputs(self, seq_len, training: bool, with_metadata: bool):
-        """Decoded batch (features in the stored dtype) -> ((features float32, mask), label[, metadata])."""
+    def _to_inputs(self, seq_len, training: bool, with_metadata: bool, cast: bool = True):
+        """Decoded batch (features in the stored dtype) -> ((features, mask), label[, metadata]), features
+        float32 or (cast=False) as stored."""
         import tensorflow as tf
 
         def to_inputs(parsed, seed):
@@ -318,7 +374,9 @@ class DatasetBuilder:
                 for key in (schema.FEATURES, schema.MASK, schema.FRAME_INDICES):
                     if key in parsed:
                         parsed[key] = tf.gather(parsed[key], positions, batch_dims=1)
-            features = tf.cast(parsed[schema.FEATURES], tf.float32)  # after windowing: fewer frames to convert
+            features = parsed[schema.FEATURES]
+            if cast:
+                features = tf.cast(features, tf.float32)  # after windowing: fewer frames to convert
             mask, label = parsed[schema.MASK], tf.cast(parsed[schema.LABEL], tf.int32)
             if with_metadata:
                 metadata = {key: parsed[key] for key in schema.METADATA + (schema.FRAME_INDICES,)}
@@ -326,6 +384,39 @@ class DatasetBuilder:
             return (features, mask), label
 
         return to_inputs
+
+
+@dataclasses.dataclass
+class Table:
+    """Every example of some splits in memory, for device-resident training: features in the stored
+    dtype [N, T, D], masks [N, T] bool, labels [N], sequence ids [N]; `offsets[split]` is where each
+    split starts (its examples follow in manifest file order)."""
+
+    features: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    sequences: np.ndarray
+    offsets: dict
+
+
+def load_table(builder: DatasetBuilder, splits: list, skip_bad_shards: bool = False) -> Table:
+    """Reads `splits` once, file after file in manifest order (record counts checked as everywhere)."""
+    import tensorflow as tf
+
+    parts, offsets, start = [], {}, 0
+    keys = schema.TRAINING_KEYS + (schema.SEQUENCE_ID,)
+    for split in splits:
+        paths, counts = builder._usable_files(split, skip_bad_shards)
+        records = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64))).flat_map(_checked_records)
+        offsets[split] = start
+        for batch in records.batch(512).map(lambda s: builder.decode(s, keys, cast=False)):
+            parts.append({key: value.numpy() for key, value in batch.items()})
+            start += len(parts[-1][schema.LABEL])
+    if not parts:
+        raise ConfigError(f"no examples in {', '.join(splits)}")
+    joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    return Table(joined[schema.FEATURES], joined[schema.MASK], joined[schema.LABEL].astype(np.int32),
+                 joined[schema.SEQUENCE_ID], offsets)
 
 
 def build_moments(builder: DatasetBuilder):

@@ -209,3 +209,30 @@ def test_preview_shows_the_frames_the_build_samples(built, tmp_path, capsys):
     assert stamps == [int((k + 0.5) * 40 / frames) for k in range(frames)]
     code = cli.run(inspect_module.main, "inspect", [str(built["out"]), "--preview", str(tmp_path / "none.mp4")])
     assert code == 2 and "cannot preview" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("options", [
+    dict(shuffle=True, seed=3, batch_size=5),
+    dict(shuffle=True, seed=4, batch_size=4, seq_len=5, repeat=True),
+    dict(shuffle=True, seed=5, batch_size=6, holdout_fraction=0.3),
+    dict(batch_size=6, holdout_fraction=0.3, holdout=True),
+])
+def test_index_batches_are_the_batches_as_dataset_gives(built, options):
+    """Device-resident training gathers batches from a table by index: the same examples in the same
+    batches with the same windows as the pipeline that reads the shards."""
+    from dancedata.read import load_table
+
+    builder = DatasetBuilder(str(built["out"]))
+    table = load_table(builder, ["train", "val"])
+    assert table.offsets == {"train": 0, "val": builder.info.splits["train"]}
+    assert len(table.labels) == builder.info.splits["train"] + builder.info.splits["val"]
+    steps = 7 if options.get("repeat") else None
+    read = builder.as_dataset("train", **options)
+    indexed = builder.as_index_dataset("train", table, **options)
+    pairs = list(zip(read.take(steps) if steps else read, indexed.take(steps) if steps else indexed))
+    assert len(pairs) == (steps or sum(1 for _ in read)) and pairs
+    for ((features, mask), label), ((index, positions), index_label) in pairs:
+        gathered = np.take_along_axis(table.features[index.numpy()], positions.numpy()[:, :, None], axis=1)
+        np.testing.assert_array_equal(features.numpy(), gathered.astype(np.float32))
+        np.testing.assert_array_equal(mask.numpy(), np.take_along_axis(table.masks[index.numpy()], positions.numpy(), axis=1))
+        np.testing.assert_array_equal(label.numpy(), index_label.numpy())

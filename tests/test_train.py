@@ -132,21 +132,21 @@ def test_training_takes_the_statistics_the_build_recorded(run, tmp_path, monkeyp
     assert cli.run(train_script.main, "train.py", argv) == 0
 
 
-MEASURED_PREDICT = """
-import sys
-from dancedata import cli, predict
-code = cli.run(predict.main, "predict", sys.argv[1:])
-peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][0].split()[1]
-print("PEAK_KB", peak, file=sys.stderr)
-sys.exit(code)
+STREAMED_PREDICT = """
+import json, os, sys
+from dancedata import predict
+page = os.sysconf("SC_PAGE_SIZE")
+def rss_kb():
+    return int(open("/proc/self/statm").read().split()[1]) * page // 1024
+videos = predict.expand_inputs([sys.argv[1]])
+after_100 = highest = 0
+for count, result in enumerate(predict.iter_predict(videos, sys.argv[2], batch_size=16), 1):
+    print(json.dumps(result))
+    if count == 100:
+        after_100 = rss_kb()
+    highest = max(highest, rss_kb())
+print("RSS_KB", after_100, highest, file=sys.stderr)
 """
-
-
-def _predict_peak_kb(inputs: list, run_dir, out_csv):
-    done = subprocess.run([sys.executable, "-c", MEASURED_PREDICT, *inputs, "--model", str(run_dir), "--csv", str(out_csv),
-                           "--batch-size", "16"], capture_output=True, text=True, env=cli_env(), timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return int(done.stderr.split("PEAK_KB")[1].split()[0]), done.stdout.splitlines()
 
 
 def test_predict_streams_a_folder_of_500_videos_in_bounded_memory(run, tmp_path):
@@ -160,14 +160,46 @@ def test_predict_streams_a_folder_of_500_videos_in_bounded_memory(run, tmp_path)
     genres = list(GENRE_COLOURS)
     for i in range(500):  # each video's pixels and features would add ~70 KB if predict kept them
         write_video(folder / f"v{i:03d}.mp4", frames=6, colour=GENRE_COLOURS[genres[i % 4]], seed=i)
-    listed = tmp_path / "few.txt"
-    listed.write_text("".join(f"many/v{i:03d}.mp4\n" for i in range(25)))
-    few_kb, few_lines = _predict_peak_kb([str(listed)], base / "run", tmp_path / "few.csv")
-    many_kb, many_lines = _predict_peak_kb([str(folder)], base / "run", tmp_path / "many.csv")
-    assert len(few_lines) == 25 and len(many_lines) == 500
-    assert many_kb - few_kb < 16 * 1024, (few_kb, many_kb)  # 20 x the videos, not 20 x the memory
+    done = subprocess.run([sys.executable, "-c", STREAMED_PREDICT, str(folder), str(base / "run")], capture_output=True,
+                          text=True, timeout=600, env=cli_env(MALLOC_ARENA_MAX="2"))  # fewer malloc arenas: steadier RSS
+    assert done.returncode == 0, done.stderr[-2000:]
+    after_100, highest = (int(v) for v in done.stderr.split("RSS_KB")[1].split()[:2])
+    # from the 100th video to the 500th the memory stays flat: keeping each video's pixels and
+    # features (and classifying them at once, as predict did) would add ~50 MB over those 400 videos
+    assert highest - after_100 < 24 * 1024, (after_100, highest)  # measured: 0-9 MB
+    assert len(done.stdout.splitlines()) == 500
+    code = cli.run(predict_module.main, "predict", [str(folder), "--model", str(base / "run"), "--csv", str(tmp_path / "many.csv"),
+                                                   "--batch-size", "16"])
+    assert code == 0
     with open(tmp_path / "many.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["video"] for row in rows] == [str(folder / f"v{i:03d}.mp4") for i in range(500)]  # input order
     correct = sum(row["genre_1"] == genres[i % 4] for i, row in enumerate(rows))
     assert correct / 500 >= 0.75 and all(not row["error"] for row in rows)
+
+
+def test_device_cache_trains_on_the_same_batches_and_saves_no_table(run, tmp_path):
+    import csv
+
+    import keras
+    import numpy as np
+
+    base, _ = run
+    histories = {}
+    for mode in ("memory", "device"):
+        argv = ["--shards", str(base / "shards"), "--out", str(tmp_path / mode), "--epochs", "3", "--seed", "1",
+                "--seq-len", "4", "--cache", mode]
+        assert cli.run(train_script.main, "train.py", argv) == 0
+        with open(tmp_path / mode / "history.csv") as handle:
+            histories[mode] = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+    for memory, device in zip(histories["memory"], histories["device"]):  # same batches, same windows
+        assert memory.keys() == device.keys()
+        for key in memory:
+            assert device[key] == pytest.approx(memory[key], rel=1e-4, abs=1e-5), (key, memory, device)
+    model = keras.models.load_model(tmp_path / "device" / "model.keras")
+    table_size = DatasetBuilder(str(base / "shards")).info.splits["train"]
+    assert all(table_size not in np.shape(weight) for weight in model.get_weights())  # the table stayed out
+    sizes = [(tmp_path / mode / "model.keras").stat().st_size for mode in ("memory", "device")]
+    assert sizes[1] <= sizes[0]  # not larger than the memory run's (which also holds its optimizer's state)
+    assert json.loads((tmp_path / "device" / "metrics.json").read_text())["test_accuracy"] == pytest.approx(
+        json.loads((tmp_path / "memory" / "metrics.json").read_text())["test_accuracy"], abs=0.101)
