@@ -186,16 +186,17 @@ def _gathering(model, table, cfg: TrainConfig, compile_model):
     class GatherFromTable(keras.layers.Layer):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
-            self.features = self.add_weight(shape=table.features.shape, dtype=str(table.features.dtype),
+            # autocast=False: a float32 layer would otherwise cast the whole float16 table at every step.
+            self.features = self.add_weight(shape=table.features.shape, dtype=str(table.features.dtype), autocast=False,
                                             initializer=lambda shape, dtype: table.features, trainable=False, name="features")
             self.masks = self.add_weight(shape=table.masks.shape, dtype="uint8",
                                          initializer=lambda shape, dtype: table.masks.astype("uint8"), trainable=False, name="masks")
 
         def call(self, index, positions):
-            features = keras.ops.take(self.features, index, axis=0)
-            masks = keras.ops.take(self.masks, index, axis=0)
-            features = keras.ops.take_along_axis(features, positions[:, :, None], axis=1)
-            return features, keras.ops.take_along_axis(masks, positions, axis=1) > 0
+            import tensorflow as tf  # a batch_dims gather: keras.ops.take_along_axis builds a [B, T, D] index
+
+            features = tf.gather(tf.gather(self.features, index), positions, batch_dims=1)
+            return features, tf.gather(tf.gather(self.masks, index), positions, batch_dims=1) > 0
 
     length = cfg.seq_len or table.masks.shape[1]
     index = keras.Input((), dtype="int64", name="index")
