@@ -67,6 +67,15 @@ def make_aist_folder(root, genres=("BR", "PO", "LO", "HO"), performances=3, came
     return made
 
 
+def make_class_folders(root, labels=("salsa", "tango"), count=2, frames=4):
+    """One subfolder of `count` non-AIST-named videos per label (no grouping information)."""
+    for label in labels:
+        (root / label).mkdir(parents=True)
+        for i in range(count):
+            write_video(root / label / f"{label}{i}.mp4", frames=frames, seed=i)
+    return root
+
+
 @pytest.fixture
 def aist_folder(tmp_path):
     root = tmp_path / "aist"

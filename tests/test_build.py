@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import FAST_EXTRACTOR, make_aist_folder, write_video
+from conftest import FAST_EXTRACTOR, make_aist_folder, make_class_folders
 
 import dancedata
 from dancedata.build_shards import main as build_main
@@ -117,11 +117,7 @@ def test_float32_storage_and_first_sampling(tmp_path):
 
 
 def test_class_per_subfolder_and_csv_layouts(tmp_path):
-    root = tmp_path / "clips"
-    for label in ("salsa", "tango"):
-        (root / label).mkdir(parents=True)
-        for i in range(2):
-            write_video(root / label / f"{label}{i}.mp4", frames=4, seed=i)
+    root = make_class_folders(tmp_path / "clips", count=2)
     (root / "stray.mp4").write_bytes(b"")
     manifest = dancedata.build_shards(str(root), str(tmp_path / "a"), frames=4, quiet=True, val_fraction=0.0, test_fraction=0.0, **FAST_EXTRACTOR)
     assert manifest["classes"] == ["salsa", "tango"] and manifest["splits"]["train"]["num_examples"] == 4

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from conftest import BUILD_FLAGS as FLAGS
-from conftest import FAST_EXTRACTOR, SMALL_SHARDS, aist_name, build_outputs, make_aist_folder, write_video
+from conftest import FAST_EXTRACTOR, SMALL_SHARDS, aist_name, build_outputs, make_aist_folder, make_class_folders, write_video
 
 import dancedata
 from dancedata import cli, naming, split
@@ -177,11 +177,7 @@ def test_aist_names_in_class_folders_and_in_a_csv_keep_camera_views_together(tmp
 
 
 def test_a_dataset_without_grouping_says_so_once(tmp_path):
-    root = tmp_path / "clips"
-    for label in ("salsa", "tango"):
-        (root / label).mkdir(parents=True)
-        for i in range(3):
-            write_video(root / label / f"{label}{i}.mp4", frames=4, seed=i)
+    root = make_class_folders(tmp_path / "clips", count=3)
     manifest = dancedata.build_shards(str(root), str(tmp_path / "out"), frames=4, quiet=True, **FAST_EXTRACTOR)
     assert [w for w in manifest["warnings"] if "no grouping" in w] and not manifest["split"]["grouped"]
     from dancedata import inspect
