@@ -33,10 +33,9 @@ def default_options(build) -> list:
 
 
 def pipeline_options(build, extra: list | None = None):
-    beam = _beam()
+    _beam()  # a missing Beam is one line
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    del beam
     arguments = shlex.split(build.beam_options) + list(extra or [])
     return PipelineOptions(arguments or default_options(build))
 

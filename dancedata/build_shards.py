@@ -124,8 +124,9 @@ def main(argv=None) -> int:
 
     parser = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    beam_args = argv[argv.index("--") + 1:] if "--" in argv else []  # after `--`: Beam pipeline options
-    args = parser.parse_args(argv[: len(argv) - len(beam_args) - 1] if "--" in argv else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    argv, beam_args = argv[:cut], argv[cut + 1:]  # after `--`: Beam pipeline options
+    args = parser.parse_args(argv)
     if args.finalize:
         if args.input:
             parser.error("give the input folder or --finalize OUT, not both")

@@ -148,3 +148,21 @@ def sha256(path: str) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes `text` so that no reader sees half of it: locally under a temporary name of this process
+    (machines of a partitioned build may write the same file at once), flushed, then renamed; on object
+    storage the object appears whole when it is closed."""
+    if is_remote(path):
+        with open_file(path, "w") as handle:
+            handle.write(text)
+        return
+    import threading
+
+    temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.incomplete"
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 
 from dancedata import schema
 from dancedata.errors import ManifestError
@@ -24,21 +23,11 @@ def dumps(document: dict) -> str:
 
 
 def write(folder: str, manifest: dict, name: str = FILENAME) -> str:
-    """Writes under a temporary name, then renames: a local reader never sees half a manifest (on
-    object storage the final object appears whole when it is written)."""
+    """Writes atomically (fs.write_text): a reader never sees half a manifest."""
     from dancedata import fs
 
     target = fs.join(folder, name)
-    if fs.is_remote(target):
-        with fs.open_file(target, "w") as handle:
-            handle.write(dumps(manifest))
-        return target
-    temporary = f"{target}.{os.getpid()}.{threading.get_ident()}.incomplete"  # writers on other machines too
-    with open(temporary, "w") as handle:
-        handle.write(dumps(manifest))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, target)
+    fs.write_text(target, dumps(manifest))
     return target
 
 

@@ -14,7 +14,7 @@ import sys
 from dancedata import fs, manifest, plan as plan_lib, tfds_metadata, work_unit
 from dancedata.decode_pool import DecodePool
 from dancedata.errors import InputError
-from dancedata.write import BUILD_INFO, PLAN_FILE, write_json
+from dancedata.write import BUILD_INFO, FOLDER_FILES, PLAN_FILE, write_json
 
 
 @dataclasses.dataclass
@@ -76,7 +76,10 @@ def prepare(plan, folder, overwrite: bool = False, update: bool = False, planned
     names = {unit.name for unit in plan.units}
     if folder.plan is None:  # a fresh folder: never replace shard files that no build of ours recorded
         foreign = sorted(n for n in names if fs.exists(fs.join(out, n)))
-        if foreign:
+        # ... unless another part of this partitioned build started meanwhile: it records its plan
+        # before it writes a shard, so a plan there now, with our identity, owns what we saw.
+        concurrent = folder.current_plan() if foreign else None
+        if foreign and (concurrent is None or plan_lib.differences(concurrent.get("identity", {}), plan.identity)):
             raise InputError(
                 f"{out} holds {len(foreign)} shard file(s) that no dancedata build recorded (e.g. {foreign[0]}); "
                 "choose another --out"
@@ -97,7 +100,7 @@ def prepare(plan, folder, overwrite: bool = False, update: bool = False, planned
             folder.keep_for_reuse(name, record)
         else:
             folder.forget(name)
-    leftovers = folder.ours() - names - {manifest.FILENAME, BUILD_INFO, manifest.STATISTICS, *tfds_metadata.FILES}
+    leftovers = folder.ours() - names - set(FOLDER_FILES)
     if set(done) != names and folder.manifest is not None:
         fs.remove(fs.join(out, "manifest.json"))  # a manifest means "complete"; it is written again last
     folder.start(_plan_document(plan, sorted(names | leftovers), planned, num_workers))
@@ -117,7 +120,7 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_local(plan, folder, prepared: Prepared, extractor, sampling, build, progress=None, pool=None) -> list:
+def run_local(plan, folder, prepared: Prepared, extractor, sampling, build, progress=None, pool=None) -> dict:
     """Builds every pending unit here, decoding in `pool` (or a DecodePool of its own); returns
     {shard name: record} of the units built or found built."""
     reuse, pending = prepared.reuse, prepared.pending
@@ -204,7 +207,7 @@ def finalize(folder, info: dict | None = None) -> dict:
     tfds_metadata.write(folder.out, result, {name: records[name]["bytes"] for name, _ in document["units"]})
     manifest.write(folder.out, result)  # last: a manifest means "complete"
     names = [name for name, _ in document["units"]]
-    for name in set(document.get("files", [])) - set(names) - {manifest.FILENAME, BUILD_INFO, manifest.STATISTICS, *tfds_metadata.FILES}:
+    for name in set(document.get("files", [])) - set(names) - set(FOLDER_FILES):
         folder.forget(name)
     folder.remove_partials()
     folder.finish()

@@ -77,5 +77,4 @@ def write(out: str, manifest: dict, sizes: dict) -> None:
 
     manifest_lib.write(out, dataset_info(manifest, sizes), DATASET_INFO)
     manifest_lib.write(out, features(manifest), FEATURES)
-    with fs.open_file(fs.join(out, LABELS), "w") as handle:
-        handle.write("".join(f"{name}\n" for name in manifest["classes"]))
+    fs.write_text(fs.join(out, LABELS), "".join(f"{name}\n" for name in manifest["classes"]))

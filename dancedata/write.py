@@ -18,7 +18,7 @@ import json
 import os
 import re
 
-from dancedata import fs, manifest
+from dancedata import fs, manifest, tfds_metadata
 from dancedata.errors import EnvironmentFailure, InputError
 from dancedata.plan import shard_name  # noqa: F401  (re-exported: the name every reader of shards knows)
 
@@ -27,8 +27,10 @@ PARTIAL = ".incomplete"
 PLAN_FILE = "plan.json"
 REUSE_DIR = "reuse"
 BUILD_INFO = "build_info.json"
+# What a finished build writes beside its shards (all rewritten by every finalize).
+FOLDER_FILES = (manifest.FILENAME, BUILD_INFO, manifest.STATISTICS, *tfds_metadata.FILES)
 SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord$")
-TEMPORARY_JSON = re.compile(r"^(manifest|build_info)\.json\.[\w.]+\.incomplete$")  # manifest.write's
+TEMPORARY = re.compile(r"^(.+)\.\d+\.\d+\.incomplete$")  # fs.write_text's temporary names
 
 
 sha256 = fs.sha256
@@ -117,14 +119,16 @@ class OutputFolder:
         self.plan = read_json(fs.join(self.state, PLAN_FILE))
         self.manifest = read_json(fs.join(out, manifest.FILENAME))
 
+    def current_plan(self) -> dict | None:
+        """The plan file as it is now (another machine of a partitioned build may have written it)."""
+        return read_json(fs.join(self.state, PLAN_FILE))
+
     def is_empty(self) -> bool:
         return not [n for n in fs.listdir(self.out) if not n.startswith(".")]
 
     def ours(self) -> set:
         """Names in `out` that a dancedata build wrote (per its plan and manifest), and may delete."""
-        from dancedata import tfds_metadata
-
-        names = {manifest.FILENAME, BUILD_INFO, manifest.STATISTICS, *tfds_metadata.FILES}
+        names = set(FOLDER_FILES)
         if self.plan:
             names.update(self.plan.get("files", []))
         if self.manifest:
@@ -190,7 +194,8 @@ class OutputFolder:
             if names is not None:
                 ours = shard in names
             else:
-                ours = SHARD_NAME.match(shard) or shard in self.ours() or TEMPORARY_JSON.match(name)
+                temporary = TEMPORARY.match(name)
+                ours = SHARD_NAME.match(shard) or shard in self.ours() or (temporary and temporary.group(1) in FOLDER_FILES)
             if ours:
                 fs.remove(fs.join(self.out, name))
 
