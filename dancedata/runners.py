@@ -209,7 +209,9 @@ def finalize(folder, info: dict | None = None) -> dict:
     names = [name for name, _ in document["units"]]
     for name in set(document.get("files", [])) - set(names) - set(FOLDER_FILES):
         folder.forget(name)
-    folder.remove_partials()
+    # Shard partials only: with every shard committed none is in progress; another machine finishing
+    # the same partitioned build at this moment may be writing its temporary manifest.
+    folder.remove_partials(set(names))
     folder.finish()
     folder.start({**document, "files": names})
     write_json(fs.join(folder.out, BUILD_INFO), {

@@ -64,6 +64,13 @@ def test_finalize_writes_the_manifest_and_refuses_while_parts_are_missing(videos
     assert cli.run(build_main, "build_shards", ["--finalize", str(out)]) == 0
     assert build_outputs(out) == build_outputs(reference)
     assert "examples:" in capsys.readouterr().out
+    (out / "manifest.json").unlink()  # machines finishing at the same moment all write the same manifest
+    finalizers = [subprocess.Popen([sys.executable, "-m", "dancedata.build_shards", "--finalize", str(out)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()) for _ in range(3)]
+    for process in finalizers:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+    assert build_outputs(out) == build_outputs(reference)
 
 
 def test_a_part_that_dies_is_rerun_by_the_same_command(videos, tmp_path):
