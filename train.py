@@ -47,7 +47,7 @@ class TrainConfig:
     )
     strategy: str = config.flag(
         "default: one device; mirrored: all local GPUs (or logical CPUs) in sync, --batch-size is the global batch "
-        "split over them; multi-worker: reserved (Keras 3's fit cannot train under MultiWorkerMirroredStrategy yet)",
+        "split over them; multi-worker: the machines in TF_CONFIG, each running this command (task 0 writes --out)",
         default="default",
     )
 
@@ -139,7 +139,7 @@ def _datasets(builder, cfg: TrainConfig, strategy):
         train = builder.as_dataset("train", repeat=True, data_service=cfg.data_service, **train_options)
     elif cfg.strategy != "default":  # each worker reads its share of the files, per-replica batches
         train = strategy.distribute_datasets_from_function(
-            lambda context: _uint8_mask(builder.as_dataset("train", repeat=True, input_context=context, **train_options))
+            lambda context: _for_strategy(cfg, builder.as_dataset("train", repeat=True, input_context=context, **train_options))
         )
     else:
         train = builder.as_dataset("train", **train_options)
@@ -153,7 +153,7 @@ def _datasets(builder, cfg: TrainConfig, strategy):
             print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
             val = None
     if val is not None and cfg.strategy != "default":
-        val = _uint8_mask(val)
+        val = _for_strategy(cfg, val)
     return train, val, steps, None
 
 
@@ -206,11 +206,14 @@ def _gathering(model, table, cfg: TrainConfig, compile_model):
     return gathering
 
 
-def _uint8_mask(dataset):
-    """The mask as uint8 for a distribution strategy: fit under MirroredStrategy fails on a bool input
-    ("AddN ... of bool", TF 2.21 + Keras 3.15); the model's bool input converts it back."""
+def _for_strategy(cfg: TrainConfig, dataset):
+    """For fit under MirroredStrategy, the mask as uint8: fit reduces a first batch across replicas and
+    fails on a bool input ("AddN ... of bool", TF 2.21 + Keras 3.15); the model's bool input converts it
+    back. The multi-worker loop does no such reduce and keeps the dataset as it is."""
     import tensorflow as tf
 
+    if cfg.strategy != "mirrored":
+        return dataset
     return dataset.map(lambda inputs, label: ((inputs[0], tf.cast(inputs[1], tf.uint8)), label))
 
 
@@ -233,6 +236,90 @@ def _best_weights(target, path: str):
     return BestWeights()
 
 
+def _is_chief(strategy) -> bool:
+    """Whether this process writes the run folder: always, except on the workers of a multi-worker
+    run other than the chief (or, without one, worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def _fit_in_step(strategy, model, train, val, steps: int, cfg: TrainConfig, out: str, best: str | None):
+    """The multi-worker training loop: Keras 3.15's fit fails under MultiWorkerMirroredStrategy (it
+    reduces a first batch, then the loss, across workers: keras-team/keras#20585), so each step runs
+    the replicas with strategy.run, averages the loss over the global batch and lets the optimizer
+    all-reduce the gradients. Validation runs on each worker's own copy of the (identical) weights, no
+    collective needed. Returns a Keras-like history; history.csv and the best weights are written
+    where `best` is given (the chief)."""
+    import csv
+    import types
+
+    import keras
+    import tensorflow as tf
+
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(cfg.learning_rate)
+        optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def train_step(iterator):
+        def replica_step(batch):
+            (features, mask), label = batch
+            with tf.GradientTape() as tape:
+                probabilities = model((features, mask), training=True)
+                losses = keras.losses.sparse_categorical_crossentropy(label, probabilities)
+                loss = tf.nn.compute_average_loss(losses, global_batch_size=cfg.batch_size)
+            optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+            correct = tf.reduce_sum(tf.cast(tf.equal(tf.cast(tf.argmax(probabilities, -1), label.dtype), label), tf.float32))
+            return tf.reduce_sum(losses), correct, tf.cast(tf.size(label), tf.float32)
+
+        totals = strategy.run(replica_step, args=(next(iterator),))
+        return [strategy.reduce("SUM", value, axis=None) for value in totals]
+
+    def evaluate(dataset):
+        losses = correct = count = 0.0
+        for (features, mask), label in dataset:
+            probabilities = model((features, mask), training=False)
+            losses += float(tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(label, probabilities)))
+            correct += float(tf.reduce_sum(tf.cast(tf.argmax(probabilities, -1) == tf.cast(label, tf.int64), tf.float32)))
+            count += int(label.shape[0])
+        return losses / max(count, 1), correct / max(count, 1)
+
+    history = {"accuracy": [], "loss": []} | ({"val_accuracy": [], "val_loss": []} if val is not None else {})
+    iterator, best_accuracy, since_best = iter(train), float("-inf"), 0
+    for epoch in range(cfg.epochs):
+        sums = [0.0, 0.0, 0.0]
+        for _ in range(steps):
+            sums = [total + float(value) for total, value in zip(sums, train_step(iterator))]
+        history["loss"].append(sums[0] / sums[2])
+        history["accuracy"].append(sums[1] / sums[2])
+        line = f"epoch {epoch + 1}/{cfg.epochs} - accuracy: {history['accuracy'][-1]:.4f} - loss: {history['loss'][-1]:.4f}"
+        if val is not None:
+            val_loss, val_accuracy = evaluate(val)
+            history["val_loss"].append(val_loss)
+            history["val_accuracy"].append(val_accuracy)
+            line += f" - val_accuracy: {val_accuracy:.4f} - val_loss: {val_loss:.4f}"
+            if val_accuracy > best_accuracy:
+                best_accuracy, since_best = val_accuracy, 0
+                if best:
+                    model.save_weights(best)
+            else:
+                since_best += 1
+        if best:
+            print(line, flush=True)
+        if cfg.patience and since_best >= cfg.patience:  # every worker sees the same val_accuracy: they stop together
+            break
+    if best:
+        with open(os.path.join(out, "history.csv"), "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["epoch", *sorted(history)])
+            for epoch in range(len(history["loss"])):
+                writer.writerow([epoch, *(history[key][epoch] for key in sorted(history))])
+    return types.SimpleNamespace(history=history)  # what fit returns, as far as train.py reads it
+
+
 def _strategy(cfg: TrainConfig):
     """The tf.distribute strategy for --strategy (created before any model or dataset)."""
     import tensorflow as tf
@@ -240,12 +327,10 @@ def _strategy(cfg: TrainConfig):
     if cfg.strategy == "default":
         return tf.distribute.get_strategy()
     if cfg.strategy == "multi-worker":
-        # Measured with TF 2.21 + Keras 3.15 over two processes: fit fails under MultiWorkerMirroredStrategy
-        # (a cross-worker reduce of the first batch, then of the loss; keras-team/keras#20585, open).
-        raise ConfigError(
-            "strategy multi-worker is not available: Keras 3's fit cannot train under MultiWorkerMirroredStrategy "
-            "(keras-team/keras#20585); use --strategy mirrored on one machine with several GPUs"
-        )
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()  # the cluster from TF_CONFIG
+        if cfg.batch_size % strategy.num_replicas_in_sync:
+            raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} replicas")
+        return strategy
     gpus = tf.config.list_logical_devices("GPU")
     devices = [device.name for device in gpus or tf.config.list_logical_devices("CPU")]
     strategy = tf.distribute.MirroredStrategy(devices)
@@ -334,7 +419,13 @@ def _train(cfg: TrainConfig) -> dict:
     if not info.splits.get("train"):
         raise ConfigError(f"{cfg.shards} has no training example (splits: {', '.join(f'{n} {c}' for n, c in info.splits.items()) or 'none'})")
     strategy = _strategy(cfg)
-    out = _prepare_out(cfg)
+    chief = _is_chief(strategy)
+    if chief:
+        out = _prepare_out(cfg)
+    else:  # the other workers of a multi-worker run train in step and keep nothing
+        import tempfile
+
+        out = tempfile.mkdtemp(prefix="dancedata-worker-")
     for warning in info.manifest.get("warnings", []):  # what the build said about its splits, where training starts
         print(f"warning from the build: {warning}", file=sys.stderr)
     for name in sorted(set(info.splits) - _usable_splits(builder)):
@@ -368,9 +459,16 @@ def _train(cfg: TrainConfig) -> dict:
         callbacks.append(_best_weights(model, best))  # the classifier's weights only, whatever model is fitted
         if cfg.patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))
-    # The dataset is already shuffled (files, then a buffer), seeded; Keras must not try again.
-    history = fitted.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                         callbacks=callbacks, verbose=2, shuffle=False)
+    if cfg.strategy == "multi-worker":
+        history = _fit_in_step(strategy, model, train_ds, val_ds, steps_per_epoch, cfg, out, best if chief else None)
+    else:  # the dataset is already shuffled (files, then a buffer), seeded; Keras must not try again
+        history = fitted.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                             callbacks=callbacks, verbose=2, shuffle=False)
+    if not chief:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        return {"distribution": {"strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync, "chief": False}}
     if val_ds is not None and os.path.exists(best):
         model.load_weights(best)  # the best epoch on validation, not the last
     if cfg.strategy != "default":  # evaluate and save on one device: a mirrored model's predict_on_batch

@@ -118,11 +118,27 @@ def test_mirrored_over_two_devices_learns_and_evaluates_as_one_device(learning_r
     assert alone["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5, abs=1e-6)
 
 
-def test_multi_worker_says_why_it_is_not_available(learning_run, tmp_path, capsys):
+def test_multi_worker_trains_in_two_processes_and_only_the_chief_writes(learning_run, tmp_path):
     base, _ = learning_run
-    code = cli.run(train_script.main, "train.py", ["--shards", str(base / "shards"), "--out", str(tmp_path / "r"), "--strategy", "multi-worker"])
-    assert code == 2 and "keras-team/keras#20585" in capsys.readouterr().err
-    assert not (tmp_path / "r").exists()
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    argv = ["--shards", str(base / "shards"), *LEARNING_TRAIN_FLAGS, "--strategy", "multi-worker"]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "train.py"), *argv, "--out", str(tmp_path / f"run{index}")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=cli_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})),
+        )
+        for index in range(2)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+    metrics = json.loads((tmp_path / "run0" / "metrics.json").read_text())
+    assert metrics["distribution"] == {"strategy": "multi-worker", "replicas": 2, "data_service": False}
+    assert metrics["test_accuracy"] >= 0.75, metrics
+    assert len((tmp_path / "run0" / "history.csv").read_text().splitlines()) == 1 + 25
+    assert not (tmp_path / "run1").exists()  # the other worker trained in step and kept nothing
 
 
 def test_s3_where_tensorflow_io_cannot_load_is_one_line(tmp_path, capsys):
