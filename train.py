@@ -177,35 +177,6 @@ def _device_datasets(builder, cfg: TrainConfig, usable: set, holdout: float):
     return train, val, None, table
 
 
-def _gathering(model, table, cfg: TrainConfig, compile_model):
-    """A model that takes (example indices, frame positions), gathers features and masks from `table`
-    held on the device in non-trainable variables, and runs `model` (whose weights it shares) on them.
-    Only `model` is saved: the table never reaches model.keras or the checkpoints."""
-    import keras
-
-    class GatherFromTable(keras.layers.Layer):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            # autocast=False: a float32 layer would otherwise cast the whole float16 table at every step.
-            self.features = self.add_weight(shape=table.features.shape, dtype=str(table.features.dtype), autocast=False,
-                                            initializer=lambda shape, dtype: table.features, trainable=False, name="features")
-            self.masks = self.add_weight(shape=table.masks.shape, dtype="uint8",
-                                         initializer=lambda shape, dtype: table.masks.astype("uint8"), trainable=False, name="masks")
-
-        def call(self, index, positions):
-            import tensorflow as tf  # a batch_dims gather: keras.ops.take_along_axis builds a [B, T, D] index
-
-            features = tf.gather(tf.gather(self.features, index), positions, batch_dims=1)
-            return features, tf.gather(tf.gather(self.masks, index), positions, batch_dims=1) > 0
-
-    length = cfg.seq_len or table.masks.shape[1]
-    index = keras.Input((), dtype="int64", name="index")
-    positions = keras.Input((length,), dtype="int32", name="positions")
-    gathering = keras.Model((index, positions), model(GatherFromTable(name="table")(index, positions)), name="on_device_table")
-    compile_model(gathering)
-    return gathering
-
-
 def _for_strategy(cfg: TrainConfig, dataset):
     """For fit under MirroredStrategy, the mask as uint8: fit reduces a first batch across replicas and
     fails on a bool input ("AddN ... of bool", TF 2.21 + Keras 3.15); the model's bool input converts it
@@ -215,109 +186,6 @@ def _for_strategy(cfg: TrainConfig, dataset):
     if cfg.strategy != "mirrored":
         return dataset
     return dataset.map(lambda inputs, label: ((inputs[0], tf.cast(inputs[1], tf.uint8)), label))
-
-
-def _best_weights(target, path: str):
-    """A callback that saves `target`'s weights whenever val_accuracy beats its best so far
-    (ModelCheckpoint would save the fitted model's, which with --cache device include the table)."""
-    import keras
-
-    class BestWeights(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.best = float("-inf")
-
-        def on_epoch_end(self, epoch, logs=None):
-            value = (logs or {}).get("val_accuracy")
-            if value is not None and value > self.best:
-                self.best = value
-                target.save_weights(path)
-
-    return BestWeights()
-
-
-def _is_chief(strategy) -> bool:
-    """Whether this process writes the run folder: always, except on the workers of a multi-worker
-    run other than the chief (or, without one, worker 0)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return True
-    has_chief = "chief" in resolver.cluster_spec().as_dict()
-    return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
-
-
-def _fit_in_step(strategy, model, train, val, steps: int, cfg: TrainConfig, out: str, best: str | None):
-    """The multi-worker training loop: Keras 3.15's fit fails under MultiWorkerMirroredStrategy (it
-    reduces a first batch, then the loss, across workers: keras-team/keras#20585), so each step runs
-    the replicas with strategy.run, averages the loss over the global batch and lets the optimizer
-    all-reduce the gradients. Validation runs on each worker's own copy of the (identical) weights, no
-    collective needed. Returns a Keras-like history; history.csv and the best weights are written
-    where `best` is given (the chief)."""
-    import csv
-    import types
-
-    import keras
-    import tensorflow as tf
-
-    with strategy.scope():
-        optimizer = keras.optimizers.Adam(cfg.learning_rate)
-        optimizer.build(model.trainable_variables)
-
-    @tf.function
-    def train_step(iterator):
-        def replica_step(batch):
-            (features, mask), label = batch
-            with tf.GradientTape() as tape:
-                probabilities = model((features, mask), training=True)
-                losses = keras.losses.sparse_categorical_crossentropy(label, probabilities)
-                loss = tf.nn.compute_average_loss(losses, global_batch_size=cfg.batch_size)
-            optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-            correct = tf.reduce_sum(tf.cast(tf.equal(tf.cast(tf.argmax(probabilities, -1), label.dtype), label), tf.float32))
-            return tf.reduce_sum(losses), correct, tf.cast(tf.size(label), tf.float32)
-
-        totals = strategy.run(replica_step, args=(next(iterator),))
-        return [strategy.reduce("SUM", value, axis=None) for value in totals]
-
-    def evaluate(dataset):
-        losses = correct = count = 0.0
-        for (features, mask), label in dataset:
-            probabilities = model((features, mask), training=False)
-            losses += float(tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(label, probabilities)))
-            correct += float(tf.reduce_sum(tf.cast(tf.argmax(probabilities, -1) == tf.cast(label, tf.int64), tf.float32)))
-            count += int(label.shape[0])
-        return losses / max(count, 1), correct / max(count, 1)
-
-    history = {"accuracy": [], "loss": []} | ({"val_accuracy": [], "val_loss": []} if val is not None else {})
-    iterator, best_accuracy, since_best = iter(train), float("-inf"), 0
-    for epoch in range(cfg.epochs):
-        sums = [0.0, 0.0, 0.0]
-        for _ in range(steps):
-            sums = [total + float(value) for total, value in zip(sums, train_step(iterator))]
-        history["loss"].append(sums[0] / sums[2])
-        history["accuracy"].append(sums[1] / sums[2])
-        line = f"epoch {epoch + 1}/{cfg.epochs} - accuracy: {history['accuracy'][-1]:.4f} - loss: {history['loss'][-1]:.4f}"
-        if val is not None:
-            val_loss, val_accuracy = evaluate(val)
-            history["val_loss"].append(val_loss)
-            history["val_accuracy"].append(val_accuracy)
-            line += f" - val_accuracy: {val_accuracy:.4f} - val_loss: {val_loss:.4f}"
-            if val_accuracy > best_accuracy:
-                best_accuracy, since_best = val_accuracy, 0
-                if best:
-                    model.save_weights(best)
-            else:
-                since_best += 1
-        if best:
-            print(line, flush=True)
-        if cfg.patience and since_best >= cfg.patience:  # every worker sees the same val_accuracy: they stop together
-            break
-    if best:
-        with open(os.path.join(out, "history.csv"), "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["epoch", *sorted(history)])
-            for epoch in range(len(history["loss"])):
-                writer.writerow([epoch, *(history[key][epoch] for key in sorted(history))])
-    return types.SimpleNamespace(history=history)  # what fit returns, as far as train.py reads it
 
 
 def _strategy(cfg: TrainConfig):
@@ -412,14 +280,14 @@ def _train(cfg: TrainConfig) -> dict:
     import models
     from dancedata import naming
     from dancedata.read import DatasetBuilder, build_moments, feature_moments
-    from models import report
+    from models import report, training
 
     builder = DatasetBuilder(cfg.shards)
     info = builder.info
     if not info.splits.get("train"):
         raise ConfigError(f"{cfg.shards} has no training example (splits: {', '.join(f'{n} {c}' for n, c in info.splits.items()) or 'none'})")
     strategy = _strategy(cfg)
-    chief = _is_chief(strategy)
+    chief = training.is_chief(strategy)
     if chief:
         out = _prepare_out(cfg)
     else:  # the other workers of a multi-worker run train in step and keep nothing
@@ -451,16 +319,17 @@ def _train(cfg: TrainConfig) -> dict:
 
     with strategy.scope():
         model = compiled_model()
-        fitted = _gathering(model, table, cfg, compile_model) if table is not None else model
+        fitted = training.on_device_table(model, table, cfg.seq_len, compile_model) if table is not None else model
     best = os.path.join(out, "checkpoints", "best.weights.h5")
     os.makedirs(os.path.dirname(best), exist_ok=True)
     callbacks = [keras.callbacks.CSVLogger(os.path.join(out, "history.csv")), keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
     if val_ds is not None:
-        callbacks.append(_best_weights(model, best))  # the classifier's weights only, whatever model is fitted
+        callbacks.append(training.best_weights(model, best))  # the classifier's weights only, whatever model is fitted
         if cfg.patience:
             callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))
     if cfg.strategy == "multi-worker":
-        history = _fit_in_step(strategy, model, train_ds, val_ds, steps_per_epoch, cfg, out, best if chief else None)
+        history = training.fit_in_step(strategy, model, train_ds, val_ds, steps_per_epoch, cfg.epochs, cfg.batch_size,
+                                       cfg.learning_rate, cfg.patience, out, best if chief else None)
     else:  # the dataset is already shuffled (files, then a buffer), seeded; Keras must not try again
         history = fitted.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                              callbacks=callbacks, verbose=2, shuffle=False)

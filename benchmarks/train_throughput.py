@@ -106,10 +106,9 @@ def main():
         keras.utils.set_random_seed(0)
         model = models.build_model(args.model, 10, 20, 2048, np.zeros(2048), np.ones(2048))
         if on_device_table:  # train.py --cache device: the table in variables, a gather per step
-            import train
+            from models import training
 
-            model = train._gathering(model, table, train.TrainConfig(shards=folder, seq_len=0),
-                                     lambda m: m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"]) or m)
+            model = training.on_device_table(model, table, None, lambda m: m.compile("adam", "sparse_categorical_crossentropy") or m)
         model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(**fit_args, epochs=1, verbose=0)  # warm-up: tracing, first-epoch costs, filling the cache
         start = time.perf_counter()
