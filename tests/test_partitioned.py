@@ -104,3 +104,29 @@ def test_part_flags_are_checked(videos, tmp_path, capsys):
     assert cli.run(build_main, "build_shards", []) == 2
     assert "the input folder is required (or --finalize OUT" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_parts_bring_an_earlier_build_up_to_date(videos, tmp_path):
+    """--update with parts running at once: unchanged videos are reused, and the bytes are those of a
+    fresh single-machine build of the new folder."""
+    import shutil
+
+    from conftest import aist_name, write_video
+
+    folder = tmp_path / "aist"
+    shutil.copytree(videos, folder)
+    out = tmp_path / "out"
+    dancedata.build_shards(str(folder), str(out), **SMALL_SHARDS)
+    write_video(folder / f"{aist_name('BR', camera=3, dancer=30, choreo=9)}.mp4", frames=12, seed=99)  # one more video
+    next(iter(sorted(folder.glob("gPO*.mp4")))).unlink()  # and one fewer
+    reference = tmp_path / "reference"
+    dancedata.build_shards(str(folder), str(reference), **SMALL_SHARDS)
+    parts = [part(folder, out, i, 2, "--update") for i in range(2)]
+    said = ""
+    for process in parts:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+        said += err
+    assert build_outputs(out) == build_outputs(reference)
+    assert "reusing" in said  # unchanged videos came from the earlier shards, not from decoding
+    assert not (out / ".build" / "reuse").exists()
