@@ -160,17 +160,17 @@ def _datasets(builder, cfg: TrainConfig, strategy):
 def _device_datasets(builder, cfg: TrainConfig, usable: set, holdout: float):
     """--cache device: train (and val) examples in one table for the accelerator, and index batches
     that are the batches the other cache modes read (same seed, same order, same windows)."""
-    from dancedata.read import load_table
+    from dancedata.device_table import index_dataset, load_table
 
     table = load_table(builder, ["train"] + (["val"] if "val" in usable else []), cfg.skip_bad_shards)
     print(f"--cache device: {table.features.nbytes / 1e9:.2f} GB of features on the accelerator "
           f"({len(table.labels)} examples)", file=sys.stderr)
     common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, skip_bad_shards=cfg.skip_bad_shards)
-    train = builder.as_index_dataset("train", table, shuffle=True, seed=cfg.seed, holdout_fraction=holdout, **common)
+    train = index_dataset(builder, "train", table, shuffle=True, seed=cfg.seed, holdout_fraction=holdout, **common)
     if "val" in usable:
-        val = builder.as_index_dataset("val", table, **common)
+        val = index_dataset(builder, "val", table, **common)
     else:
-        val = builder.as_index_dataset("train", table, holdout_fraction=holdout, holdout=True, **common)
+        val = index_dataset(builder, "train", table, holdout_fraction=holdout, holdout=True, **common)
         if not sum(1 for _ in val):
             print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
             val = None
@@ -322,15 +322,15 @@ def _train(cfg: TrainConfig) -> dict:
         fitted = training.on_device_table(model, table, cfg.seq_len, compile_model) if table is not None else model
     best = os.path.join(out, "checkpoints", "best.weights.h5")
     os.makedirs(os.path.dirname(best), exist_ok=True)
-    callbacks = [keras.callbacks.CSVLogger(os.path.join(out, "history.csv")), keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
-    if val_ds is not None:
-        callbacks.append(training.best_weights(model, best))  # the classifier's weights only, whatever model is fitted
-        if cfg.patience:
-            callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))
-    if cfg.strategy == "multi-worker":
+    if cfg.strategy == "multi-worker":  # its own loop keeps history.csv, best weights and patience
         history = training.fit_in_step(strategy, model, train_ds, val_ds, steps_per_epoch, cfg.epochs, cfg.batch_size,
                                        cfg.learning_rate, cfg.patience, out, best if chief else None)
     else:  # the dataset is already shuffled (files, then a buffer), seeded; Keras must not try again
+        callbacks = [keras.callbacks.CSVLogger(os.path.join(out, "history.csv")), keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
+        if val_ds is not None:
+            callbacks.append(training.best_weights(model, best))  # the classifier's weights only, whatever model is fitted
+            if cfg.patience:
+                callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))
         history = fitted.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
                              callbacks=callbacks, verbose=2, shuffle=False)
     if not chief:

@@ -97,10 +97,10 @@ def main():
     # What train.py feeds now: float16 to the model, which casts on its device.
     cached16 = builder.as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cache=True, cast=False)
     uncached16 = builder.as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cast=False)
-    from dancedata.read import load_table
+    from dancedata.device_table import index_dataset, load_table
 
     table = load_table(builder, ["train"])
-    indices = builder.as_index_dataset("train", table, batch_size=args.batch_size, shuffle=True, seed=0)
+    indices = index_dataset(builder, "train", table, batch_size=args.batch_size, shuffle=True, seed=0)
 
     def epoch_seconds(fit_args, on_device_table=False):
         keras.utils.set_random_seed(0)

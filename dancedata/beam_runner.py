@@ -65,7 +65,7 @@ class BuildUnits:
         if self.fresh:  # counted here: Beam reports counters incremented while processing elements
             beam.metrics.Metrics.counter(NAMESPACE, "worker_setups").inc()
             self.fresh = False
-        record = self.folder.records().get(unit.name)
+        record = self.folder.record(unit.name)
         if not self.folder.is_built(unit.name, unit.key, record):  # a retried bundle: committed units stay
             record = runners.build_units([unit], self.folder, self.reuse, self.extractor, self.sampling, self.build, self.pool)[unit.name]
             beam.metrics.Metrics.counter(NAMESPACE, "units_built").inc()

@@ -87,8 +87,6 @@ def _parser():
     worker.add_argument("--dispatcher", required=True, help="HOST:PORT of the dispatcher")
     worker.add_argument("--port", type=int, default=0, help="port to listen on (default: any free port)")
     worker.add_argument("--worker-address", help="HOST:%%port%% the dispatcher and trainers use to reach this worker")
-    for command in (dispatcher, worker):
-        command.error = parser.error  # one line, exit 2
     return parser
 
 

@@ -58,10 +58,10 @@ def check(path: str) -> None:
     kind = scheme(path)
     if kind in TENSORFLOW_IO:
         _load_tensorflow_io(kind)
-        _used_tensorflow_io.append(kind)
+        _used_tensorflow_io.add(kind)
 
 
-_used_tensorflow_io: list = []
+_used_tensorflow_io: set = set()
 
 
 def used_tensorflow_io() -> bool:

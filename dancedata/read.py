@@ -60,7 +60,7 @@ def _checked_records(path, expected):
     return records.scan(tf.constant(0, tf.int64), count).filter(lambda keep, _: keep).map(lambda _, record: record)
 
 
-def _interleaved(paths: list, starts: list, counts: list, shuffle: bool, seed, source):
+def interleaved(paths: list, starts: list, counts: list, shuffle: bool, seed, source):
     """The examples of several files in the order every reader of a split uses: files shuffled once
     per seed (the same order every epoch: a cache after this point holds one order, so reshuffling per
     epoch would make cached and uncached training differ; the example buffer still reshuffles), then
@@ -80,7 +80,7 @@ def _interleaved(paths: list, starts: list, counts: list, shuffle: bool, seed, s
     )
 
 
-def _batched(examples, batch_size: int, shuffle: bool, seed, repeat: bool, shuffle_buffer: int, drop_remainder: bool, windows: bool):
+def batched(examples, batch_size: int, shuffle: bool, seed, repeat: bool, shuffle_buffer: int, drop_remainder: bool, windows: bool):
     """(batch, window seed [2]) pairs: repeat, shuffle through a buffer, batch; the seeds come from a
     seeded stream, so random windows are reproducible (zeros when there are no random windows)."""
     import tensorflow as tf
@@ -95,6 +95,14 @@ def _batched(examples, batch_size: int, shuffle: bool, seed, repeat: bool, shuff
     if windows:
         return tf.data.Dataset.zip((batches, tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)))
     return batches.map(lambda batch: (batch, tf.zeros([2], tf.int64)))
+
+
+def held_out(sequences, fraction: float):
+    """Whether each sequence id falls in the held-out `fraction` (a stable hash: the same sequences for
+    every reader, so a held-out validation part never shares a performance with the rest)."""
+    import tensorflow as tf
+
+    return tf.strings.to_hash_bucket_fast(sequences, _HOLDOUT_BUCKETS) < int(round(fraction * _HOLDOUT_BUCKETS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +261,7 @@ class DatasetBuilder:
         training = shuffle if training is None else training
         if verify:
             self.verify(split)
-        paths, counts = self._usable_files(split, skip_bad_shards)
+        paths, counts = self.usable_files(split, skip_bad_shards)
         shard_records = False
         if input_context is not None:  # tf.distribute: each input pipeline reads its own part
             pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
@@ -267,7 +275,7 @@ class DatasetBuilder:
             # its splitting: every worker would read every file), so the order is shuffled once, seeded
             order = np.random.default_rng(seed).permutation(len(paths))
             paths, counts = [paths[i] for i in order], [counts[i] for i in order]
-        records = _interleaved(paths, [0] * len(paths), counts, shuffle and not data_service, seed,
+        records = interleaved(paths, [0] * len(paths), counts, shuffle and not data_service, seed,
                                lambda path, _, count: _checked_records(path, count))
         if shard_records:
             records = records.shard(pipelines, pipeline)
@@ -285,7 +293,7 @@ class DatasetBuilder:
             )
         else:
             examples = records
-        batches = _batched(examples, batch_size, shuffle, seed, repeat and not data_service, shuffle_buffer, drop_remainder,
+        batches = batched(examples, batch_size, shuffle, seed, repeat and not data_service, shuffle_buffer, drop_remainder,
                            seq_len is not None and training)  # through the service, each epoch is one job: repeated at the end
         to_inputs = self._to_inputs(seq_len, training, with_metadata, cast)
         if cache:
@@ -300,39 +308,7 @@ class DatasetBuilder:
                 batches = batches.repeat()
         return batches.prefetch(tf.data.AUTOTUNE)
 
-    def as_index_dataset(self, split: str, table: Table, batch_size: int = 32, shuffle: bool = False, seed=None,
-                         seq_len: int | None = None, repeat: bool = False, training: bool | None = None,
-                         shuffle_buffer: int = 256, holdout_fraction: float = 0.0, holdout: bool = False,
-                         skip_bad_shards: bool = False):
-        """The batches as_dataset(split, ...) gives with the same arguments, as indices into `table`
-        (load_table): ((example indices [B] int64, frame positions [B, seq_len or T] int32), label [B]).
-        Same files order, same buffer, same seeds, so the same examples land in the same batches with
-        the same windows; a model that gathers from the table on its device sees what as_dataset gives."""
-        import tensorflow as tf
-
-        training = shuffle if training is None else training
-        paths, counts = self._usable_files(split, skip_bad_shards)
-        starts = list(table.offsets[split] + np.cumsum([0] + counts[:-1]))
-        indices = _interleaved(paths, starts, counts, shuffle, seed, lambda _, start, count: tf.data.Dataset.range(start, start + count))
-        if holdout_fraction:
-            limit = int(round(holdout_fraction * _HOLDOUT_BUCKETS))
-            held = tf.constant(np.asarray(tf.strings.to_hash_bucket_fast(table.sequences, _HOLDOUT_BUCKETS)) < limit)
-            indices = indices.filter(lambda i: tf.gather(held, i) if holdout else tf.logical_not(tf.gather(held, i)))
-        masks, labels = tf.constant(table.masks), tf.constant(table.labels)
-        frames = self.info.num_frames
-        length = seq_len if seq_len is not None else frames
-
-        def to_inputs(index, seed):
-            if length < frames:
-                positions = window_positions(tf.gather(masks, index), length, training, seed)
-            else:
-                positions = tf.broadcast_to(tf.range(frames)[None, :], [tf.shape(index)[0], frames])
-            return (index, positions), tf.gather(labels, index)
-
-        batches = _batched(indices, batch_size, shuffle, seed, repeat, shuffle_buffer, False, seq_len is not None and training)
-        return batches.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
-
-    def _usable_files(self, split: str, skip_bad_shards: bool) -> tuple:
+    def usable_files(self, split: str, skip_bad_shards: bool) -> tuple:
         """(paths, counts) of `split`, leaving out damaged shards (with one warning) when asked."""
         paths = self.files(split)
         counts = [shard["num_examples"] for shard in self.manifest["splits"][split]["shards"]]
@@ -353,11 +329,9 @@ class DatasetBuilder:
         import tensorflow as tf
 
         spec = {schema.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string)}
-        limit = int(round(fraction * _HOLDOUT_BUCKETS))
 
         def keep(serialized):
-            sequence = tf.io.parse_single_example(serialized, spec)[schema.SEQUENCE_ID]
-            held = tf.strings.to_hash_bucket_fast(sequence, _HOLDOUT_BUCKETS) < limit
+            held = held_out(tf.io.parse_single_example(serialized, spec)[schema.SEQUENCE_ID], fraction)
             return held if keep_holdout else tf.logical_not(held)
 
         return keep
@@ -384,39 +358,6 @@ class DatasetBuilder:
             return (features, mask), label
 
         return to_inputs
-
-
-@dataclasses.dataclass
-class Table:
-    """Every example of some splits in memory, for device-resident training: features in the stored
-    dtype [N, T, D], masks [N, T] bool, labels [N], sequence ids [N]; `offsets[split]` is where each
-    split starts (its examples follow in manifest file order)."""
-
-    features: np.ndarray
-    masks: np.ndarray
-    labels: np.ndarray
-    sequences: np.ndarray
-    offsets: dict
-
-
-def load_table(builder: DatasetBuilder, splits: list, skip_bad_shards: bool = False) -> Table:
-    """Reads `splits` once, file after file in manifest order (record counts checked as everywhere)."""
-    import tensorflow as tf
-
-    parts, offsets, start = [], {}, 0
-    keys = schema.TRAINING_KEYS + (schema.SEQUENCE_ID,)
-    for split in splits:
-        paths, counts = builder._usable_files(split, skip_bad_shards)
-        records = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64))).flat_map(_checked_records)
-        offsets[split] = start
-        for batch in records.batch(512).map(lambda s: builder.decode(s, keys, cast=False)):
-            parts.append({key: value.numpy() for key, value in batch.items()})
-            start += len(parts[-1][schema.LABEL])
-    if not parts:
-        raise ConfigError(f"no examples in {', '.join(splits)}")
-    joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-    return Table(joined[schema.FEATURES], joined[schema.MASK], joined[schema.LABEL].astype(np.int32),
-                 joined[schema.SEQUENCE_ID], offsets)
 
 
 def build_moments(builder: DatasetBuilder):

@@ -145,6 +145,10 @@ class OutputFolder:
                     found[name[: -len(".json")]] = record
         return found
 
+    def record(self, name: str) -> dict | None:
+        """The committed record of one shard, or None (one file read, not the whole state folder)."""
+        return read_json(fs.join(self.state, name + ".json"))
+
     def reuse_records(self) -> list:
         """(path of an earlier shard, its record) for the shards kept for an update."""
         pairs = []

@@ -220,7 +220,7 @@ def test_preview_shows_the_frames_the_build_samples(built, tmp_path, capsys):
 def test_index_batches_are_the_batches_as_dataset_gives(built, options):
     """Device-resident training gathers batches from a table by index: the same examples in the same
     batches with the same windows as the pipeline that reads the shards."""
-    from dancedata.read import load_table
+    from dancedata.device_table import index_dataset, load_table
 
     builder = DatasetBuilder(str(built["out"]))
     table = load_table(builder, ["train", "val"])
@@ -228,7 +228,7 @@ def test_index_batches_are_the_batches_as_dataset_gives(built, options):
     assert len(table.labels) == builder.info.splits["train"] + builder.info.splits["val"]
     steps = 7 if options.get("repeat") else None
     read = builder.as_dataset("train", **options)
-    indexed = builder.as_index_dataset("train", table, **options)
+    indexed = index_dataset(builder, "train", table, **options)
     pairs = list(zip(read.take(steps) if steps else read, indexed.take(steps) if steps else indexed))
     assert len(pairs) == (steps or sum(1 for _ in read)) and pairs
     for ((features, mask), label), ((index, positions), index_label) in pairs:
