@@ -29,18 +29,18 @@ def write_shards(folder, examples, frames=20, dim=2048, classes=10, shards=4):
     os.makedirs(os.path.join(folder, write.STATE_DIR), exist_ok=True)
     features = rng.standard_normal((examples, frames, dim)).astype(np.float16)
     labels = np.arange(examples) % classes
-    records = []
+    records, layout = [], schema.row_layout(frames, dim, "float16")
     for index in range(shards):
-        writer = write.ShardWriter(folder, plan.shard_name("train", index, shards))
+        writer = write.ShardWriter(folder, plan.shard_name("train", index, shards), layout)
         for i in range(index * examples // shards, (index + 1) * examples // shards):
             row = {"video_id": f"v{i}", "sequence_id": f"v{i}", "genre": f"c{labels[i]}"}
             example = schema.to_example(features[i], np.ones(frames, bool), np.arange(frames), labels[i], row, "float16")
             writer.write(schema.serialize(example))
-        records.append({k: v for k, v in writer.commit({}).items() if k in ("file", "num_examples", "sha256")})
+        records.append({k: v for k, v in writer.commit({}).items() if k in ("file", "num_examples", "sha256", "rows")})
     manifest.write(folder, {
         "schema_version": schema.SCHEMA_VERSION, "feature_spec": schema.feature_spec(frames, dim, "float16"),
         "classes": sorted({f"c{i}" for i in range(classes)}), "num_frames": frames, "feature_dim": dim,
-        "feature_dtype": "float16", "splits": {"train": {"num_examples": examples, "shards": records}},
+        "feature_dtype": "float16", "rows": layout, "splits": {"train": {"num_examples": examples, "shards": records}},
     })
     return features.astype(np.float32), labels
 
@@ -97,6 +97,8 @@ def main():
     # What train.py feeds now: float16 to the model, which casts on its device.
     cached16 = builder.as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cache=True, cast=False)
     uncached16 = builder.as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cast=False)
+    # The same pipeline reading the TFRecords, as every build before schema 3 (no row files) is read.
+    uncached16_records = DatasetBuilder(folder, rows=False).as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cast=False)
     from dancedata.device_table import index_dataset, load_table
 
     table = load_table(builder, ["train"])
@@ -133,6 +135,7 @@ def main():
     device_s = epoch_seconds({"x": indices}, on_device_table=True)
     pipeline_s, pipeline_uncached_s = pipeline_seconds(cached), pipeline_seconds(uncached)
     pipeline16_s, pipeline16_uncached_s = pipeline_seconds(cached16), pipeline_seconds(uncached16)
+    pipeline16_records_s = pipeline_seconds(uncached16_records)
     pipeline_index_s = pipeline_seconds(indices)
     stages = stage_costs(builder, args.batch_size, pipeline_seconds)
 
@@ -152,23 +155,26 @@ def main():
     print(f"| epoch, fit from shards cached, float16 to the model (train.py now) | {shards16_s:.2f} | {n / shards16_s:.0f} |")
     print(f"| epoch, fit gathering from a table in variables (--cache device) | {device_s:.2f} | {n / device_s:.0f} |")
     print(f"| input pipeline alone, cached, float16 out (best of 5) | {pipeline16_s:.2f} | {n / pipeline16_s:.0f} |")
-    print(f"| input pipeline alone, --no-cache, float16 out (best of 5) | {pipeline16_uncached_s:.2f} | {n / pipeline16_uncached_s:.0f} |")
+    print(f"| input pipeline alone, --no-cache, float16 out, row files (best of 5) | {pipeline16_uncached_s:.2f} | {n / pipeline16_uncached_s:.0f} |")
+    print(f"| input pipeline alone, --no-cache, float16 out, TFRecords (schema <= 2; best of 5) "
+          f"| {pipeline16_records_s:.2f} | {n / pipeline16_records_s:.0f} |")
     print(f"| input pipeline alone, indices for --cache device (best of 5) | {pipeline_index_s:.2f} | {n / pipeline_index_s:.0f} |")
     consumed = min(shards_s, uncached_s, numpy_s, shards16_s, device_s)  # the model's fastest observed consumption: the conservative ratio
     print(f"\nshards / numpy epoch time: {shards_s / numpy_s:.2f}x cached, {uncached_s / numpy_s:.2f}x uncached (target <= 1.1); "
           f"the pipeline delivers {consumed / pipeline_s:.1f}x what the model consumes in its fastest epoch "
           f"({consumed / pipeline_uncached_s:.1f}x uncached; target >= 10)")
     print(f"float16 out (train.py now): {consumed / pipeline16_s:.1f}x cached (target >= 20), "
-          f"{consumed / pipeline16_uncached_s:.1f}x uncached (target >= 10); indices for --cache device "
-          f"{consumed / pipeline_index_s:.1f}x")
-    print("\nwhere the uncached pipeline's time goes, microseconds per example added by each step: "
+          f"{consumed / pipeline16_uncached_s:.1f}x uncached from row files (target >= 10; "
+          f"{consumed / pipeline16_records_s:.1f}x from the TFRecords); indices for --cache device {consumed / pipeline_index_s:.1f}x")
+    print("\nwhere the TFRecord pipeline's time goes, microseconds per example added by each step: "
           + ", ".join(f"{name} {us:.0f}" for name, us in stages.items()))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as handle:
         json.dump({"header": header, "shards_epoch_s": shards_s, "shards_uncached_epoch_s": uncached_s,
                    "numpy_epoch_s": numpy_s, "pipeline_s": pipeline_s, "pipeline_uncached_s": pipeline_uncached_s,
                    "shards_float16_epoch_s": shards16_s, "device_cache_epoch_s": device_s, "pipeline_float16_s": pipeline16_s,
-                   "pipeline_float16_uncached_s": pipeline16_uncached_s, "pipeline_index_s": pipeline_index_s,
+                   "pipeline_float16_uncached_s": pipeline16_uncached_s, "pipeline_float16_records_s": pipeline16_records_s,
+                   "pipeline_index_s": pipeline_index_s,
                    "examples": n, "stage_us_per_example": stages}, handle, indent=2)
 
 

@@ -95,6 +95,7 @@ def planned(input_path: str, plan, extractor_entry: dict, feature_dim: int, samp
         "num_frames": sampling.frames,
         "feature_dim": feature_dim,
         "feature_dtype": build.dtype,
+        "rows": schema.row_layout(sampling.frames, feature_dim, build.dtype),
         "extractor": extractor_entry,
         "sampling": config.asdict(sampling),
         "split": {
@@ -125,7 +126,7 @@ def complete(planned_part: dict, records: list) -> dict:
         entry["num_examples"] += record["num_examples"]
         for genre, count in record["genres"].items():
             entry["genres"][genre] = entry["genres"].get(genre, 0) + count
-        entry["shards"].append({key: record[key] for key in ("file", "num_examples", "sha256")})
+        entry["shards"].append({key: record[key] for key in ("file", "num_examples", "sha256", "rows") if key in record})
     for entry in splits.values():
         entry["genres"] = dict(sorted(entry["genres"].items()))
     skipped = planned_part["skipped"] + [{"path": e["path"], "reason": e["reason"]} for r in records for e in r["skipped"]]
@@ -141,9 +142,10 @@ def complete(planned_part: dict, records: list) -> dict:
             f"{short} example(s) have fewer real frames than the {frames} asked for "
             f"({len(truncated)} of them from truncated streams); their masks mark the padding"
         )
-    head = ("schema_version", "feature_spec", "classes", "num_frames", "feature_dim", "feature_dtype", "extractor", "sampling", "split")
+    head = ("schema_version", "feature_spec", "classes", "num_frames", "feature_dim", "feature_dtype", "rows", "extractor",
+            "sampling", "split")
     return {
-        **{key: planned_part[key] for key in head},
+        **{key: planned_part[key] for key in head if key in planned_part},
         "splits": splits,
         "skipped": sorted(skipped, key=lambda e: (e["path"], e["reason"])),
         "truncated": sorted(truncated, key=lambda e: e["path"]),

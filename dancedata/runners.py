@@ -61,7 +61,16 @@ def prepare(plan, folder, overwrite: bool = False, update: bool = False, planned
             "pass --overwrite to replace it, or choose another --out"
         )
     elif folder.plan is not None:
-        differences = plan_lib.differences(folder.plan.get("identity", {}), plan.identity)
+        earlier = folder.plan.get("identity", {})
+        differences = plan_lib.differences(earlier, plan.identity)
+        if differences and upgradable(earlier, plan.identity):
+            if not update:
+                raise InputError(
+                    f"{out} holds a build of schema version {earlier['schema_version']}; pass --update to add what version "
+                    f"{plan.identity['schema_version']} writes (its examples are reused: no video is decoded again), "
+                    "or --overwrite to start over"
+                )
+            differences = []
         if differences:
             raise InputError(
                 f"{out} already holds a build with other options ({'; '.join(differences)}); "
@@ -106,6 +115,12 @@ def prepare(plan, folder, overwrite: bool = False, update: bool = False, planned
     folder.start(_plan_document(plan, sorted(names | leftovers), planned, num_workers))
     pending = [unit for unit in plan.units if unit.name not in done and unit.name in mine]
     return Prepared(done, pending, work_unit.Reuse(folder.reuse_records()), leftovers)
+
+
+def upgradable(earlier: dict, identity: dict) -> bool:
+    """Whether a build with identity `earlier` differs from `identity` only by a schema version whose
+    examples this version still writes (2 -> 3 added the row files), so an update reuses them all."""
+    return earlier.get("schema_version") == 2 and {**earlier, "schema_version": identity.get("schema_version")} == identity
 
 
 def _plan_document(plan, files: list, planned: dict | None, num_workers: int) -> dict:

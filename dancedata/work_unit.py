@@ -94,7 +94,7 @@ def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: 
 
     from dancedata.write import ShardWriter
 
-    writer = ShardWriter(folder.out, unit.name)
+    writer = ShardWriter(folder.out, unit.name, schema.row_layout(frames, feature_dim, dtype))
     record = {"key": unit.key, "split": unit.split, "genres": {}, "videos": [], "skipped": [], "truncated": [],
               "short_examples": 0, "values_lost": 0, "values_seen": 0}
     moments = Moments(feature_dim)

@@ -1,6 +1,7 @@
 """What a build keeps on disk, and how a shard is committed.
 
     OUT/train-00000-of-00004.tfrecord ...   finished shards (final names appear only when complete)
+    OUT/train-00000-of-00004.tfrecord.rows  the same examples' training fields, fixed-length (schema.row_layout)
     OUT/manifest.json                       written last, when every shard is committed
     OUT/build_info.json                     timings and host: the only file that differs between runs
     OUT/.build/plan.json                    the build's identity and input list (refuse-to-mix, --update)
@@ -18,7 +19,7 @@ import json
 import os
 import re
 
-from dancedata import fs, manifest, tfds_metadata
+from dancedata import fs, manifest, schema, tfds_metadata
 from dancedata.errors import EnvironmentFailure, InputError
 from dancedata.plan import shard_name  # noqa: F401  (re-exported: the name every reader of shards knows)
 
@@ -29,7 +30,7 @@ REUSE_DIR = "reuse"
 BUILD_INFO = "build_info.json"
 # What a finished build writes beside its shards (all rewritten by every finalize).
 FOLDER_FILES = (manifest.FILENAME, BUILD_INFO, manifest.STATISTICS, *tfds_metadata.FILES)
-SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord$")
+SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.rows)?$")  # a shard or its row file
 TEMPORARY = re.compile(r"^(.+)\.\d+\.\d+\.incomplete$")  # fs.write_text's temporary names
 
 
@@ -69,26 +70,44 @@ def output_errors(path: str):
 
 
 class ShardWriter:
-    """One shard: serialized examples go to `<name>.incomplete`; commit() makes it final."""
+    """One shard: serialized examples go to `<name>.incomplete`, and with a row layout (schema.row_layout)
+    their rows to `<name>.rows.incomplete`; commit() makes both final."""
 
-    def __init__(self, out: str, name: str):
+    def __init__(self, out: str, name: str, layout: dict | None = None):
         import tensorflow as tf
 
-        self.out, self.name = out, name
+        self.out, self.name, self.layout = out, name, layout
         self.path = fs.join(out, name)
         self._partial = self.path + PARTIAL
+        self._rows_partial = self.path + schema.ROWS_SUFFIX + PARTIAL
+        self._rows = None
         with output_errors(self._partial):
             self._writer = tf.io.TFRecordWriter(self._partial)
+        if layout is not None:
+            with output_errors(self._rows_partial):
+                self._rows = fs.open_file(self._rows_partial, "wb")
         self.num_examples = 0
 
     def write(self, serialized: bytes) -> None:
         with output_errors(self._partial):
             self._writer.write(serialized)
+        if self._rows is not None:
+            with output_errors(self._rows_partial):
+                self._rows.write(schema.to_row(serialized, self.layout))
         self.num_examples += 1
 
     def commit(self, record: dict) -> dict:
-        """Closes, flushes to disk, renames to the final name, then writes the record. Returns the
-        record with `file`, `num_examples`, `sha256` and `bytes` added."""
+        """Closes, flushes to disk, renames to the final names (the row file first: a final shard name
+        means both are complete), then writes the record. Returns the record with `file`,
+        `num_examples`, `sha256`, `bytes` and, with rows, `rows` ({file, sha256, bytes}) added."""
+        if self._rows is not None:
+            with output_errors(self._rows_partial):
+                self._rows.close()
+                fs.sync(self._rows_partial)
+                rows = {"file": self.name + schema.ROWS_SUFFIX, "sha256": sha256(self._rows_partial),
+                        "bytes": fs.size(self._rows_partial)}
+                fs.replace(self._rows_partial, self.path + schema.ROWS_SUFFIX)
+            record = {**record, "rows": rows}
         with output_errors(self._partial):
             self._writer.close()
             fs.sync(self._partial)
@@ -99,11 +118,12 @@ class ShardWriter:
         return record
 
     def abort(self) -> None:
-        """Leaves no partial shard behind (a later run would delete it anyway)."""
-        with contextlib.suppress(Exception):
-            self._writer.close()
-        with contextlib.suppress(Exception):
-            fs.remove(self._partial)
+        """Leaves no partial file behind (a later run would delete them anyway)."""
+        for handle, path in ((self._writer, self._partial), (self._rows, self._rows_partial)):
+            with contextlib.suppress(Exception):
+                handle.close()
+            with contextlib.suppress(Exception):
+                fs.remove(path)
 
 
 class OutputFolder:
@@ -127,7 +147,8 @@ class OutputFolder:
         return not [n for n in fs.listdir(self.out) if not n.startswith(".")]
 
     def ours(self) -> set:
-        """Names in `out` that a dancedata build wrote (per its plan and manifest), and may delete."""
+        """Names in `out` that a dancedata build wrote (per its plan and manifest), and may delete; a
+        shard's row file goes with it."""
         names = set(FOLDER_FILES)
         if self.plan:
             names.update(self.plan.get("files", []))
@@ -161,15 +182,14 @@ class OutputFolder:
         return pairs
 
     def is_built(self, name: str, key: str, record: dict | None) -> bool:
-        """A shard is built when its record is for this unit and its bytes are the recorded ones."""
-        path = fs.join(self.out, name)
-        return (
-            record is not None
-            and record.get("key") == key
-            and fs.exists(path)
-            and fs.size(path) == record.get("bytes")
-            and sha256(path) == record.get("sha256")
-        )
+        """A shard is built when its record is for this unit and its bytes (and its row file's) are the
+        recorded ones."""
+        def intact(path, entry):
+            return fs.exists(path) and fs.size(path) == entry.get("bytes") and sha256(path) == entry.get("sha256")
+
+        if record is None or record.get("key") != key or not intact(fs.join(self.out, name), record):
+            return False
+        return "rows" not in record or intact(fs.join(self.out, record["rows"]["file"]), record["rows"])
 
     def keep_for_reuse(self, name: str, record: dict) -> None:
         """Moves a committed shard of an earlier plan aside, named by its key, so an update can read
@@ -182,10 +202,11 @@ class OutputFolder:
         with contextlib.suppress(FileNotFoundError, tf.errors.NotFoundError):
             fs.replace(fs.join(self.out, name), base + ".tfrecord")
             fs.replace(fs.join(self.state, name + ".json"), base + ".json")
+        fs.remove(fs.join(self.out, name + schema.ROWS_SUFFIX))  # rows are written again from the examples
 
     def forget(self, name: str) -> None:
-        """Drops a shard (and its record) that no plan needs any more."""
-        for path in (fs.join(self.out, name), fs.join(self.state, name + ".json")):
+        """Drops a shard (its row file and its record) that no plan needs any more."""
+        for path in (fs.join(self.out, name), fs.join(self.out, name + schema.ROWS_SUFFIX), fs.join(self.state, name + ".json")):
             fs.remove(path)
 
     def remove_partials(self, names: set | None = None) -> None:
@@ -196,10 +217,11 @@ class OutputFolder:
                 continue
             shard = name[: -len(PARTIAL)]
             if names is not None:
-                ours = shard in names
+                ours = shard.removesuffix(schema.ROWS_SUFFIX) in names
             else:
                 temporary = TEMPORARY.match(name)
-                ours = SHARD_NAME.match(shard) or shard in self.ours() or (temporary and temporary.group(1) in FOLDER_FILES)
+                ours = (SHARD_NAME.match(shard) or shard.removesuffix(schema.ROWS_SUFFIX) in self.ours()
+                        or (temporary and temporary.group(1) in FOLDER_FILES))
             if ours:
                 fs.remove(fs.join(self.out, name))
 
@@ -207,6 +229,7 @@ class OutputFolder:
         """--overwrite: deletes what earlier builds wrote here, and nothing else."""
         for name in self.ours():
             fs.remove(fs.join(self.out, name))
+            fs.remove(fs.join(self.out, name + schema.ROWS_SUFFIX))
         self.remove_partials()
         fs.rmtree(self.state)
         self.plan = self.manifest = None
