@@ -70,7 +70,7 @@ def index_dataset(builder, split: str, table: Table, batch_size: int = 32, shuff
     frames = builder.info.num_frames
     length = seq_len if seq_len is not None else frames
 
-    def to_inputs(index, seed):
+    def to_inputs(index, seed=None):  # seed: only with random windows
         if length < frames:
             positions = window_positions(tf.gather(masks, index), length, training, seed)
         else:
