@@ -14,7 +14,8 @@ import numpy as np
 
 from dancedata import schema
 from dancedata.errors import ConfigError
-from dancedata.read import _checked_records, batched, held_out, interleaved, window_positions
+from dancedata.read import _checked_records, batched, interleaved, window_positions
+from dancedata.schema import held_out
 
 
 @dataclasses.dataclass

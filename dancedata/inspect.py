@@ -67,6 +67,11 @@ def summary(info: dict, show_paths: int = 5, info_file: dict | None = None) -> s
         if name in info["splits"]:
             shards = info["splits"][name]["shards"]
             lines.append(f"{name}: {len(shards)} shard(s), e.g. {shards[0]['file']}")
+    if "rows" in info:
+        row_bytes = sum(s["rows"]["bytes"] for split in info["splits"].values() for s in split["shards"] if "rows" in s)
+        lines.append(f"row files (what training reads): {row_bytes / 1e6:.1f} MB beside the shards")
+    elif info.get("schema_version") == 2:
+        lines.append("row files: none (schema v2; training reads the TFRecords); the build command with --update adds them")
     skipped = info["skipped"]
     lines.append(f"skipped: {len(skipped)} file(s)")
     by_reason = collections.defaultdict(list)

@@ -14,9 +14,10 @@ import hashlib
 
 import numpy as np
 
-from dancedata import fs, schema
 from dancedata import manifest as manifest_lib
+from dancedata import row_files, schema
 from dancedata.errors import ConfigError, ShardError
+from dancedata.schema import held_out
 
 # In the message of the error a damaged shard raises inside tf.data; `shard_error` finds it there.
 BAD_SHARD = "dancedata: corrupted or truncated shard"
@@ -94,19 +95,6 @@ def batched(examples, batch_size: int, shuffle: bool, seed, repeat: bool, shuffl
     if windows:
         return tf.data.Dataset.zip((batches, tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)))
     return batches  # no map to add a seed nobody uses: one stage less per batch
-
-
-def held_out(sequences, fraction: float):
-    """Whether each sequence id falls in the held-out `fraction` (a stable hash: the same sequences for
-    every reader, so a held-out validation part never shares a performance with the rest)."""
-    import tensorflow as tf
-
-    return held_out_bucket(tf.strings.to_hash_bucket_fast(sequences, schema.HOLDOUT_BUCKETS), fraction)
-
-
-def held_out_bucket(buckets, fraction: float, count: int = schema.HOLDOUT_BUCKETS):
-    """held_out from the sequences' buckets (a row file stores each example's)."""
-    return buckets < int(round(fraction * count))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,49 +197,9 @@ class DatasetBuilder:
             readable = sum(1 for _ in tf.data.TFRecordDataset(path).ignore_errors())
             if readable != shard["num_examples"]:
                 bad.append((path, f"{readable} of {shard['num_examples']} records readable"))
-            elif self._row_file_error(shard):
-                bad.append((path, self._row_file_error(shard)))
+            elif row_files.problem(self.path, self.manifest, shard):
+                bad.append((path, row_files.problem(self.path, self.manifest, shard)))
         return bad
-
-    def _row_file_error(self, shard: dict) -> str | None:
-        """Why a shard's row file cannot be read (missing, or not num_examples rows long), else None."""
-        import tensorflow as tf
-
-        if "rows" not in shard or "rows" not in self.manifest:
-            return None
-        path = f"{self.path}/{shard['rows']['file']}"
-        expected = shard["num_examples"] * self.manifest["rows"]["record_bytes"]
-        try:
-            size = fs.size(path)
-        except (OSError, tf.errors.OpError):
-            return f"its row file {path} is missing"
-        if size != expected:
-            return f"its row file {path} holds {size} bytes, not the {expected} of {shard['num_examples']} rows: truncated or damaged"
-        return None
-
-    def _reads_rows(self, split: str, paths: list) -> bool:
-        """Whether the training fields of `paths` (files of `split`) can come from their row files: the
-        build wrote them (schema 3) and each one is there, of its full length. A missing one means
-        reading the TFRecords, with a warning; a short one is a damaged shard (ShardError)."""
-        if not self.read_rows or "rows" not in self.manifest:
-            return False
-        shards = [s for s in self.manifest["splits"][split]["shards"] if f"{self.path}/{s['file']}" in set(paths)]
-        if any("rows" not in shard for shard in shards):
-            return False
-        for shard in shards:
-            problem = self._row_file_error(shard)
-            if problem and problem.endswith("is missing"):
-                import warnings
-
-                warnings.warn(f"{split}: {problem}; reading the TFRecords instead, which is slower "
-                              "(the same build command writes it again)", stacklevel=3)
-                return False
-            if problem:
-                raise ShardError(
-                    f"shard {self.path}/{shard['file']}: {problem}. Rebuild it (the same build command redoes only "
-                    "damaged shards), or read on without it (skip_bad_shards / --skip-bad-shards)"
-                )
-        return True
 
     def decode(self, serialized, keys=None, cast=True):
         """Batch of serialized examples -> dict of tensors (features float32 [B, T, D], mask bool [B, T], ...);
@@ -361,23 +309,11 @@ class DatasetBuilder:
         """How to read the examples of `paths`: (source(path, start, count) -> one file's elements,
         decode(a batch of elements) -> dict of tensors, held(element, fraction) -> in the held-out part).
         The row files where the build wrote them and only the training fields are wanted (no protos to
-        parse: several times faster, benchmarks/train_throughput.py); the TFRecords otherwise."""
+        parse: about 3x faster, benchmarks/train_throughput.py); the TFRecords otherwise."""
         import tensorflow as tf
 
-        if keys == schema.TRAINING_KEYS and self._reads_rows(split, paths):
-            layout = self.manifest["rows"]
-            buffer = 8 << 20 if fs.is_remote(self.path) else 256 << 10  # measured: 256 KB beats 8 MB on local files
-
-            def source(path, start, count):
-                return tf.data.FixedLengthRecordDataset(path + layout["suffix"], layout["record_bytes"], buffer_size=buffer)
-
-            def decode(rows):
-                return schema.decode_rows(rows, layout)
-
-            def held(row, fraction):
-                return held_out_bucket(schema.row_holdout_bucket(row, layout), fraction, layout["holdout_buckets"])
-
-            return source, decode, held
+        if keys == schema.TRAINING_KEYS and self.read_rows and row_files.readable(self.path, self.manifest, split, paths):
+            return row_files.reading(self.path, self.manifest["rows"])
         spec = {schema.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string)}
 
         def source(path, start, count):

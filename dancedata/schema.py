@@ -186,6 +186,19 @@ def decode_rows(rows, layout: dict) -> dict:
     return {FEATURES: features, MASK: tf.not_equal(mask, 0), LABEL: tf.reshape(label, [-1])}
 
 
+def held_out(sequences, fraction: float):
+    """Whether each sequence id falls in the held-out `fraction` (a stable hash: the same sequences for
+    every reader, so a held-out validation part never shares a performance with the rest)."""
+    import tensorflow as tf
+
+    return held_out_bucket(tf.strings.to_hash_bucket_fast(sequences, HOLDOUT_BUCKETS), fraction)
+
+
+def held_out_bucket(buckets, fraction: float, count: int = HOLDOUT_BUCKETS):
+    """held_out from the sequences' buckets (a row file stores each example's)."""
+    return buckets < int(round(fraction * count))
+
+
 def row_holdout_bucket(row, layout: dict):
     """One row's hold-out bucket, int64 scalar."""
     import tensorflow as tf

@@ -129,13 +129,20 @@ def _as_schema_2(folder):
         path.write_text(json.dumps(record))
 
 
-def test_a_build_before_row_files_reads_the_same_batches(built, tmp_path):
+def test_a_build_before_row_files_reads_the_same_batches(built, tmp_path, capsys):
+    from dancedata import inspect
+
     copy = _copy(built, tmp_path)
     expected = _batches(DatasetBuilder(str(copy)))
+    assert inspect.main([str(copy)]) == 0
+    on_disk = sum(p.stat().st_size for p in copy.glob("*.rows"))
+    assert f"row files (what training reads): {on_disk / 1e6:.1f} MB beside the shards" in capsys.readouterr().out
     _as_schema_2(copy)
     old = DatasetBuilder(str(copy))
     assert old.manifest["schema_version"] == 2 and "rows" not in old.manifest
     assert _batches(old) == expected
+    assert inspect.main([str(copy)]) == 0
+    assert "row files: none (schema v2; training reads the TFRecords); the build command with --update adds them" in capsys.readouterr().out
 
 
 def test_update_adds_row_files_to_a_schema_2_build_without_decoding(built, tmp_path, capsys):
