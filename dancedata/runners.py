@@ -103,8 +103,9 @@ def prepare(plan, folder, overwrite: bool = False, update: bool = False, planned
             done[unit.name] = records.pop(unit.name)
         elif unit.name not in mine:
             records.pop(unit.name, None)  # another part's: it may be writing it now
-    for name, record in records.items():  # committed shards of an earlier plan: their features may be reused
-        intact = folder.is_built(name, record.get("key"), record)
+    for name, record in records.items():  # committed shards of an earlier plan, or with a damaged row
+        # file: their examples may be reused (a row file is written again from them)
+        intact = folder.is_built(name, record.get("key"), record, rows=False)
         if intact and (record.get("videos") or record.get("skipped")):
             folder.keep_for_reuse(name, record)
         else:

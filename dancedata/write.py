@@ -181,15 +181,15 @@ class OutputFolder:
                     pairs.append((shard, record))
         return pairs
 
-    def is_built(self, name: str, key: str, record: dict | None) -> bool:
+    def is_built(self, name: str, key: str, record: dict | None, rows: bool = True) -> bool:
         """A shard is built when its record is for this unit and its bytes (and its row file's) are the
-        recorded ones."""
+        recorded ones. rows=False: whether its examples are intact, whatever became of its row file."""
         def intact(path, entry):
             return fs.exists(path) and fs.size(path) == entry.get("bytes") and sha256(path) == entry.get("sha256")
 
         if record is None or record.get("key") != key or not intact(fs.join(self.out, name), record):
             return False
-        return "rows" not in record or intact(fs.join(self.out, record["rows"]["file"]), record["rows"])
+        return not rows or "rows" not in record or intact(fs.join(self.out, record["rows"]["file"]), record["rows"])
 
     def keep_for_reuse(self, name: str, record: dict) -> None:
         """Moves a committed shard of an earlier plan aside, named by its key, so an update can read

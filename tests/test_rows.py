@@ -155,3 +155,12 @@ def test_update_adds_row_files_to_a_schema_2_build_without_decoding(built, tmp_p
     dancedata.build_shards(str(built["root"]), str(copy), update=True, **options)
     assert "; 0 to decode" in capsys.readouterr().err
     assert build_outputs(copy) == build_outputs(built["out"])  # a fresh schema-3 build's bytes
+
+
+def test_the_build_command_writes_a_lost_row_file_again_without_decoding(built, tmp_path, capsys):
+    copy = _copy(built, tmp_path)
+    lost = sorted(copy.glob("val-*.rows"))[0]
+    lost.unlink()
+    dancedata.build_shards(str(built["root"]), str(copy), frames=8, shard_mb=0.1, quiet=True, **FAST_EXTRACTOR)
+    assert "; 0 to decode" in capsys.readouterr().err  # its examples came from the intact TFRecord
+    assert build_outputs(copy) == build_outputs(built["out"])
