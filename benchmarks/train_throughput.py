@@ -4,7 +4,9 @@ pipeline alone against what the model consumes.
     python benchmarks/train_throughput.py [--examples 4096] [--batch-size 64]
 
 Writes synthetic shards ([20, 2048] float16 features, like InceptionV3 on 20 frames) with the same
-schema and writer as build_shards, so the reader does exactly its real work.
+schema and writer as build_shards (TFRecords and their row files), so the reader does exactly its real
+work; the uncached pipeline is measured from the row files and, for comparison in the same run, from
+the TFRecords alone (how builds before schema 3 are read).
 """
 from __future__ import annotations
 
