@@ -164,3 +164,22 @@ def test_the_build_command_writes_a_lost_row_file_again_without_decoding(built, 
     dancedata.build_shards(str(built["root"]), str(copy), frames=8, shard_mb=0.1, quiet=True, **FAST_EXTRACTOR)
     assert "; 0 to decode" in capsys.readouterr().err  # its examples came from the intact TFRecord
     assert build_outputs(copy) == build_outputs(built["out"])
+
+
+def test_float32_row_files_decode_as_the_tfrecords_do(tmp_path):
+    from conftest import make_aist_folder
+
+    root = tmp_path / "aist"
+    make_aist_folder(root, genres=("BR", "PO"), performances=3)
+    out = tmp_path / "out"
+    dancedata.build_shards(str(root), str(out), frames=8, shard_mb=0.1, quiet=True, dtype="float32", **FAST_EXTRACTOR)
+    builder = DatasetBuilder(str(out))
+    assert builder.manifest["rows"]["fields"][0]["dtype"] == "float32"
+    rows = builder.as_dataset("train", batch_size=3, shuffle=True, seed=2, cast=False)
+    records = DatasetBuilder(str(out), rows=False).as_dataset("train", batch_size=3, shuffle=True, seed=2, cast=False)
+    pairs = list(zip(rows, records))
+    assert pairs and len(pairs) == sum(1 for _ in records)
+    for ((features, _), label), ((features_r, _), label_r) in pairs:
+        assert features.dtype == tf.float32
+        np.testing.assert_array_equal(features.numpy(), features_r.numpy())
+        np.testing.assert_array_equal(label.numpy(), label_r.numpy())
