@@ -197,8 +197,8 @@ class DatasetBuilder:
             readable = sum(1 for _ in tf.data.TFRecordDataset(path).ignore_errors())
             if readable != shard["num_examples"]:
                 bad.append((path, f"{readable} of {shard['num_examples']} records readable"))
-            elif row_files.problem(self.path, self.manifest, shard):
-                bad.append((path, row_files.problem(self.path, self.manifest, shard)))
+            elif problem := row_files.problem(self.path, self.manifest, shard):
+                bad.append((path, problem))
         return bad
 
     def decode(self, serialized, keys=None, cast=True):
@@ -243,6 +243,9 @@ class DatasetBuilder:
         cardinality is unknown: use repeat=True and steps_per_epoch. Not with cache or input_context.
         cast=False hands features over in the stored dtype (float16 by default): half the bytes through
         the pipeline, and a model with a float32 input casts them on its device (train.py does this).
+        Without metadata, examples come from the row files where the build wrote them (schema 3; the
+        same batches as from the TFRecords, about 3x faster); DatasetBuilder(path, rows=False) reads
+        the TFRecords instead.
         """
         import tensorflow as tf
 
