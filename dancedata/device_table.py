@@ -14,7 +14,8 @@ import numpy as np
 
 from dancedata import schema
 from dancedata.errors import ConfigError
-from dancedata.read import _checked_records, batched, interleaved, window_positions
+from dancedata.read import batched, interleaved, window_positions
+from dancedata.record_files import checked_records
 from dancedata.schema import held_out
 
 
@@ -39,7 +40,7 @@ def load_table(builder, splits: list, skip_bad_shards: bool = False) -> Table:
     keys = schema.TRAINING_KEYS + (schema.SEQUENCE_ID,)
     for split in splits:
         paths, counts = builder.usable_files(split, skip_bad_shards)
-        records = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64))).flat_map(_checked_records)
+        records = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64))).flat_map(checked_records)
         offsets[split] = start
         for batch in records.batch(512).map(lambda s: builder.decode(s, keys, cast=False)):
             parts.append({key: value.numpy() for key, value in batch.items()})

@@ -4,8 +4,11 @@
     ds = builder.as_dataset("train", batch_size=64, shuffle=True, seed=0)
     # ((features float32 [B, T, D], mask bool [B, T]), label int32 [B])
 
-`schema.decode_batch` turns bytes into a dict of tensors; this module turns that dict into model
-inputs (windows, casts), so predict and other tools can reuse the first without labels.
+The examples come from one of two sources, which give the same elements once decoded:
+`row_files` (the training fields, fixed-length, schema 3) or `record_files` (the TFRecords, every
+field). `schema.decode_batch` / `schema.decode_rows` turn bytes into a dict of tensors; this module
+orders, batches and turns that dict into model inputs (windows, casts), so predict and other tools
+can reuse the first without labels.
 """
 from __future__ import annotations
 
@@ -15,50 +18,9 @@ import hashlib
 import numpy as np
 
 from dancedata import manifest as manifest_lib
-from dancedata import row_files, schema
+from dancedata import record_files, row_files, schema
 from dancedata.errors import ConfigError, ShardError
-from dancedata.schema import held_out
-
-# In the message of the error a damaged shard raises inside tf.data; `shard_error` finds it there.
-BAD_SHARD = "dancedata: corrupted or truncated shard"
-_END = "\0dancedata: end of shard"  # appended to each file's records to check their count; never a real Example
-
-
-def shard_error(error) -> ShardError | None:
-    """The ShardError (naming the file) behind a tf.errors.OpError raised while reading, else None."""
-    message = getattr(error, "message", str(error))
-    if BAD_SHARD not in message:
-        return None
-    import re
-
-    found = re.search(r"\[" + re.escape(BAD_SHARD) + r"\] \[(.+?)\] \[holds\] \[(\d+)\] \[[^\]]*\] \[(\d+)\]", message)
-    if not found:
-        return ShardError(f"a shard is corrupted or truncated ({message.strip().splitlines()[0]})")
-    path, held, expected = found.groups()
-    return ShardError(
-        f"shard {path} is corrupted or truncated: {held} of its {expected} records are readable. Rebuild it "
-        "(the same build command redoes only damaged shards), or read on without it (skip_bad_shards / --skip-bad-shards)"
-    )
-
-
-def _checked_records(path, expected):
-    """The records of one shard file, then a check that all `expected` of them were readable: a
-    damaged record ends the file early (ignore_errors), and the check fails naming the file, which
-    TFRecordDataset's own error does not."""
-    import tensorflow as tf
-
-    records = tf.data.TFRecordDataset(path, buffer_size=8 << 20).ignore_errors()  # large reads: fewer calls, remote-friendly
-    records = records.concatenate(tf.data.Dataset.from_tensors(tf.constant(_END)))
-
-    def count(seen, record):
-        at_end = tf.equal(record, _END)
-        complete = tf.logical_or(tf.logical_not(at_end), tf.equal(seen, expected))
-        check = tf.debugging.Assert(complete, [BAD_SHARD, path, "holds", seen, "readable records; the manifest says", expected])
-        with tf.control_dependencies([check]):
-            return seen + 1, (tf.logical_not(at_end), record)
-
-    return records.scan(tf.constant(0, tf.int64), count).filter(lambda keep, _: keep).map(lambda _, record: record)
-
+from dancedata.record_files import shard_error  # noqa: F401  (public here since schema 2: train.py, user code)
 
 def interleaved(paths: list, starts: list, counts: list, shuffle: bool, seed, source):
     """The examples of several files in the order every reader of a split uses: files shuffled once
@@ -313,22 +275,9 @@ class DatasetBuilder:
         decode(a batch of elements) -> dict of tensors, held(element, fraction) -> in the held-out part).
         The row files where the build wrote them and only the training fields are wanted (no protos to
         parse: about 3x faster, benchmarks/train_throughput.py); the TFRecords otherwise."""
-        import tensorflow as tf
-
         if keys == schema.TRAINING_KEYS and self.read_rows and row_files.readable(self.path, self.manifest, split, paths):
             return row_files.reading(self.path, self.manifest["rows"])
-        spec = {schema.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string)}
-
-        def source(path, start, count):
-            return _checked_records(path, count)
-
-        def decode(serialized):
-            return self.decode(serialized, keys, cast=False)
-
-        def held(serialized, fraction):
-            return held_out(tf.io.parse_single_example(serialized, spec)[schema.SEQUENCE_ID], fraction)
-
-        return source, decode, held
+        return record_files.reading(self.decode, keys)
 
     def usable_files(self, split: str, skip_bad_shards: bool) -> tuple:
         """(paths, counts) of `split`, leaving out damaged shards (with one warning) when asked."""
