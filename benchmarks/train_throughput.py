@@ -5,8 +5,9 @@ pipeline alone against what the model consumes.
 
 Writes synthetic shards ([20, 2048] float16 features, like InceptionV3 on 20 frames) with the same
 schema and writer as build_shards (TFRecords and their row files), so the reader does exactly its real
-work; the uncached pipeline is measured from the row files and, for comparison in the same run, from
-the TFRecords alone (how builds before schema 3 are read).
+work; the uncached pipeline is measured from the row files memory-mapped (local files, the default)
+and, for comparison in the same run, from the row files streamed (object storage, tf.data service)
+and from the TFRecords alone (how builds before schema 3 are read).
 """
 from __future__ import annotations
 
@@ -99,6 +100,8 @@ def main():
     # What train.py feeds now: float16 to the model, which casts on its device.
     cached16 = builder.as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cache=True, cast=False)
     uncached16 = builder.as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cast=False)
+    # The row files streamed by FixedLengthRecordDataset, as on object storage or through tf.data service.
+    uncached16_streamed = DatasetBuilder(folder, map_rows=False).as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cast=False)
     # The same pipeline reading the TFRecords, as every build before schema 3 (no row files) is read.
     uncached16_records = DatasetBuilder(folder, rows=False).as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cast=False)
     from dancedata.device_table import index_dataset, load_table
@@ -137,6 +140,7 @@ def main():
     device_s = epoch_seconds({"x": indices}, on_device_table=True)
     pipeline_s, pipeline_uncached_s = pipeline_seconds(cached), pipeline_seconds(uncached)
     pipeline16_s, pipeline16_uncached_s = pipeline_seconds(cached16), pipeline_seconds(uncached16)
+    pipeline16_streamed_s = pipeline_seconds(uncached16_streamed)
     pipeline16_records_s = pipeline_seconds(uncached16_records)
     pipeline_index_s = pipeline_seconds(indices)
     stages = stage_costs(builder, args.batch_size, pipeline_seconds)
@@ -157,7 +161,10 @@ def main():
     print(f"| epoch, fit from shards cached, float16 to the model (train.py now) | {shards16_s:.2f} | {n / shards16_s:.0f} |")
     print(f"| epoch, fit gathering from a table in variables (--cache device) | {device_s:.2f} | {n / device_s:.0f} |")
     print(f"| input pipeline alone, cached, float16 out (best of 5) | {pipeline16_s:.2f} | {n / pipeline16_s:.0f} |")
-    print(f"| input pipeline alone, --no-cache, float16 out, row files (best of 5) | {pipeline16_uncached_s:.2f} | {n / pipeline16_uncached_s:.0f} |")
+    print(f"| input pipeline alone, --no-cache, float16 out, row files mapped (best of 5) "
+          f"| {pipeline16_uncached_s:.2f} | {n / pipeline16_uncached_s:.0f} |")
+    print(f"| input pipeline alone, --no-cache, float16 out, row files streamed (remote, tf.data service; best of 5) "
+          f"| {pipeline16_streamed_s:.2f} | {n / pipeline16_streamed_s:.0f} |")
     print(f"| input pipeline alone, --no-cache, float16 out, TFRecords (schema <= 2; best of 5) "
           f"| {pipeline16_records_s:.2f} | {n / pipeline16_records_s:.0f} |")
     print(f"| input pipeline alone, indices for --cache device (best of 5) | {pipeline_index_s:.2f} | {n / pipeline_index_s:.0f} |")
@@ -166,8 +173,8 @@ def main():
           f"the pipeline delivers {consumed / pipeline_s:.1f}x what the model consumes in its fastest epoch "
           f"({consumed / pipeline_uncached_s:.1f}x uncached; target >= 10)")
     print(f"float16 out (train.py now): {consumed / pipeline16_s:.1f}x cached (target >= 20), "
-          f"{consumed / pipeline16_uncached_s:.1f}x uncached from row files (target >= 10; "
-          f"{consumed / pipeline16_records_s:.1f}x from the TFRecords); indices for --cache device {consumed / pipeline_index_s:.1f}x")
+          f"{consumed / pipeline16_uncached_s:.1f}x uncached from row files mapped (target >= 10; "
+          f"{consumed / pipeline16_streamed_s:.1f}x streamed, {consumed / pipeline16_records_s:.1f}x from the TFRecords); indices for --cache device {consumed / pipeline_index_s:.1f}x")
     print("\nwhere the TFRecord pipeline's time goes, microseconds per example added by each step: "
           + ", ".join(f"{name} {us:.0f}" for name, us in stages.items()))
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
@@ -175,7 +182,8 @@ def main():
         json.dump({"header": header, "shards_epoch_s": shards_s, "shards_uncached_epoch_s": uncached_s,
                    "numpy_epoch_s": numpy_s, "pipeline_s": pipeline_s, "pipeline_uncached_s": pipeline_uncached_s,
                    "shards_float16_epoch_s": shards16_s, "device_cache_epoch_s": device_s, "pipeline_float16_s": pipeline16_s,
-                   "pipeline_float16_uncached_s": pipeline16_uncached_s, "pipeline_float16_records_s": pipeline16_records_s,
+                   "pipeline_float16_uncached_s": pipeline16_uncached_s,
+                   "pipeline_float16_streamed_s": pipeline16_streamed_s, "pipeline_float16_records_s": pipeline16_records_s,
                    "pipeline_index_s": pipeline_index_s,
                    "examples": n, "stage_us_per_example": stages}, handle, indent=2)
 

@@ -16,6 +16,7 @@ from dancedata import schema
 from dancedata.errors import ConfigError
 from dancedata.read import batched, interleaved, window_positions
 from dancedata.record_files import checked_records
+from dancedata.row_files import select_indices
 from dancedata.schema import held_out
 
 
@@ -64,10 +65,9 @@ def index_dataset(builder, split: str, table: Table, batch_size: int = 32, shuff
     training = shuffle if training is None else training
     paths, counts = builder.usable_files(split, skip_bad_shards)
     starts = list(table.offsets[split] + np.cumsum([0] + counts[:-1]))
-    indices = interleaved(paths, starts, counts, shuffle, seed, lambda _, start, count: tf.data.Dataset.range(start, start + count))
+    indices = interleaved(paths, starts, counts, shuffle, seed, lambda _, start, count: tf.data.Dataset.range(start, start + count), parallel=False)
     if holdout_fraction:
-        held = tf.constant(np.asarray(held_out(table.sequences, holdout_fraction)))
-        indices = indices.filter(lambda i: tf.gather(held, i) if holdout else tf.logical_not(tf.gather(held, i)))
+        indices = select_indices(indices, np.asarray(held_out(table.sequences, holdout_fraction)), holdout)
     masks, labels = tf.constant(table.masks), tf.constant(table.labels)
     frames = builder.info.num_frames
     length = seq_len if seq_len is not None else frames

@@ -22,24 +22,24 @@ from dancedata import record_files, row_files, schema
 from dancedata.errors import ConfigError, ShardError
 from dancedata.record_files import shard_error  # noqa: F401  (public here since schema 2: train.py, user code)
 
-def interleaved(paths: list, starts: list, counts: list, shuffle: bool, seed, source):
+def interleaved(paths: list, starts: list, counts: list, shuffle: bool, seed, source, parallel: bool = True):
     """The examples of several files in the order every reader of a split uses: files shuffled once
     per seed (the same order every epoch: a cache after this point holds one order, so reshuffling per
     epoch would make cached and uncached training differ; the example buffer still reshuffles), then
     read several at a time, round robin. `source(path, start, count)` gives one file's elements (its
-    records, or the indices start .. start + count - 1 of its examples in a table)."""
+    records, or the indices start .. start + count - 1 of its examples in a table). parallel=False
+    reads them in the same order on the calling thread: for sources with nothing to wait on (indices),
+    threads cost more than they hide."""
     import tensorflow as tf
 
     files = tf.data.Dataset.from_tensor_slices((paths, tf.constant(starts, tf.int64), tf.constant(counts, tf.int64)))
     if shuffle:
         files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=False)
     # Reading several shards at once hides per-file latency (remote storage) and mixes shards.
-    return files.interleave(
-        source,
-        cycle_length=max(1, min(len(paths), 8)),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
+    cycle = max(1, min(len(paths), 8))
+    if not parallel:
+        return files.interleave(source, cycle_length=cycle)
+    return files.interleave(source, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def batched(examples, batch_size: int, shuffle: bool, seed, repeat: bool, shuffle_buffer: int, drop_remainder: bool, windows: bool):
@@ -97,10 +97,11 @@ def window(features, mask, seq_len: int, training: bool = False, seed=None):
 class DatasetBuilder:
     """A shard folder's manifest, and tf.data pipelines over its splits."""
 
-    def __init__(self, path: str, rows: bool = True):
-        """rows=False reads training examples from the TFRecords even where the build wrote row files."""
+    def __init__(self, path: str, rows: bool = True, map_rows: bool = True):
+        """rows=False reads training examples from the TFRecords even where the build wrote row files;
+        map_rows=False streams local row files (FixedLengthRecordDataset) instead of memory-mapping them."""
         self.path = path.rstrip("/")
-        self.read_rows = rows
+        self.read_rows, self.map_rows = rows, map_rows
         self.manifest = manifest_lib.load(self.path)
         m = self.manifest
         self.info = DatasetInfo(
@@ -206,8 +207,8 @@ class DatasetBuilder:
         cast=False hands features over in the stored dtype (float16 by default): half the bytes through
         the pipeline, and a model with a float32 input casts them on its device (train.py does this).
         Without metadata, examples come from the row files where the build wrote them (schema 3; the
-        same batches as from the TFRecords, about 3x faster); DatasetBuilder(path, rows=False) reads
-        the TFRecords instead.
+        same batches as from the TFRecords, 3-4x faster), memory-mapped where they are local files
+        (see row_files.MappedRows); DatasetBuilder(path, rows=False) reads the TFRecords instead.
         """
         import tensorflow as tf
 
@@ -240,19 +241,18 @@ class DatasetBuilder:
             # its splitting: every worker would read every file), so the order is shuffled once, seeded
             order = np.random.default_rng(seed).permutation(len(paths))
             paths, counts = [paths[i] for i in order], [counts[i] for i in order]
-        source, decode, held = self._reading(split, paths, None if with_metadata else schema.TRAINING_KEYS)
-        records = interleaved(paths, [0] * len(paths), counts, shuffle and not data_service, seed, source)
+        keys = None if with_metadata else schema.TRAINING_KEYS
+        reading = self._reading(split, paths, counts, keys, mapped=not data_service)  # the service ships pure graph ops
+        starts = [int(start) for start in np.cumsum([0] + counts[:-1])]
+        records = interleaved(paths, starts, counts, shuffle and not data_service, seed, reading.source, reading.parallel)
         if shard_records:
             records = records.shard(pipelines, pipeline)
         if holdout_fraction:
-            def keep(record):
-                return held(record, holdout_fraction) if holdout else tf.logical_not(held(record, holdout_fraction))
-
-            records = records.filter(keep)
+            records = reading.select(records, holdout_fraction, holdout)
         if cache:
             # Cache decoded examples in the stored dtype (no larger than the shards): later epochs skip
             # parse_example and decode_raw, which cost more than reading the file (benchmarks/).
-            examples = records.batch(256).map(decode, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
+            examples = records.batch(256).map(reading.decode, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
         else:
             examples = records
         batches = batched(examples, batch_size, shuffle, seed, repeat and not data_service, shuffle_buffer, drop_remainder,
@@ -262,7 +262,7 @@ class DatasetBuilder:
             prepare = to_inputs
         else:  # one vectorised decode per batch
             def prepare(serialized, seed=None):
-                return to_inputs(decode(serialized), seed)
+                return to_inputs(reading.decode(serialized), seed)
         batches = batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if data_service:
             batches = service.distribute(batches, data_service)
@@ -270,13 +270,11 @@ class DatasetBuilder:
                 batches = batches.repeat()
         return batches.prefetch(tf.data.AUTOTUNE)
 
-    def _reading(self, split: str, paths: list, keys):
-        """How to read the examples of `paths`: (source(path, start, count) -> one file's elements,
-        decode(a batch of elements) -> dict of tensors, held(element, fraction) -> in the held-out part).
-        The row files where the build wrote them and only the training fields are wanted (no protos to
-        parse: about 3x faster, benchmarks/train_throughput.py); the TFRecords otherwise."""
+    def _reading(self, split: str, paths: list, counts: list, keys, mapped: bool = True) -> record_files.Reading:
+        """How to read the examples of `paths` (holding `counts` examples): the row files where the build wrote them and only the training fields are wanted (no protos to
+        parse; local ones memory-mapped: benchmarks/train_throughput.py); the TFRecords otherwise."""
         if keys == schema.TRAINING_KEYS and self.read_rows and row_files.readable(self.path, self.manifest, split, paths):
-            return row_files.reading(self.path, self.manifest["rows"])
+            return row_files.reading(self.path, self.manifest["rows"], paths, counts, mapped and self.map_rows)
         return record_files.reading(self.decode, keys)
 
     def usable_files(self, split: str, skip_bad_shards: bool) -> tuple:

@@ -6,6 +6,8 @@ rows=False); `device_table.load_table` reads them too. TFDS and plain tf.data re
 """
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 from dancedata import schema
 from dancedata.errors import ShardError
 
@@ -50,10 +52,18 @@ def checked_records(path, expected):
     return records.scan(tf.constant(0, tf.int64), count).filter(lambda keep, _: keep).map(lambda _, record: record)
 
 
-def reading(decode_batch, keys):
-    """(source(shard path, start, count) -> its records, decode(a batch of records) -> dict of tensors,
-    held(record, fraction) -> in the held-out part), as row_files.reading gives for row files.
-    `decode_batch(serialized, keys, cast)` is DatasetBuilder.decode."""
+class Reading(NamedTuple):
+    """How DatasetBuilder reads a split's examples; this module gives it for TFRecords, row_files for
+    row files, with the same examples once decoded."""
+
+    source: Callable  # (shard path, start, count) -> dataset of the shard's elements (start: its first example's index)
+    decode: Callable  # a batch of elements -> dict of tensors (schema.decode_batch's, features in the stored dtype)
+    select: Callable  # (elements, fraction, holdout) -> those outside (holdout: inside) the held-out part
+    parallel: bool  # whether sources wait on I/O, so several are read at once
+
+
+def reading(decode_batch, keys) -> Reading:
+    """The TFRecords' Reading. `decode_batch(serialized, keys, cast)` is DatasetBuilder.decode."""
     import tensorflow as tf
 
     spec = {schema.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string)}
@@ -64,7 +74,11 @@ def reading(decode_batch, keys):
     def decode(serialized):
         return decode_batch(serialized, keys, cast=False)
 
-    def held(serialized, fraction):
-        return schema.held_out(tf.io.parse_single_example(serialized, spec)[schema.SEQUENCE_ID], fraction)
+    def select(records, fraction, holdout):
+        def wanted(serialized):
+            held = schema.held_out(tf.io.parse_single_example(serialized, spec)[schema.SEQUENCE_ID], fraction)
+            return held if holdout else tf.logical_not(held)
 
-    return source, decode, held
+        return records.filter(wanted)
+
+    return Reading(source, decode, select, parallel=True)

@@ -115,11 +115,12 @@ def row_layout(num_frames: int, feature_dim: int, feature_dtype: str) -> dict:
 
     A shard's TFRecords are what TFDS and plain tf.data read; the training reader reads its row file
     instead: the same examples in the same order, each one fixed-length record of its training fields,
-    little-endian and back to back. tf.data.FixedLengthRecordDataset reads it without protobuf parsing,
-    per-record checksums or length prefixes, which cost more than the model's step on a few cores
-    (benchmarks/train_throughput.py). The features come first, so a batch of rows decodes them with one
-    copy (decode_raw's fixed_length); the hold-out bucket lets a reader hold out sequences without
-    the sequence id string.
+    little-endian and back to back. Read without protobuf parsing, per-record checksums or length
+    prefixes, which cost more than the model's step on a few cores (benchmarks/train_throughput.py):
+    memory-mapped, row i at i * record_bytes, or streamed by tf.data.FixedLengthRecordDataset
+    (row_files.py). The features come first, so a batch of streamed rows decodes them with one copy
+    (decode_raw's fixed_length); the hold-out bucket lets a reader hold out sequences without the
+    sequence id string.
     """
     fields = [
         (FEATURES, feature_dtype, [num_frames, feature_dim]),

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import dancedata
-from dancedata import DatasetBuilder
+from dancedata import DatasetBuilder, row_files
 from dancedata.errors import InputError, ShardError
 from conftest import FAST_EXTRACTOR, build_outputs
 
@@ -48,8 +48,9 @@ def test_each_row_holds_its_examples_training_fields(built):
     dict(batch_size=6, holdout_fraction=0.3, holdout=True),
     dict(shuffle=True, seed=6, batch_size=4, cache=True),
 ])
-def test_row_files_give_the_batches_the_tfrecords_give(built, options):
-    rows = DatasetBuilder(str(built["out"])).as_dataset("train", **options)
+@pytest.mark.parametrize("map_rows", [True, False], ids=["mapped", "streamed"])
+def test_row_files_give_the_batches_the_tfrecords_give(built, options, map_rows):
+    rows = DatasetBuilder(str(built["out"]), map_rows=map_rows).as_dataset("train", **options)
     records = DatasetBuilder(str(built["out"]), rows=False).as_dataset("train", **options)
     steps = 9 if options.get("repeat") else None
     pairs = list(zip(rows.take(steps) if steps else rows, records.take(steps) if steps else records))
@@ -183,3 +184,50 @@ def test_float32_row_files_decode_as_the_tfrecords_do(tmp_path):
         assert features.dtype == tf.float32
         np.testing.assert_array_equal(features.numpy(), features_r.numpy())
         np.testing.assert_array_equal(label.numpy(), label_r.numpy())
+
+
+def test_mapped_rows_gather_the_bytes_numpy_reads(built):
+    """The memory-mapped table against np.fromfile's reading of the same files (the manifest's layout
+    as a numpy dtype), at indices spread over every shard."""
+    builder = DatasetBuilder(str(built["out"]))
+    paths, counts = builder.usable_files("train", False)
+    layout = builder.manifest["rows"]
+    dtype = np.dtype({"names": [f["name"] for f in layout["fields"]],
+                      "formats": [(np.dtype(f["dtype"]).newbyteorder("<"), tuple(f["shape"])) for f in layout["fields"]],
+                      "offsets": [f["offset"] for f in layout["fields"]], "itemsize": layout["record_bytes"]})
+    assert len(paths) > 1
+    rows = np.concatenate([np.fromfile(path + ".rows", dtype) for path in paths])
+    table = row_files.MappedRows(layout, paths, counts)
+    indices = np.random.default_rng(0).permutation(len(rows))
+    np.testing.assert_array_equal(table.gather(indices), rows["features"][indices])
+    np.testing.assert_array_equal(table.masks, rows["mask"] != 0)
+    np.testing.assert_array_equal(table.labels, rows["label"])
+    np.testing.assert_array_equal(table.buckets, rows["holdout_bucket"])
+    assert table.gather(indices[:0]).shape == (0, *rows["features"].shape[1:])
+
+
+def test_local_row_files_are_mapped_and_too_many_are_streamed(built, monkeypatch):
+    """Local row files are memory-mapped (the sources are index ranges, nothing read in parallel);
+    a split with more shards than the file-descriptor budget is streamed, to the same batches."""
+    builder = DatasetBuilder(str(built["out"]))
+    paths, counts = builder.usable_files("train", False)
+    assert row_files.reading(builder.path, builder.manifest["rows"], paths, counts).parallel is False
+    options = dict(batch_size=4, shuffle=True, seed=8, holdout_fraction=0.3)
+    mapped = _batches_of(builder.as_dataset("train", **options))
+    monkeypatch.setattr(row_files, "_mappable_files", lambda: len(paths) - 1)
+    assert row_files.reading(builder.path, builder.manifest["rows"], paths, counts).parallel is True
+    assert _batches_of(builder.as_dataset("train", **options)) == mapped
+
+
+def test_a_row_file_cut_after_the_check_is_a_shard_error(built, tmp_path):
+    copy = _copy(built, tmp_path)
+    builder = DatasetBuilder(str(copy))
+    paths, counts = builder.usable_files("train", False)
+    row_file = copy / (paths[0].rsplit("/", 1)[1] + ".rows")
+    row_file.write_bytes(row_file.read_bytes()[:-1])
+    with pytest.raises(ShardError, match=f"row file {row_file} holds"):
+        row_files.MappedRows(builder.manifest["rows"], paths, counts)
+
+
+def _batches_of(dataset):
+    return [(f.numpy().tobytes(), k.numpy().tobytes(), y.numpy().tobytes()) for (f, k), y in dataset]
