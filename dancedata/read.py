@@ -207,7 +207,7 @@ class DatasetBuilder:
         cast=False hands features over in the stored dtype (float16 by default): half the bytes through
         the pipeline, and a model with a float32 input casts them on its device (train.py does this).
         Without metadata, examples come from the row files where the build wrote them (schema 3; the
-        same batches as from the TFRecords, 3-4x faster), memory-mapped where they are local files
+        same batches as from the TFRecords, 3-5x faster), memory-mapped where they are local files
         (see row_files.MappedRows); DatasetBuilder(path, rows=False) reads the TFRecords instead.
         """
         import tensorflow as tf

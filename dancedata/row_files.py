@@ -140,8 +140,8 @@ class MappedRows:
     example i is row i - start of the shard whose examples start at `start`, in the order given.
 
     The masks, labels and hold-out buckets (T + 16 bytes a row) are read into memory when the table is
-    made (on a cold page cache the kernel's readahead then reads most of each file, which the first
-    epoch finds in memory); a batch of indices gathers its features with one copy each, from the page
+    made (on a cold page cache, readahead around each row's tail may read much of each file then;
+    the first epoch finds it in memory); a batch of indices gathers its features with one copy each, from the page
     cache into the batch, where a stream makes three (benchmarks/train_throughput.py). Mapped pages
     count in the process's resident memory but are the page cache's: the kernel reclaims them.
     The mapping is read-only: a row file truncated in place while mapped ends the process (SIGBUS), as
