@@ -65,7 +65,8 @@ def index_dataset(builder, split: str, table: Table, batch_size: int = 32, shuff
     training = shuffle if training is None else training
     paths, counts = builder.usable_files(split, skip_bad_shards)
     starts = list(table.offsets[split] + np.cumsum([0] + counts[:-1]))
-    indices = interleaved(paths, starts, counts, shuffle, seed, lambda _, start, count: tf.data.Dataset.range(start, start + count), parallel=False)
+    indices = interleaved(paths, starts, counts, shuffle, seed,
+                          lambda _, start, count: tf.data.Dataset.range(start, start + count), parallel=False)
     if holdout_fraction:
         indices = select_indices(indices, np.asarray(held_out(table.sequences, holdout_fraction)), holdout)
     masks, labels = tf.constant(table.masks), tf.constant(table.labels)

@@ -271,8 +271,9 @@ class DatasetBuilder:
         return batches.prefetch(tf.data.AUTOTUNE)
 
     def _reading(self, split: str, paths: list, counts: list, keys, mapped: bool = True) -> record_files.Reading:
-        """How to read the examples of `paths` (holding `counts` examples): the row files where the build wrote them and only the training fields are wanted (no protos to
-        parse; local ones memory-mapped: benchmarks/train_throughput.py); the TFRecords otherwise."""
+        """How to read the examples of `paths` (holding `counts` examples): from the row files where the
+        build wrote them and only the training fields are wanted (no protos to parse; local ones
+        memory-mapped: benchmarks/train_throughput.py), from the TFRecords otherwise."""
         if keys == schema.TRAINING_KEYS and self.read_rows and row_files.readable(self.path, self.manifest, split, paths):
             return row_files.reading(self.path, self.manifest["rows"], paths, counts, mapped and self.map_rows)
         return record_files.reading(self.decode, keys)

@@ -140,10 +140,10 @@ class MappedRows:
     example i is row i - start of the shard whose examples start at `start`, in the order given.
 
     The masks, labels and hold-out buckets (T + 16 bytes a row) are read into memory when the table is
-    made (on a cold page cache, readahead around each row's tail may read much of each file then;
-    the first epoch finds it in memory); a batch of indices gathers its features with one copy each, from the page
-    cache into the batch, where a stream makes three (benchmarks/train_throughput.py). Mapped pages
-    count in the process's resident memory but are the page cache's: the kernel reclaims them.
+    made (on a cold page cache, readahead around each row's tail may read much of each file then; the
+    first epoch finds it in memory). A batch of indices gathers its features with one copy each, from
+    the page cache into the batch, where a stream makes three (benchmarks/train_throughput.py). Mapped
+    pages count in the process's resident memory but are the page cache's: the kernel reclaims them.
     The mapping is read-only: a row file truncated in place while mapped ends the process (SIGBUS), as
     for any mmap reader; builds never do that (they write new files and rename them over old ones).
     """
@@ -155,10 +155,11 @@ class MappedRows:
         self.dtype = np.dtype(features["dtype"]).newbyteorder("<")
         self.shape = tuple(features["shape"])
         width = int(np.prod(self.shape)) * self.dtype.itemsize
-        maps = [_map(path + layout["suffix"], count, self.record_bytes) if count else None for path, count in zip(paths, counts)]
+        maps = [_map(path + layout["suffix"], count, self.record_bytes) if count else None
+                for path, count in zip(paths, counts)]
         self.features = [m[:, features["offset"]:features["offset"] + width] if m is not None else None for m in maps]
-        self.file = np.repeat(np.arange(len(paths), dtype=np.int32), counts)
-        self.row = np.concatenate([np.arange(count, dtype=np.int64) for count in counts]) if counts else np.zeros(0, np.int64)
+        self.file = np.repeat(np.arange(len(paths), dtype=np.int32), counts)  # example -> its shard, its row there
+        self.row = np.concatenate([np.arange(count, dtype=np.int64) for count in counts] or [np.zeros(0, np.int64)])
 
         def column(name, dtype):
             f = field[name]
@@ -192,9 +193,11 @@ class MappedRows:
         def decode(indices):
             features = tf.numpy_function(self.gather, [indices], stored, stateful=False)
             features.set_shape([None, *self.shape])
-            return {schema.FEATURES: features, schema.MASK: tf.gather(masks, indices), schema.LABEL: tf.gather(labels, indices)}
+            return {schema.FEATURES: features, schema.MASK: tf.gather(masks, indices),
+                    schema.LABEL: tf.gather(labels, indices)}
 
         def select(indices, fraction, holdout):
-            return select_indices(indices, schema.held_out_bucket(self.buckets, fraction, self.layout["holdout_buckets"]), holdout)
+            held = schema.held_out_bucket(self.buckets, fraction, self.layout["holdout_buckets"])
+            return select_indices(indices, held, holdout)
 
         return Reading(source, decode, select, parallel=False)
