@@ -11,8 +11,10 @@ training, in place of the TFRecords, with the same elements once decoded:
 """
 from __future__ import annotations
 
+import os
 import sys
 import warnings
+import weakref
 
 import numpy as np
 
@@ -86,16 +88,26 @@ def _mappable_files() -> int:
     return max(resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4, 1)
 
 
+# One mapping per file for the whole process, shared by every dataset that reads it: TensorFlow keeps
+# a dataset's numpy_function (and so its MappedRows) registered after the dataset is gone, so a
+# mapping per dataset would hold one more descriptor per file for each as_dataset call.
+_MAPPED = weakref.WeakValueDictionary()  # (path, device, inode, size, mtime) -> its mmap, while any array uses it
+
+
 def _map(path: str, rows: int, record_bytes: int) -> np.ndarray:
-    """A row file mapped read-only as uint8 [rows, record_bytes]."""
+    """A row file mapped read-only as uint8 [rows, record_bytes] (the one mapping of this file)."""
     import mmap
 
     with open(path, "rb") as handle:
-        untracked = {"trackfd": False} if sys.version_info >= (3, 13) else {}
-        mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ, **untracked)
-    if len(mapping) != rows * record_bytes:  # changed since readable() checked it
-        raise ShardError(f"row file {path} holds {len(mapping)} bytes, not the {rows * record_bytes} of {rows} rows: "
-                         "truncated or damaged. Rebuild it (the same build command redoes only damaged shards)")
+        stat = os.fstat(handle.fileno())
+        if stat.st_size != rows * record_bytes:  # changed since readable() checked it
+            raise ShardError(f"row file {path} holds {stat.st_size} bytes, not the {rows * record_bytes} of {rows} rows: "
+                             "truncated or damaged. Rebuild it (the same build command redoes only damaged shards)")
+        key = (path, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)  # a rebuilt file is mapped anew
+        mapping = _MAPPED.get(key)
+        if mapping is None:
+            untracked = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+            mapping = _MAPPED[key] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ, **untracked)
     return np.frombuffer(mapping, np.uint8).reshape(rows, record_bytes)
 
 

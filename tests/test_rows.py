@@ -3,7 +3,9 @@
 The oracle is the TFRecords: their Examples parsed by protobuf, and the batches the TFRecord reader
 gives (DatasetBuilder(rows=False)), which every build before schema 3 is read with.
 """
+import gc
 import json
+import os
 import shutil
 
 import numpy as np
@@ -231,3 +233,19 @@ def test_a_row_file_cut_after_the_check_is_a_shard_error(built, tmp_path):
 
 def _batches_of(dataset):
     return [(f.numpy().tobytes(), k.numpy().tobytes(), y.numpy().tobytes()) for (f, k), y in dataset]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc/self/fd")
+def test_many_datasets_share_one_mapping_per_row_file(built):
+    """TensorFlow keeps each dataset's numpy_function registered after the dataset is gone; a mapping
+    per dataset would hold a descriptor per row file for every as_dataset call (found: 200 after 50)."""
+    builder = DatasetBuilder(str(built["out"]))
+    shards = len(builder.files("train"))
+    for _ in range(3):  # the first mappings
+        next(iter(builder.as_dataset("train", batch_size=4)))
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(10):
+        next(iter(builder.as_dataset("train", batch_size=4, shuffle=True, seed=0)))
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) - before < shards
