@@ -3,18 +3,22 @@ pipeline alone against what the model consumes.
 
     python benchmarks/train_throughput.py [--examples 4096] [--batch-size 64]
 
-Writes synthetic shards ([20, 2048] float16 features, like InceptionV3 on 20 frames) with the same
-schema and writer as build_shards (TFRecords and their row files), so the reader does exactly its real
-work; the uncached pipeline is measured from the row files memory-mapped (local files, the default)
-and, for comparison in the same run, from the row files streamed (object storage, tf.data service)
-and from the TFRecords alone (how builds before schema 3 are read).
+Writes a synthetic schema-4 build ([20, 2048] float16 features, like InceptionV3 on 20 frames) with
+the writer build_shards uses (TFRecords and their indexes), so the reader does exactly its real work.
+In one run, the uncached pipeline is measured with the shards memory-mapped and gathered through
+their indexes (local files, the default; the first epoch includes the one-time check of every
+record's CRCs, reported on its own too) and with the TFRecords streamed (rows=False: object storage,
+tf.data service, metadata), and the cached pipeline after its first epoch. Every variant checks every
+record's CRCs: mapped ones once per process, streamed ones as TFRecordDataset reads them.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -24,33 +28,61 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
+EPOCHS = 30  # train.py's default: the run over which the one-time check is spread
 
-def write_shards(folder, examples, frames=20, dim=2048, classes=10, shards=4):
+
+def write_build(folder, features, labels, classes, shards):
+    """A schema-4 build of one train split in `folder`: example i holds features[i] ([T, D] float16)
+    and labels[i], written by write.ShardWriter in `shards` shards. Returns the manifest."""
     from dancedata import manifest, plan, schema, write
 
-    rng = np.random.default_rng(0)
-    os.makedirs(os.path.join(folder, write.STATE_DIR), exist_ok=True)
-    features = rng.standard_normal((examples, frames, dim)).astype(np.float16)
-    labels = np.arange(examples) % classes
-    records, layout = [], schema.row_layout(frames, dim, "float16")
+    frames, dim = np.shape(features[0])
+    os.makedirs(os.path.join(folder, write.STATE_DIR), exist_ok=True)  # where commit() leaves each shard's record
+    examples, entries = len(labels), []
     for index in range(shards):
-        writer = write.ShardWriter(folder, plan.shard_name("train", index, shards), layout)
+        name = plan.shard_name("train", index, shards)
+        writer = write.ShardWriter(folder, name, frames, frames * dim * 2)
         for i in range(index * examples // shards, (index + 1) * examples // shards):
             row = {"video_id": f"v{i}", "sequence_id": f"v{i}", "genre": f"c{labels[i]}"}
-            example = schema.to_example(features[i], np.ones(frames, bool), np.arange(frames), labels[i], row, "float16")
+            mask = np.ones(frames, bool)
+            example = schema.to_example(features[i], mask, np.arange(frames), labels[i], row, "float16")
             writer.write(schema.serialize(example))
-        records.append({k: v for k, v in writer.commit({}).items() if k in ("file", "num_examples", "sha256", "rows")})
-    manifest.write(folder, {
+        record = writer.commit({"key": f"synthetic-{name}"})
+        entries.append({key: record[key] for key in ("file", "num_examples", "bytes", "sha256", "index")})
+    document = {
         "schema_version": schema.SCHEMA_VERSION, "feature_spec": schema.feature_spec(frames, dim, "float16"),
-        "classes": sorted({f"c{i}" for i in range(classes)}), "num_frames": frames, "feature_dim": dim,
-        "feature_dtype": "float16", "rows": layout, "splits": {"train": {"num_examples": examples, "shards": records}},
-    })
-    return features.astype(np.float32), labels
+        "classes": [f"c{i}" for i in range(classes)], "num_frames": frames, "feature_dim": dim,
+        "feature_dtype": "float16", "splits": {"train": {"num_examples": examples, "shards": entries}},
+    }
+    manifest.write(folder, document)
+    return document
+
+
+@contextlib.contextmanager
+def timing_checks():
+    """Seconds spent in each shard_index.check call made inside the block (the check a shard gets
+    when first mapped in a process): a list that fills as shards are mapped."""
+    from dancedata import shard_index
+
+    original, spent = shard_index.check, []
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            spent.append(time.perf_counter() - start)
+
+    shard_index.check = timed
+    try:
+        yield spent
+    finally:
+        shard_index.check = original
 
 
 def stage_costs(builder, batch_size, best_of):
-    """Microseconds per example that each step of the uncached chain adds, measured cumulatively;
-    the decode steps are the reader's own (DatasetBuilder.decode)."""
+    """Microseconds per example that each step of the streamed TFRecord chain adds, measured
+    cumulatively; the decode steps are the reader's own (DatasetBuilder.decode)."""
     import tensorflow as tf
 
     from dancedata import schema
@@ -66,48 +98,105 @@ def stage_costs(builder, batch_size, best_of):
     chains = {
         "read + batch": batches,
         "parse_example": batches.map(lambda s: tf.io.parse_example(s, spec), num_parallel_calls=tf.data.AUTOTUNE),
-        "decode_raw": batches.map(lambda s: builder.decode(s, schema.TRAINING_KEYS, cast=False), num_parallel_calls=tf.data.AUTOTUNE),
-        "fp16 -> fp32 cast": batches.map(lambda s: builder.decode(s, schema.TRAINING_KEYS), num_parallel_calls=tf.data.AUTOTUNE),
+        "decode_raw": batches.map(lambda s: builder.decode(s, schema.TRAINING_KEYS, cast=False),
+                                  num_parallel_calls=tf.data.AUTOTUNE),
+        "fp16 -> fp32 cast": batches.map(lambda s: builder.decode(s, schema.TRAINING_KEYS),
+                                         num_parallel_calls=tf.data.AUTOTUNE),
     }
     costs, previous = {}, 0.0
     for name, chain in chains.items():
-        total = best_of(chain) / builder.info.splits["train"] * 1e6
+        total = best_of(chain)[1] / builder.info.splits["train"] * 1e6
         costs[name], previous = total - previous, total
     return costs
 
 
+def passes(make):
+    """(seconds of making the dataset and its first pass, seconds of the fastest of five later passes:
+    the pipeline's capacity, less this machine's noise). `make` is a dataset or a function giving one."""
+    start = time.perf_counter()
+    dataset = make() if callable(make) else make
+    for _ in dataset:
+        pass
+    first = time.perf_counter() - start
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in dataset:
+            pass
+        best = min(best, time.perf_counter() - start)
+    return first, best
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=4096)
+    parser.add_argument("--examples", type=int, default=4096, help="synthetic train examples (default 4096: 0.34 GB)")
+    parser.add_argument("--shards", type=int, default=4, help="shards they are written in (default 4)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--model", default="gru")
-    parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "train.json"))
+    parser.add_argument("--model", default="gru", help="the model whose consumption the pipelines are compared with")
+    parser.add_argument("--json", default=os.path.join(os.path.dirname(__file__), "results", "train.json"),
+                        help="where the figures go (default benchmarks/results/train.json)")
     args = parser.parse_args()
 
-    import keras
     import tensorflow as tf
 
-    import models
     from dancedata import DatasetBuilder
 
     folder = tempfile.mkdtemp(prefix="dancedata-train-bench-")
-    features, labels = write_shards(folder, args.examples)
-    masks = np.ones(features.shape[:2], bool)
-    builder = DatasetBuilder(folder)
-    # train.py keeps the decoded train split in memory when it fits (it does here: 4096 examples ~ 0.3 GB).
-    cached = builder.as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cache=True)
-    uncached = builder.as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0)
-    # What train.py feeds now: float16 to the model, which casts on its device.
-    cached16 = builder.as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cache=True, cast=False)
-    uncached16 = builder.as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cast=False)
-    # The row files streamed by FixedLengthRecordDataset, as on object storage or through tf.data service.
-    uncached16_streamed = DatasetBuilder(folder, map_rows=False).as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cast=False)
-    # The same pipeline reading the TFRecords, as every build before schema 3 (no row files) is read.
-    uncached16_records = DatasetBuilder(folder, rows=False).as_dataset("train", batch_size=args.batch_size, shuffle=True, seed=0, cast=False)
+    try:
+        stored = np.random.default_rng(0).standard_normal((args.examples, 20, 2048)).astype(np.float16)
+        labels = np.arange(args.examples) % 10
+        built = write_build(folder, stored, labels, classes=10, shards=args.shards)
+        features = stored.astype(np.float32)
+        del stored
+        builder = DatasetBuilder(folder)
+        options = dict(batch_size=args.batch_size, shuffle=True, seed=0)
+
+        # (a) First, while nothing in this process has mapped the shards: as_dataset maps them and checks
+        # every record's CRCs (once per process per file version), so this first epoch carries the check.
+        with timing_checks() as checks:
+            mapped = passes(lambda: builder.as_dataset("train", **options, cast=False))
+        if len(checks) != args.shards:
+            raise RuntimeError(f"expected one check per shard when first mapped, saw {len(checks)}")
+        # (b) The TFRecords streamed by TFRecordDataset, which checks every record's CRCs as it reads it.
+        streamed = passes(lambda: DatasetBuilder(folder, rows=False).as_dataset("train", **options, cast=False))
+        # (c) train.py keeps the decoded train split in memory when it fits (4096 examples: 0.34 GB).
+        cached_dataset = builder.as_dataset("train", **options, cache=True, cast=False)
+        pipelines = {
+            "(a) uncached, shards mapped through their indexes (default)": mapped,
+            "(b) uncached, TFRecords streamed (rows=False)": streamed,
+            "(c) cached (cache=True)": passes(cached_dataset),
+        }
+        fits, index_pipeline = consumption(args, builder, options, features, labels, cached_dataset)
+        pipelines["indices for --cache device"] = index_pipeline
+        stages = stage_costs(builder, args.batch_size, passes)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+    size = sum(shard["bytes"] for shard in built["splits"]["train"]["shards"])
+    gpus = ", ".join(d.name for d in tf.config.list_physical_devices("GPU")) or "none"
+    header = (f"machine: {platform.machine()}, {os.cpu_count()} cores, GPU: {gpus}; TensorFlow {tf.__version__}; "
+              f"{args.examples} examples of [20, 2048] float16 in {args.shards} shards ({size / 1e9:.2f} GB), "
+              f"batch {args.batch_size}, model {args.model}")
+    report(header, args.examples, size, fits, pipelines, checks, stages)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as handle:
+        json.dump({"header": header, "examples": args.examples, "shard_bytes": size, "fit_epoch_s": fits,
+                   "consumed_examples_per_s": args.examples / min(fits.values()), "check_s": checks,
+                   "pipeline_s": {name: {"first_epoch": first, "best_of_5": best}
+                                  for name, (first, best) in pipelines.items()},
+                   "stage_us_per_example": stages}, handle, indent=2)
+
+
+def consumption(args, builder, options, features, labels, cached16):
+    """({how the model is fed: seconds of its second epoch}, the --cache device index pipeline's
+    passes()): what the model consumes, fed five ways."""
+    import keras
+
+    import models
     from dancedata.device_table import index_dataset, load_table
 
     table = load_table(builder, ["train"])
-    indices = index_dataset(builder, "train", table, batch_size=args.batch_size, shuffle=True, seed=0)
+    indices = index_dataset(builder, "train", table, **options)
 
     def epoch_seconds(fit_args, on_device_table=False):
         keras.utils.set_random_seed(0)
@@ -115,77 +204,53 @@ def main():
         if on_device_table:  # train.py --cache device: the table in variables, a gather per step
             from models import training
 
-            model = training.on_device_table(model, table, None, lambda m: m.compile("adam", "sparse_categorical_crossentropy") or m)
+            model = training.on_device_table(
+                model, table, None, lambda m: m.compile("adam", "sparse_categorical_crossentropy") or m)
         model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
         model.fit(**fit_args, epochs=1, verbose=0)  # warm-up: tracing, first-epoch costs, filling the cache
         start = time.perf_counter()
         model.fit(**fit_args, epochs=1, verbose=0)
         return time.perf_counter() - start
 
-    def pipeline_seconds(dataset):
-        for _ in dataset:  # warm-up (and the cache's first epoch)
-            pass
-        best = float("inf")
-        for _ in range(5):  # best of five passes: the pipeline's capacity, less this machine's noise
-            start = time.perf_counter()
-            for _ in dataset:
-                pass
-            best = min(best, time.perf_counter() - start)
-        return best
+    masks = np.ones(features.shape[:2], bool)
+    fits = {
+        "fit from shards (decoded split cached after epoch 1, float32 to the model)":
+            epoch_seconds({"x": builder.as_dataset("train", **options, cache=True)}),
+        "fit from shards read every epoch (--no-cache; mapped)":
+            epoch_seconds({"x": builder.as_dataset("train", **options)}),
+        "fit from numpy in memory":
+            epoch_seconds({"x": (features, masks), "y": labels, "batch_size": options["batch_size"], "shuffle": True}),
+        "fit from shards cached, float16 to the model (train.py now)": epoch_seconds({"x": cached16}),
+        "fit gathering from a table in variables (--cache device)": epoch_seconds({"x": indices}, on_device_table=True),
+    }
+    return fits, passes(indices)
 
-    shards_s = epoch_seconds({"x": cached})
-    uncached_s = epoch_seconds({"x": uncached})
-    numpy_s = epoch_seconds({"x": (features, masks), "y": labels, "batch_size": args.batch_size, "shuffle": True})
-    shards16_s = epoch_seconds({"x": cached16})
-    device_s = epoch_seconds({"x": indices}, on_device_table=True)
-    pipeline_s, pipeline_uncached_s = pipeline_seconds(cached), pipeline_seconds(uncached)
-    pipeline16_s, pipeline16_uncached_s = pipeline_seconds(cached16), pipeline_seconds(uncached16)
-    pipeline16_streamed_s = pipeline_seconds(uncached16_streamed)
-    pipeline16_records_s = pipeline_seconds(uncached16_records)
-    pipeline_index_s = pipeline_seconds(indices)
-    stages = stage_costs(builder, args.batch_size, pipeline_seconds)
 
-    n = args.examples
-    header = (f"machine: {platform.machine()}, {os.cpu_count()} cores, GPU: "
-              f"{', '.join(d.name for d in tf.config.list_physical_devices('GPU')) or 'none'}; TensorFlow {tf.__version__}; "
-              f"{n} examples of [20, 2048] float16, batch {args.batch_size}, model {args.model}")
+def report(header, n, size, fits, pipelines, checks, stages):
+    consumed = min(fits.values())  # the model's fastest observed epoch: the conservative ratio
     print(header + "\n")
-    print("| measurement | seconds | examples/s |")
+    print("| what the model consumes: one epoch | seconds | examples/s |")
     print("|---|---:|---:|")
-    print(f"| epoch, fit from shards (train.py: decoded split cached after epoch 1) | {shards_s:.2f} | {n / shards_s:.0f} |")
-    print(f"| epoch, fit from shards read every epoch (--no-cache) | {uncached_s:.2f} | {n / uncached_s:.0f} |")
-    print(f"| epoch, fit from numpy in memory | {numpy_s:.2f} | {n / numpy_s:.0f} |")
-    print(f"| input pipeline alone, cached (shuffle, batch, cast; best of 5) | {pipeline_s:.2f} | {n / pipeline_s:.0f} |")
-    print(f"| input pipeline alone, --no-cache (read, shuffle, batch, parse, cast; best of 5) "
-          f"| {pipeline_uncached_s:.2f} | {n / pipeline_uncached_s:.0f} |")
-    print(f"| epoch, fit from shards cached, float16 to the model (train.py now) | {shards16_s:.2f} | {n / shards16_s:.0f} |")
-    print(f"| epoch, fit gathering from a table in variables (--cache device) | {device_s:.2f} | {n / device_s:.0f} |")
-    print(f"| input pipeline alone, cached, float16 out (best of 5) | {pipeline16_s:.2f} | {n / pipeline16_s:.0f} |")
-    print(f"| input pipeline alone, --no-cache, float16 out, row files mapped (best of 5) "
-          f"| {pipeline16_uncached_s:.2f} | {n / pipeline16_uncached_s:.0f} |")
-    print(f"| input pipeline alone, --no-cache, float16 out, row files streamed (remote, tf.data service; best of 5) "
-          f"| {pipeline16_streamed_s:.2f} | {n / pipeline16_streamed_s:.0f} |")
-    print(f"| input pipeline alone, --no-cache, float16 out, TFRecords (schema <= 2; best of 5) "
-          f"| {pipeline16_records_s:.2f} | {n / pipeline16_records_s:.0f} |")
-    print(f"| input pipeline alone, indices for --cache device (best of 5) | {pipeline_index_s:.2f} | {n / pipeline_index_s:.0f} |")
-    consumed = min(shards_s, uncached_s, numpy_s, shards16_s, device_s)  # the model's fastest observed consumption: the conservative ratio
-    print(f"\nshards / numpy epoch time: {shards_s / numpy_s:.2f}x cached, {uncached_s / numpy_s:.2f}x uncached (target <= 1.1); "
-          f"the pipeline delivers {consumed / pipeline_s:.1f}x what the model consumes in its fastest epoch "
-          f"({consumed / pipeline_uncached_s:.1f}x uncached; target >= 10)")
-    print(f"float16 out (train.py now): {consumed / pipeline16_s:.1f}x cached (target >= 20), "
-          f"{consumed / pipeline16_uncached_s:.1f}x uncached from row files mapped (target >= 10; "
-          f"{consumed / pipeline16_streamed_s:.1f}x streamed, {consumed / pipeline16_records_s:.1f}x from the TFRecords); indices for --cache device {consumed / pipeline_index_s:.1f}x")
-    print("\nwhere the TFRecord pipeline's time goes, microseconds per example added by each step: "
+    for name, seconds in fits.items():
+        print(f"| {name} | {seconds:.2f} | {n / seconds:.0f} |")
+    print(f"\nthe GRU consumes {n / consumed:.0f} examples/s (its fastest epoch above)\n")
+    print("| input pipeline alone, float16 out (train.py) | first epoch s | s (best of 5) | examples/s | x GRU |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (first, best) in pipelines.items():
+        print(f"| {name} | {first:.2f} | {best:.3f} | {n / best:.0f} | {consumed / best:.1f} |")
+    (first, mapped), (_, streamed), (_, cached) = list(pipelines.values())[:3]
+    check = sum(checks)
+    # The check runs once per process, before the first batch: a run pays it once, not every epoch.
+    spread, paying = consumed / (mapped + check / EPOCHS), consumed / (mapped + check)
+    print(f"\nfirst epoch = as_dataset (tracing; for (a) also mapping and checking) + one pass; (c)'s fills the "
+          f"cache. (a)'s one-time check of every record's CRCs: {check:.3f} s for {len(checks)} shards "
+          f"({size / check / 1e9:.1f} GB/s, page cache warm), {check / first:.0%} of its first epoch")
+    print(f"targets, checking on: uncached {spread:.1f}x the GRU with the check spread over {EPOCHS} epochs "
+          f"(>= 10: {'met' if spread >= 10 else 'NOT met'}; {consumed / mapped:.1f}x without it, {paying:.1f}x in "
+          f"the one epoch that pays it whole); cached {consumed / cached:.1f}x "
+          f"(>= 20: {'met' if consumed / cached >= 20 else 'NOT met'}); streamed {consumed / streamed:.1f}x")
+    print("\nwhere the streamed pipeline's time goes, microseconds per example added by each step: "
           + ", ".join(f"{name} {us:.0f}" for name, us in stages.items()))
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as handle:
-        json.dump({"header": header, "shards_epoch_s": shards_s, "shards_uncached_epoch_s": uncached_s,
-                   "numpy_epoch_s": numpy_s, "pipeline_s": pipeline_s, "pipeline_uncached_s": pipeline_uncached_s,
-                   "shards_float16_epoch_s": shards16_s, "device_cache_epoch_s": device_s, "pipeline_float16_s": pipeline16_s,
-                   "pipeline_float16_uncached_s": pipeline16_uncached_s,
-                   "pipeline_float16_streamed_s": pipeline16_streamed_s, "pipeline_float16_records_s": pipeline16_records_s,
-                   "pipeline_index_s": pipeline_index_s,
-                   "examples": n, "stage_us_per_example": stages}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ the bytes a single machine writes. `pip install "dancedata[beam]"`.
 The driver scans, plans and prepares the output folder (refuse to mix, resume, --update) as a local
 build does; workers only build units. A worker sets up its extractor and decode processes once
 (DoFn.setup), not per unit; a unit a retry finds committed is not built again. The driver writes the
-manifest once the pipeline has finished (runners.finalize).
+manifest once the pipeline has finished (build_folder.finalize).
 """
 from __future__ import annotations
 
@@ -47,14 +47,14 @@ class BuildUnits:
         self.out, self.sampling, self.extractor_config, self.build = out, sampling, extractor_config, build
 
     def setup(self):
-        from dancedata import work_unit, write
+        from dancedata import build_folder, work_unit
         from dancedata.decode_pool import DecodePool
         from dancedata.extract import Extractor
 
         self.extractor = Extractor(self.extractor_config, frames_per_video=self.sampling.frames)
         # One decoder process per Beam worker process: Beam already runs one of these per core.
         self.pool = DecodePool(1, self.sampling, self.extractor_config.image_size, self.build.video_timeout)
-        self.folder = write.OutputFolder(self.out)
+        self.folder = build_folder.OutputFolder(self.out)
         self.reuse = work_unit.Reuse(self.folder.reuse_records())
         self.fresh = True
 

@@ -1,7 +1,7 @@
 """Build sharded TFRecords from a folder of videos: `python -m dancedata.build_shards aist/`.
 
-scan -> plan (split and shard of every video) -> prepare the output folder (refuse to mix, resume,
-update) -> run the work units still missing -> manifest. Run the same command again after a kill and
+scan -> plan (split and shard of every video) -> lock and prepare the output folder (refuse to mix,
+resume, update: build_folder) -> run the work units still missing -> manifest. Run the same command again after a kill and
 it continues where it stopped; the result is byte-identical to an uninterrupted build.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import contextlib
 import sys
 import time
 
-from dancedata import cli, config, fs, manifest, plan as plan_lib, runners, scan, write
+from dancedata import build_folder, cli, config, fs, manifest, plan as plan_lib, runners, scan
 from dancedata.config import BuildConfig, ExtractorConfig, SamplingConfig
 from dancedata.decode_pool import DecodePool
 from dancedata.errors import InputError
@@ -40,8 +40,8 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
     fs.check(build.out)  # s3:// without a loadable tensorflow-io: one line before any work
     found = scan.scan(input_path, build.layout)
     if found.videos.empty:
-        raise InputError(runners.nothing_usable(input_path, found.skipped))
-    folder = write.OutputFolder(build.out)
+        raise InputError(build_folder.nothing_usable(input_path, found.skipped))
+    build_folder.check_path(build.out)
     setup_started = time.time()
     if build.runner == "beam":
         from dancedata import beam_runner
@@ -61,11 +61,13 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
             pool = starting.result()
     setup_s = time.time() - setup_started
     info = {}
-    with pool:
+    with pool, build_folder.owned(build.out, build.num_workers, build.worker_index):
         plan = plan_lib.make_plan(found, sampling, extractor.manifest_entry(), extractor.feature_dim, build)
         planned = manifest.planned(input_path, plan, extractor.manifest_entry(), extractor.feature_dim, sampling, build)
-        prepared = runners.prepare(plan, folder, overwrite=build.overwrite, update=build.update, planned=planned,
-                                   num_workers=build.num_workers, worker_index=build.worker_index)
+        with build_folder.briefly(build.out, f"part {build.worker_index + 1} of {build.num_workers} preparing", build.partitioned):
+            folder = build_folder.OutputFolder(build.out)  # read under the lock: the state no one else changes now
+            prepared = build_folder.prepare(plan, folder, overwrite=build.overwrite, update=build.update, planned=planned,
+                                            num_workers=build.num_workers, worker_index=build.worker_index)
         if build.runner == "beam":
             runners.say(f"building {len(prepared.pending)} of {len(plan.units)} shards on Apache Beam")
             info["beam"] = beam_runner.run(prepared.pending, sampling, extractor_config, build, beam_args)
@@ -75,30 +77,35 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
                 runners.run_local(plan, folder, prepared, extractor, sampling, build, progress, pool=pool)
             finally:
                 progress.close()
-    info.update({"elapsed_s": round(time.time() - started, 2), "extractor_setup_s": round(setup_s, 2), "workers": build.workers,
-                 "runner": build.runner, "shards_built": len(prepared.pending), "shards_kept": len(prepared.done)})
-    if build.partitioned:
-        return _after_part(build, plan, prepared, info)
-    return runners.finalize(write.OutputFolder(build.out), info)
+        info.update({"elapsed_s": round(time.time() - started, 2), "extractor_setup_s": round(setup_s, 2),
+                     "workers": build.workers, "runner": build.runner, "shards_built": len(prepared.pending),
+                     "shards_kept": len(prepared.done)})
+        if build.partitioned:
+            return _after_part(build, plan, prepared, info)
+        return build_folder.finalize(build_folder.OutputFolder(build.out), info)
 
 
 def _after_part(build: BuildConfig, plan, prepared, info: dict) -> dict | None:
     """A part is done: the last part to finish writes the manifest; the others say what is left."""
-    folder = write.OutputFolder(build.out)
-    left = runners.missing(folder)
-    part = f"part {build.worker_index + 1} of {build.num_workers} built ({len(prepared.pending)} shards built, {len(prepared.done)} already there)"
-    if left:
-        runners.say(f"{part}; {len(left)} of {len(plan.units)} shards are still to be built by other parts. "
-                    f"The last part to finish writes manifest.json (or run: python -m dancedata.build_shards --finalize {build.out})")
-        return None
-    runners.say(f"{part}; every part is built: writing manifest.json")
-    return runners.finalize(folder, {**info, "num_workers": build.num_workers, "worker_index": build.worker_index})
+    part = f"part {build.worker_index + 1} of {build.num_workers}"
+    with build_folder.briefly(build.out, f"{part} finalizing", True):
+        folder = build_folder.OutputFolder(build.out)
+        left = build_folder.missing(folder)
+        done = f"{part} built ({len(prepared.pending)} shards built, {len(prepared.done)} already there)"
+        if left:
+            runners.say(f"{done}; {len(left)} of {len(plan.units)} shards are still to be built by other parts. "
+                        f"The last part to finish writes manifest.json (or run: python -m dancedata.build_shards --finalize {build.out})")
+            return None
+        runners.say(f"{done}; every part is built: writing manifest.json")
+        return build_folder.finalize(folder, {**info, "num_workers": build.num_workers, "worker_index": build.worker_index})
 
 
 def finalize(out: str) -> dict:
     """Writes the manifest of a build in `out` whose shards are all built (a partitioned build's parts
     on several machines, say); returns it. Raises InputError naming the parts still missing."""
-    return runners.finalize(write.OutputFolder(out), {"finalized_by": "--finalize"})
+    build_folder.check_path(out)
+    with build_folder.briefly(out, "finalize", True):
+        return build_folder.finalize(build_folder.OutputFolder(out), {"finalized_by": "--finalize"})
 
 
 def _parser():

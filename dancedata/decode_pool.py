@@ -12,15 +12,22 @@ uint8 array per video ([kept frames, S, S, 3]), never the whole video.
 Failures of the machine are not failures of the video: MemoryError and OS errors such as "too many
 open files", I/O errors or permission denied are retried once, then stop the build with one line
 (`EnvironmentFailure`); the committed shards stay and the same command resumes.
+
+No process outlives the build, even one killed with SIGKILL while a worker is stuck in a decode: the
+forkserver exits when the build's end of its pipe closes, and the kernel then kills its workers
+(`_die_with_the_build`).
 """
 from __future__ import annotations
 
 import collections
+import ctypes
 import errno
 import importlib
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 import time
 from multiprocessing import connection
 
@@ -59,8 +66,44 @@ def threads_per_worker(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_the_build() -> None:
+    """Runs first in a worker, so that neither it nor the forkserver outlives the build, however the build ends.
+
+    CPython hands every forkserver child a copy of the write end of the forkserver's "alive" pipe, and the
+    forkserver exits only once every copy is closed: after a kill -9 of the build, a worker stuck in a decode
+    kept the forkserver running, and the forkserver, its parent, kept the worker. A worker starts no processes,
+    so it closes its copy: the build is then the only writer and the forkserver exits with it. The kernel's
+    parent-death signal then kills the worker, even in C code that holds the GIL. It fires when the thread
+    that forked the worker exits: the forkserver's main thread, which lives as long as the forkserver (never
+    the build's short-lived thread that starts the pool). A thread that waits for the build's end of the
+    worker's start-up pipe to close does the same under spawn and without prctl, and covers a forkserver
+    gone before the prctl.
+    """
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver  # private, but the only way to reach the inherited copy of the pipe
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is not None:  # started by the forkserver (spawn children have no such pipe)
+        os.close(alive)
+        server._forkserver_alive_fd = None
+        if sys.platform.startswith("linux"):  # a failure leaves the thread below
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    build = multiprocessing.parent_process()
+    if build is not None:
+        threading.Thread(target=_exit_after, args=(build,), daemon=True, name="dancedata-lifeline").start()
+
+
+def _exit_after(process) -> None:
+    process.join()  # returns when `process`'s end of the pipe closes: it has exited
+    os._exit(1)
+
+
 def _worker(conn, decoder_spec: str | None, threads: int = 1) -> None:
     """Runs in the worker process: decode jobs until told to stop. Ctrl-C is the parent's to handle."""
+    _die_with_the_build()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from dancedata import decode
 

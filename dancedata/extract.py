@@ -54,6 +54,24 @@ def _gpu_present() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+def device_kind() -> str:
+    """What computes the features: the GPU model, or the CPU's architecture. Features computed on
+    another kind differ in their last bits (float16 compute, cuDNN, other vector kernels)."""
+    import platform
+
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"GPU {details.get('device_name', 'unknown model')}" + (f" x{len(gpus)}" if len(gpus) > 1 else "")
+    return f"CPU {platform.machine()}"
+
+
+def uses_float16(config: ExtractorConfig) -> bool:
+    return config.mixed_precision == "on" or (config.mixed_precision == "auto" and _gpu_present())
+
+
 def build_backbone(config: ExtractorConfig):
     """The headless, average-pooled keras.applications model that `config` names."""
     import keras
@@ -64,7 +82,7 @@ def build_backbone(config: ExtractorConfig):
     if config.image_size < smallest:
         raise ConfigError(f"image_size {config.image_size} is too small for {config.backbone}: it needs at least {smallest}")
     constructor = getattr(keras.applications, config.backbone)
-    use_fp16 = config.mixed_precision == "on" or (config.mixed_precision == "auto" and _gpu_present())
+    use_fp16 = uses_float16(config)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("mixed_float16" if use_fp16 else "float32")
     try:
@@ -102,6 +120,13 @@ def resolve_batch(batch_size: int, frames_per_video: int | None, gpu: bool) -> t
     requested = batch_size or (64 if gpu else frames_per_video)
     videos = max(1, requested // frames_per_video)
     return videos * frames_per_video, videos
+
+
+def _versions() -> tuple:
+    import keras
+    import tensorflow as tf
+
+    return tf.__version__, keras.__version__
 
 
 class Extractor:
@@ -159,46 +184,54 @@ class Extractor:
             "crop": "centre square",
             "color": "RGB",
             "fingerprint": self.fingerprint,
+            # Everything else that changes a stored byte: the compute, the batch slots, what ran it.
+            "mixed_precision": "on" if uses_float16(self.config) else "off",
+            "jit_compile": bool(self.config.jit_compile),
+            "slotting": VideoBatcher.SLOTTING,
+            "device": device_kind(),
+            "tensorflow": _versions()[0],
+            "keras": _versions()[1],
         }
 
 
 class VideoBatcher:
-    """Packs whole videos into the extractor's fixed batches: video k of a batch fills slot k
-    (frames k*T .. k*T+n-1), the rest is zeros, and the batch always has the full shape. `add` and
-    `flush` return the (item, features [n, D]) pairs completed so far, in the order items were added.
-    A video with no frames (one that failed to decode) takes no slot and passes through.
-    Call `flush` at the end of each work unit: batches never cross one."""
+    """Packs whole videos into the extractor's fixed batches by their position in the work unit: the
+    k-th video added since the last flush fills slot k % V of batch k // V (frames slot*T ..
+    slot*T+n-1), the rest is zeros, and the batch always has the full shape. A video with no frames
+    (reused from an earlier shard, or one that failed to decode) still takes its slot, left empty.
+    So a decoded video lands in the same slot of the same-shaped batch in a fresh build, a resume and
+    an --update, and its features are the same bytes: kernels may round a row differently by its
+    position in a batch, never by the values of the other rows. `add` and `flush` return the
+    (item, features [n, D]) pairs completed so far, in the order items were added. Call `flush` at
+    the end of each work unit: batches never cross one."""
+
+    SLOTTING = "by position in the shard"  # recorded in the build's identity
 
     def __init__(self, extractor: Extractor):
         if not extractor.frames_per_video:
             raise ValueError("VideoBatcher needs an Extractor built with frames_per_video")
         self.extractor = extractor
         self._pending: list = []  # (item, frames)
-        self._videos = 0
 
     def add(self, item, frames: np.ndarray) -> list:
         if len(frames) > self.extractor.frames_per_video:
             raise ValueError(f"a video has {len(frames)} frames, more than the {self.extractor.frames_per_video} per video")
         self._pending.append((item, frames))
-        self._videos += bool(len(frames))
-        return self._run() if self._videos == self.extractor.videos_per_batch else []
+        return self._run() if len(self._pending) == self.extractor.videos_per_batch else []
 
     def flush(self) -> list:
         return self._run() if self._pending else []
 
     def _run(self) -> list:
         extractor, per_video = self.extractor, self.extractor.frames_per_video
-        places, slot = [], 0
+        places = []
         batch = None
-        for item, frames in self._pending:
+        for slot, (item, frames) in enumerate(self._pending):
             if len(frames):
                 if batch is None:
                     batch = np.zeros((extractor.batch_size,) + frames.shape[1:], np.uint8)
                 batch[slot * per_video : slot * per_video + len(frames)] = frames
-                places.append((item, slot * per_video, len(frames)))
-                slot += 1
-            else:
-                places.append((item, 0, 0))
+            places.append((item, slot * per_video, len(frames)))
         features = extractor.full_batch(batch) if batch is not None else np.empty((0, extractor.feature_dim), np.float32)
-        self._pending, self._videos = [], 0
+        self._pending = []
         return [(item, features[start : start + count]) for item, start, count in places]

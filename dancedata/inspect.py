@@ -4,8 +4,8 @@ from __future__ import annotations
 import collections
 import json
 
-from dancedata import cli, manifest, naming
-from dancedata.errors import DecodeError, InputError
+from dancedata import cli, fs, manifest, naming, shard_index
+from dancedata.errors import DecodeError, InputError, ShardError
 
 SPLIT_ORDER = ("train", "val", "test")
 
@@ -67,11 +67,14 @@ def summary(info: dict, show_paths: int = 5, info_file: dict | None = None) -> s
         if name in info["splits"]:
             shards = info["splits"][name]["shards"]
             lines.append(f"{name}: {len(shards)} shard(s), e.g. {shards[0]['file']}")
-    if "rows" in info:
-        row_bytes = sum(s["rows"]["bytes"] for split in info["splits"].values() for s in split["shards"] if "rows" in s)
-        lines.append(f"row files (what training reads): {row_bytes / 1e6:.1f} MB beside the shards")
-    elif info.get("schema_version") == 2:
-        lines.append("row files: none (schema v2; training reads the TFRecords); the build command with --update adds them")
+    shards = [s for split in info["splits"].values() for s in split["shards"]]
+    if shards and all("index" in s and "bytes" in s for s in shards):
+        shard_bytes, index_bytes = sum(s["bytes"] for s in shards), sum(s["index"]["bytes"] for s in shards)
+        lines.append(f"size: {shard_bytes / 1e6:.1f} MB of shards and {index_bytes / 1e6:.2f} MB of indexes (what the fast "
+                     "reader maps; every record's checksum is checked before training uses it)")
+    elif info.get("schema_version") in (2, 3):
+        lines.append(f"schema v{info['schema_version']}: training streams the TFRecords (slower); the build command with "
+                     "--update brings it to v4 without decoding any video")
     skipped = info["skipped"]
     lines.append(f"skipped: {len(skipped)} file(s)")
     by_reason = collections.defaultdict(list)
@@ -105,6 +108,49 @@ def summary(info: dict, show_paths: int = 5, info_file: dict | None = None) -> s
     if build.get("created"):
         lines.append(f"built {build.get('created')} in {build.get('elapsed_s')} s")
     return "\n".join(lines)
+
+
+def damaged(folder: str, info: dict, verify: bool = False) -> list:
+    """[(path, reason)] of the shards (and indexes) that are missing, cut or damaged. Without `verify`:
+    each shard is there, of its recorded size, and its index matches the manifest (no shard is read);
+    with it: every record's checksums (read.DatasetBuilder.bad_shards) and every sha256 too."""
+    from dancedata.read import DatasetBuilder
+
+    if verify:
+        builder = DatasetBuilder(folder)
+        found = []
+        for split in info["splits"]:
+            bad = dict(builder.bad_shards(split))
+            for shard, path in zip(info["splits"][split]["shards"], builder.files(split)):
+                if path not in bad:
+                    try:
+                        builder_verify_one(builder, shard, path)
+                    except ShardError as error:
+                        bad[path] = str(error)
+            found += sorted(bad.items())
+        return found
+    found = []
+    for split in info["splits"].values():
+        for shard in split["shards"]:
+            path = fs.join(folder, shard["file"])
+            if not fs.exists(path):
+                found.append((path, "missing"))
+            elif "bytes" in shard and fs.size(path) != shard["bytes"]:
+                found.append((path, f"holds {fs.size(path)} bytes, not the {shard['bytes']} it was built with: truncated or replaced"))
+            elif "index" in shard:
+                try:
+                    shard_index.load(folder, shard)
+                except ShardError as error:
+                    found.append((path, str(error).split(". Rebuild it")[0]))
+    return found
+
+
+def builder_verify_one(builder, shard: dict, path: str) -> None:
+    """One shard's (and its index's) sha256 against the manifest; raises ShardError."""
+    if fs.sha256(path) != shard["sha256"]:
+        raise ShardError("does not match its sha256 in the manifest: it changed or is corrupt")
+    if "index" in shard and fs.sha256(shard_index.index_path(builder.path, shard)) != shard["index"]["sha256"]:
+        raise ShardError("its index does not match its sha256 in the manifest")
 
 
 def preview(info: dict, video: str, out: str, columns: int = 5) -> str:
@@ -148,6 +194,9 @@ def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="python -m dancedata.inspect", description="Summarise a shard folder's manifest.")
     parser.add_argument("shards", help="folder holding manifest.json (local or gs://)")
     parser.add_argument("--all", action="store_true", help="list every skipped path, not the first five per reason")
+    parser.add_argument("--verify", action="store_true",
+                        help="read every shard whole: each record's checksums and every sha256 (without it: presence, "
+                             "sizes and indexes only)")
     parser.add_argument("--preview", metavar="VIDEO",
                         help="write a PNG contact sheet of the frames this build's sampling picks from VIDEO")
     parser.add_argument("--preview-out", metavar="PNG", help="where the contact sheet goes (default: preview-<video name>.png)")
@@ -162,6 +211,15 @@ def main(argv=None) -> int:
         return 0
     shown = max(len(info["skipped"]), len(info.get("truncated", []))) if args.all else 5
     print(summary(info, show_paths=shown, info_file=build_info(args.shards)))
+    bad = damaged(args.shards.rstrip("/"), info, verify=args.verify)
+    for path, reason in bad:
+        print(f"DAMAGED: {path}: {reason}")
+    if bad:
+        print(f"{len(bad)} shard(s) damaged: training stops on them (exit 2) or leaves them out with --skip-bad-shards; "
+              "run the build command again to redo them", flush=True)
+        return 1
+    if args.verify:
+        print("verified: every record's checksums and every shard's sha256 match the build")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from dancedata import schema
 from dancedata.errors import ManifestError
@@ -57,7 +58,46 @@ def load(folder: str) -> dict:
             f"{', '.join(map(str, schema.READABLE_VERSIONS))}. "
             + ("Upgrade dancedata (pip install -U dancedata) to read it" if newer else "Rebuild the shards with this dancedata")
         )
+    check(manifest, path)
     return manifest
+
+
+SPLITS = ("train", "val", "test")
+SHARD_FILE = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord$")
+_LIMIT = 1 << 31
+
+
+def check(manifest: dict, path: str) -> None:
+    """Every name and number a reader takes from a manifest, checked before it reaches a path or sizes
+    an allocation: manifests travel between people. Raises ManifestError naming the entry."""
+    def bad(what):
+        return ManifestError(f"{path}: {what}; it was not written by dancedata, or was edited. Rebuild, or copy the folder again")
+
+    def count(value, low=0, high=_LIMIT):
+        return isinstance(value, int) and not isinstance(value, bool) and low <= value < high
+
+    if not count(manifest["num_frames"], 1, 1 << 16) or not count(manifest["feature_dim"], 1, 1 << 20):
+        raise bad(f"num_frames {manifest['num_frames']!r} or feature_dim {manifest['feature_dim']!r} out of range")
+    if manifest["feature_dtype"] not in ("float16", "float32"):
+        raise bad(f"feature_dtype {manifest['feature_dtype']!r} is not float16 or float32")
+    if not isinstance(manifest["classes"], list) or not all(isinstance(c, str) for c in manifest["classes"]):
+        raise bad("classes is not a list of names")
+    if not isinstance(manifest["splits"], dict) or not set(manifest["splits"]) <= set(SPLITS):
+        raise bad(f"splits must be among {', '.join(SPLITS)}")
+    for name, split in manifest["splits"].items():
+        shards = split.get("shards") if isinstance(split, dict) else None
+        if not isinstance(shards, list) or not count(split.get("num_examples")):
+            raise bad(f"split {name} has no shard list or example count")
+        for shard in shards:
+            if not isinstance(shard, dict) or not isinstance(shard.get("file"), str) or not SHARD_FILE.match(shard["file"]) \
+                    or not shard["file"].startswith(name + "-") or not count(shard.get("num_examples")):
+                raise bad(f"split {name} lists a shard that is not a shard of it: {str(shard)[:120]}")
+            index = shard.get("index")
+            if index is not None and (not isinstance(index, dict) or index.get("file") != shard["file"] + ".index"
+                                      or not count(index.get("bytes"), 1) or not isinstance(index.get("sha256"), str)):
+                raise bad(f"shard {shard['file']} has a malformed index entry")
+        if sum(shard["num_examples"] for shard in shards) != split["num_examples"]:
+            raise bad(f"split {name}'s shards do not add up to its num_examples")
 
 
 def versions() -> dict:
@@ -95,7 +135,6 @@ def planned(input_path: str, plan, extractor_entry: dict, feature_dim: int, samp
         "num_frames": sampling.frames,
         "feature_dim": feature_dim,
         "feature_dtype": build.dtype,
-        "rows": schema.row_layout(sampling.frames, feature_dim, build.dtype),
         "extractor": extractor_entry,
         "sampling": config.asdict(sampling),
         "split": {
@@ -126,7 +165,7 @@ def complete(planned_part: dict, records: list) -> dict:
         entry["num_examples"] += record["num_examples"]
         for genre, count in record["genres"].items():
             entry["genres"][genre] = entry["genres"].get(genre, 0) + count
-        entry["shards"].append({key: record[key] for key in ("file", "num_examples", "sha256", "rows") if key in record})
+        entry["shards"].append({key: record[key] for key in ("file", "num_examples", "bytes", "sha256", "index") if key in record})
     for entry in splits.values():
         entry["genres"] = dict(sorted(entry["genres"].items()))
     skipped = planned_part["skipped"] + [{"path": e["path"], "reason": e["reason"]} for r in records for e in r["skipped"]]
@@ -142,7 +181,7 @@ def complete(planned_part: dict, records: list) -> dict:
             f"{short} example(s) have fewer real frames than the {frames} asked for "
             f"({len(truncated)} of them from truncated streams); their masks mark the padding"
         )
-    head = ("schema_version", "feature_spec", "classes", "num_frames", "feature_dim", "feature_dtype", "rows", "extractor",
+    head = ("schema_version", "feature_spec", "classes", "num_frames", "feature_dim", "feature_dtype", "extractor",
             "sampling", "split")
     return {
         **{key: planned_part[key] for key in head if key in planned_part},

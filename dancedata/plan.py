@@ -49,6 +49,13 @@ class WorkUnit:
     def name(self) -> str:
         return shard_name(self.split, self.index, self.count)
 
+    @property
+    def content_key(self) -> str:
+        """The unit's key without where its videos lie (paths, times), which its shard's bytes do not
+        depend on either: what the shard's index is bound to, the same from any copy of the input."""
+        return digest({"split": self.split, "index": self.index, "count": self.count,
+                       "videos": [[row["video_id"], row["label"], int(row["size"])] for row in self.videos]})
+
 
 @dataclasses.dataclass
 class Plan:

@@ -4,23 +4,37 @@
     ds = builder.as_dataset("train", batch_size=64, shuffle=True, seed=0)
     # ((features float32 [B, T, D], mask bool [B, T]), label int32 [B])
 
-The examples come from one of two sources, which give the same elements once decoded:
-`row_files` (the training fields, fixed-length, schema 3) or `record_files` (the TFRecords, every
-field). `schema.decode_batch` / `schema.decode_rows` turn bytes into a dict of tensors; this module
+The examples come from one of two sources over the same TFRecords, which give the same elements
+once decoded: `shard_index.MappedShards` (schema 4: local shards memory-mapped, checked once, the
+training fields gathered through each shard's index) or `record_files` (TFRecordDataset, every field,
+any filesystem). `schema.decode_batch` / `schema.decode_rows` turn bytes into a dict of tensors; this module
 orders, batches and turns that dict into model inputs (windows, casts), so predict and other tools
 can reuse the first without labels.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import sys
 
 import numpy as np
 
 from dancedata import manifest as manifest_lib
-from dancedata import record_files, row_files, schema
+from dancedata import fs, record_files, schema, shard_index
 from dancedata.errors import ConfigError, ShardError
 from dancedata.record_files import shard_error  # noqa: F401  (public here since schema 2: train.py, user code)
+
+def _mappable_files() -> int:
+    """How many files one reader maps at most. Before Python 3.13 each mapping holds a file descriptor
+    open: a quarter of the process's limit leaves room for the rest (a split with more shards than
+    that is streamed; 100 MB shards make ~11 for all of AIST)."""
+    if sys.version_info >= (3, 13):
+        return sys.maxsize
+    try:
+        import resource
+    except ImportError:  # no such limit to respect
+        return sys.maxsize
+    return max(resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4, 1)
+
 
 def interleaved(paths: list, starts: list, counts: list, shuffle: bool, seed, source, parallel: bool = True):
     """The examples of several files in the order every reader of a split uses: files shuffled once
@@ -98,8 +112,8 @@ class DatasetBuilder:
     """A shard folder's manifest, and tf.data pipelines over its splits."""
 
     def __init__(self, path: str, rows: bool = True, map_rows: bool = True):
-        """rows=False reads training examples from the TFRecords even where the build wrote row files;
-        map_rows=False streams local row files (FixedLengthRecordDataset) instead of memory-mapping them."""
+        """rows=False or map_rows=False stream training examples with TFRecordDataset instead of
+        mapping local schema-4 shards (the names are schema 3's, when a row file served as the map)."""
         self.path = path.rstrip("/")
         self.read_rows, self.map_rows = rows, map_rows
         self.manifest = manifest_lib.load(self.path)
@@ -130,38 +144,39 @@ class DatasetBuilder:
         return self.info.splits[split] * per_example
 
     def verify(self, split: str) -> None:
-        """Checks every shard of `split` exists and matches the manifest's sha256; raises ShardError."""
+        """Checks every shard of `split` (and its index) exists and matches the manifest's sha256;
+        raises ShardError. Every read checks each record's CRCs anyway; this also catches a shard
+        swapped for another intact one."""
         import tensorflow as tf
 
         for shard, path in zip(self.manifest["splits"][split]["shards"], self.files(split)):
             checks = [(path, shard["sha256"])]
-            if "rows" in shard:  # row files carry no per-record checksum: this is their check
-                checks.append((f"{self.path}/{shard['rows']['file']}", shard["rows"]["sha256"]))
+            if "index" in shard:
+                checks.append((shard_index.index_path(self.path, shard), shard["index"]["sha256"]))
             for file, expected in checks:
                 if not tf.io.gfile.exists(file):
-                    raise ShardError(f"shard missing: {file}; rebuild, or copy the whole folder again")
-                digest = hashlib.sha256()
-                with tf.io.gfile.GFile(file, "rb") as handle:
-                    for block in iter(lambda: handle.read(1 << 22), b""):
-                        digest.update(block)
-                if digest.hexdigest() != expected:
+                    raise ShardError(f"shard {file} is missing; rebuild, or copy the whole folder again")
+                if fs.sha256(file) != expected:
                     raise ShardError(f"shard {file} does not match its sha256 in the manifest: it changed or is corrupt")
 
     def bad_shards(self, split: str) -> list:
-        """[(path, reason)] for each shard of `split` that is missing or has fewer readable records than
-        the manifest says (reads the split once)."""
+        """[(path, reason)] for each shard of `split` that is missing, cut, corrupted, stale, or whose
+        index is: every record's CRC is checked (schema 4: against the index, once per process for each
+        version of a file; before: by reading every record)."""
         import tensorflow as tf
 
         bad = []
         for shard, path in zip(self.manifest["splits"][split]["shards"], self.files(split)):
+            if "index" in shard:
+                if problem := shard_index.problem(self.path, self.manifest, shard):
+                    bad.append((path, problem))
+                continue
             if not tf.io.gfile.exists(path):
                 bad.append((path, "missing"))
                 continue
             readable = sum(1 for _ in tf.data.TFRecordDataset(path).ignore_errors())
             if readable != shard["num_examples"]:
                 bad.append((path, f"{readable} of {shard['num_examples']} records readable"))
-            elif problem := row_files.problem(self.path, self.manifest, shard):
-                bad.append((path, problem))
         return bad
 
     def decode(self, serialized, keys=None, cast=True):
@@ -206,9 +221,11 @@ class DatasetBuilder:
         cardinality is unknown: use repeat=True and steps_per_epoch. Not with cache or input_context.
         cast=False hands features over in the stored dtype (float16 by default): half the bytes through
         the pipeline, and a model with a float32 input casts them on its device (train.py does this).
-        Without metadata, examples come from the row files where the build wrote them (schema 3; the
-        same batches as from the TFRecords, 3-5x faster), memory-mapped where they are local files
-        (see row_files.MappedRows); DatasetBuilder(path, rows=False) reads the TFRecords instead.
+        Without metadata, local shards of schema 4 are memory-mapped and each batch's features gathered
+        through their indexes (the same batches as TFRecordDataset gives, several times faster; see
+        shard_index.MappedShards); every shard is checked whole (each record's CRCs) when first mapped
+        in a process, and a damaged one raises ShardError before anything is read.
+        DatasetBuilder(path, rows=False) or map_rows=False streams the TFRecords instead.
         """
         import tensorflow as tf
 
@@ -271,12 +288,24 @@ class DatasetBuilder:
         return batches.prefetch(tf.data.AUTOTUNE)
 
     def _reading(self, split: str, paths: list, counts: list, keys, mapped: bool = True) -> record_files.Reading:
-        """How to read the examples of `paths` (holding `counts` examples): from the row files where the
-        build wrote them and only the training fields are wanted (no protos to parse; local ones
-        memory-mapped: benchmarks/train_throughput.py), from the TFRecords otherwise."""
-        if keys == schema.TRAINING_KEYS and self.read_rows and row_files.readable(self.path, self.manifest, split, paths):
-            return row_files.reading(self.path, self.manifest["rows"], paths, counts, mapped and self.map_rows)
+        """How to read the examples of `paths` (holding `counts` examples): the training fields of local
+        schema-4 shards are gathered from the mapped files through their indexes (no protos to parse:
+        benchmarks/train_throughput.py); everything else streams the TFRecords."""
+        if keys == schema.TRAINING_KEYS and self.read_rows and mapped and self.map_rows:
+            shards = self._mappable(split, paths)
+            if shards is not None:
+                return shard_index.MappedShards(self.path, self.manifest, shards).reading()
         return record_files.reading(self.decode, keys)
+
+    def _mappable(self, split: str, paths: list):
+        """The manifest entries of `paths` when they can be mapped (schema 4, local, a little-endian
+        host, few enough files for the descriptors each mapping holds), else None."""
+        entries = {f"{self.path}/{shard['file']}": shard for shard in self.manifest["splits"][split]["shards"]}
+        shards = [entries[path] for path in paths]
+        if (fs.is_remote(self.path) or sys.byteorder != "little" or len(paths) > _mappable_files()
+                or any("index" not in shard for shard in shards)):
+            return None
+        return shards
 
     def usable_files(self, split: str, skip_bad_shards: bool) -> tuple:
         """(paths, counts) of `split`, leaving out damaged shards (with one warning) when asked."""

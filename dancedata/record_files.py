@@ -1,8 +1,9 @@
 """Reading the TFRecord shards: each file's records with their count checked against the manifest,
 and the error that names a damaged file.
 
-`DatasetBuilder` reads them where the row files cannot serve (metadata wanted, builds before schema 3,
-rows=False); `device_table.load_table` reads them too. TFDS and plain tf.data read the same files.
+`DatasetBuilder` streams them where its mapped reader cannot serve (metadata wanted, builds before
+schema 4, object storage, tf.data service, rows=False); `device_table.load_table` reads them too.
+TFRecordDataset checks both CRCs of every record it reads. TFDS and plain tf.data read the same files.
 """
 from __future__ import annotations
 
@@ -53,8 +54,8 @@ def checked_records(path, expected):
 
 
 class Reading(NamedTuple):
-    """How DatasetBuilder reads a split's examples; this module gives it for TFRecords, row_files for
-    row files, with the same examples once decoded."""
+    """How DatasetBuilder reads a split's examples; this module gives it for streamed TFRecords,
+    shard_index.MappedShards for mapped ones, with the same examples once decoded."""
 
     source: Callable  # (shard path, start, count) -> dataset of the shard's elements (start: its first example's index)
     decode: Callable  # a batch of elements -> dict of tensors (schema.decode_batch's, features in the stored dtype)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import numpy as np
 
 # Version 2 added the decode report (FRAME_TIMES ... TRUNCATED); version 3 a row file beside each shard
-# (see row_layout). Readers take 1 to 3: the manifest's feature_spec says which keys a folder's examples
-# hold, and its "rows" entry whether row files exist.
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
-ROWS_SUFFIX = ".rows"  # train-00000-of-00004.tfrecord -> train-00000-of-00004.tfrecord.rows
+# (a second copy of the training fields); version 4 replaced it by an index beside each shard
+# (shard_index.py), so the TFRecords are the one copy of every example. Readers take 1 to 4: the
+# manifest's feature_spec says which keys a folder's examples hold, and each shard entry's "index"
+# whether the fast reader can map it (row files of version 3 are never read: nothing checks them).
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 HOLDOUT_BUCKETS = 1000  # a sequence's hold-out bucket: to_hash_bucket_fast(sequence_id, HOLDOUT_BUCKETS)
 
 FEATURES = "features"  # [T, D] raw little-endian bytes of `feature_dtype`
@@ -107,84 +108,6 @@ def values_lost(features: np.ndarray, dtype: str) -> int:
 
 
 TRAINING_KEYS = (FEATURES, MASK, LABEL)
-HOLDOUT_BUCKET = "holdout_bucket"
-
-
-def row_layout(num_frames: int, feature_dim: int, feature_dtype: str) -> dict:
-    """The row file's layout, stored in the manifest as "rows".
-
-    A shard's TFRecords are what TFDS and plain tf.data read; the training reader reads its row file
-    instead: the same examples in the same order, each one fixed-length record of its training fields,
-    little-endian and back to back. Read without protobuf parsing, per-record checksums or length
-    prefixes, which cost more than the model's step on a few cores (benchmarks/train_throughput.py):
-    memory-mapped, row i at i * record_bytes, or streamed by tf.data.FixedLengthRecordDataset
-    (row_files.py). The features come first, so a batch of streamed rows decodes them with one copy
-    (decode_raw's fixed_length); the hold-out bucket lets a reader hold out sequences without the
-    sequence id string.
-    """
-    fields = [
-        (FEATURES, feature_dtype, [num_frames, feature_dim]),
-        (MASK, "uint8", [num_frames]),
-        (LABEL, "int64", []),
-        (HOLDOUT_BUCKET, "int64", []),
-    ]
-    entries, offset = [], 0
-    for name, dtype, shape in fields:
-        entries.append({"name": name, "dtype": dtype, "shape": shape, "offset": offset})
-        offset += int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    return {"suffix": ROWS_SUFFIX, "record_bytes": offset, "byte_order": "little", "holdout_buckets": HOLDOUT_BUCKETS,
-            "fields": entries}
-
-
-def _row_dtype(layout: dict) -> np.dtype:
-    """The layout as a numpy structured dtype (np.fromfile(path, dtype) reads a row file)."""
-    return np.dtype({
-        "names": [f["name"] for f in layout["fields"]],
-        "formats": [(np.dtype(f["dtype"]).newbyteorder("<"), tuple(f["shape"])) for f in layout["fields"]],
-        "offsets": [f["offset"] for f in layout["fields"]],
-        "itemsize": layout["record_bytes"],
-    })
-
-
-def to_row(serialized: bytes, layout: dict) -> bytes:
-    """One serialized Example -> its row (the fields row_layout names, from the example itself)."""
-    import tensorflow as tf
-
-    feature = tf.train.Example.FromString(serialized).features.feature
-    row = np.zeros((), _row_dtype(layout))
-    field = {f["name"]: f for f in layout["fields"]}
-    raw = feature[FEATURES].bytes_list.value[0]
-    row[FEATURES] = np.frombuffer(raw, np.dtype(field[FEATURES]["dtype"]).newbyteorder("<")).reshape(field[FEATURES]["shape"])
-    row[MASK] = np.asarray(feature[MASK].int64_list.value, np.uint8)
-    row[LABEL] = feature[LABEL].int64_list.value[0]
-    sequence = feature[SEQUENCE_ID].bytes_list.value[0] if feature[SEQUENCE_ID].bytes_list.value else b""
-    row[HOLDOUT_BUCKET] = int(tf.strings.to_hash_bucket_fast([sequence], layout["holdout_buckets"])[0])
-    return row.tobytes()
-
-
-def _field_bytes(rows, field: dict):
-    import tensorflow as tf
-
-    width = int(np.prod(field["shape"], dtype=np.int64)) * np.dtype(field["dtype"]).itemsize
-    return tf.strings.substr(rows, field["offset"], width)
-
-
-def decode_rows(rows, layout: dict) -> dict:
-    """A batch [B] of rows -> {features [B, T, D] in the stored dtype, mask [B, T] bool, label [B] int64},
-    the dict decode_batch(keys=TRAINING_KEYS, cast=False) gives from the same examples."""
-    import tensorflow as tf
-
-    field = {f["name"]: f for f in layout["fields"]}
-    stored = tf.dtypes.as_dtype(field[FEATURES]["dtype"])
-    # decode_raw's fixed_length reads only the leading features bytes (no copy of the rest); it has no
-    # float16 kernel, so the bits are read as an integer of the same width and bitcast (no copy).
-    carrier = {1: tf.uint8, 2: tf.uint16, 4: tf.int32, 8: tf.int64}[stored.size]
-    width = int(np.prod(field[FEATURES]["shape"])) * stored.size
-    bits = tf.io.decode_raw(rows, carrier, little_endian=True, fixed_length=width)
-    features = tf.reshape(tf.bitcast(bits, stored) if carrier != stored else bits, [-1, *field[FEATURES]["shape"]])
-    mask = tf.reshape(tf.io.decode_raw(_field_bytes(rows, field[MASK]), tf.uint8), [-1, *field[MASK]["shape"]])
-    label = tf.io.decode_raw(_field_bytes(rows, field[LABEL]), tf.int64, little_endian=True)
-    return {FEATURES: features, MASK: tf.not_equal(mask, 0), LABEL: tf.reshape(label, [-1])}
 
 
 def held_out(sequences, fraction: float):
@@ -192,20 +115,7 @@ def held_out(sequences, fraction: float):
     every reader, so a held-out validation part never shares a performance with the rest)."""
     import tensorflow as tf
 
-    return held_out_bucket(tf.strings.to_hash_bucket_fast(sequences, HOLDOUT_BUCKETS), fraction)
-
-
-def held_out_bucket(buckets, fraction: float, count: int = HOLDOUT_BUCKETS):
-    """held_out from the sequences' buckets (a row file stores each example's)."""
-    return buckets < int(round(fraction * count))
-
-
-def row_holdout_bucket(row, layout: dict):
-    """One row's hold-out bucket, int64 scalar."""
-    import tensorflow as tf
-
-    field = next(f for f in layout["fields"] if f["name"] == HOLDOUT_BUCKET)
-    return tf.reshape(tf.io.decode_raw(_field_bytes(row, field), tf.int64, little_endian=True), [])
+    return tf.strings.to_hash_bucket_fast(sequences, HOLDOUT_BUCKETS) < int(round(fraction * HOLDOUT_BUCKETS))
 
 
 def decode_batch(serialized, spec: dict, num_frames: int, feature_dim: int, feature_dtype: str, keys=None, cast=True) -> dict:

@@ -94,7 +94,7 @@ def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: 
 
     from dancedata.write import ShardWriter
 
-    writer = ShardWriter(folder.out, unit.name, schema.row_layout(frames, feature_dim, dtype))
+    writer = ShardWriter(folder.out, unit.name, frames, frames * feature_dim * np.dtype(dtype).itemsize)
     record = {"key": unit.key, "split": unit.split, "genres": {}, "videos": [], "skipped": [], "truncated": [],
               "short_examples": 0, "values_lost": 0, "values_seen": 0}
     moments = Moments(feature_dim)
@@ -147,7 +147,7 @@ def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: 
         raise
     record["genres"] = dict(sorted(record["genres"].items()))
     record["moments"] = moments.as_record()
-    return writer.commit(record)
+    return writer.commit(record, unit.content_key)
 
 
 class Moments:

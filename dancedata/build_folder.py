@@ -1,0 +1,404 @@
+"""The output folder of a build, and its one owner: what is done, whose, reusable, stale or in
+progress is decided here and nowhere else, under an exclusive lock on the folder.
+
+    OUT/train-00000-of-00004.tfrecord         finished shards (final names appear only when complete)
+    OUT/train-00000-of-00004.tfrecord.index   where each record and its training fields sit (shard_index)
+    OUT/manifest.json                         written last, when every shard is committed
+    OUT/build_info.json                       timings and host: the only file that differs between runs
+    OUT/.dancedata.lock                       the folder lock (folder_lock; never deleted)
+    OUT/.build/plan.json                      the build's identity and input list (refuse-to-mix, --update)
+    OUT/.build/<shard>.json                   one record per committed shard: its unit key, sha256, videos
+    OUT/.build/reuse/                         shards of an earlier plan whose examples an update reuses
+
+The rules:
+- A shard is *done* when its record's key is its unit's in the plan and its bytes (and its index's)
+  are the recorded ones. Anything else under a shard's name is redone, never trusted.
+- A build holds the folder lock from start to finish. A part of a partitioned build holds the lock of
+  its own share for its whole run and takes the folder lock only while it prepares the folder and
+  while it finalizes, so parts never wait long on each other and a whole build never runs beside one.
+- Under the folder lock, every committed shard that the plan no longer wants as it is (an earlier
+  plan's, or of schema 2/3) is moved aside into `.build/reuse/` if intact, whichever part's it is, so
+  an update reuses every unchanged video wherever its old example lies.
+- `.incomplete` files are never finished work: each writer names its own, and whoever holds the
+  lock of a share deletes the ones of that share that a dead writer left.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import datetime
+import re
+import socket
+
+from dancedata import folder_lock, fs, manifest, plan as plan_lib, shard_index, tfds_metadata, work_unit
+from dancedata.errors import InputError
+from dancedata.write import STATE_DIR, PARTIAL, output_errors, read_json, sha256, write_json
+
+PLAN_FILE = "plan.json"
+REUSE_DIR = "reuse"
+BUILD_INFO = "build_info.json"
+ROWS_SUFFIX = ".rows"  # schema 3's row files: dropped by an update to schema 4
+COMPANIONS = (shard_index.SUFFIX, ROWS_SUFFIX)  # files that live and die with their shard
+# What a finished build writes beside its shards (all rewritten by every finalize).
+FOLDER_FILES = (manifest.FILENAME, BUILD_INFO, manifest.STATISTICS, *tfds_metadata.FILES)
+SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.index|\.rows)?$")  # a shard or a companion
+WRITER_PARTIAL = re.compile(r"^(.+)\.\d+\.[0-9a-f]+\.incomplete$")  # shard_index.partial_name, fs.write_text
+# Partitioned parts wait this long for another part's short hold on the folder lock (prepare, finalize).
+PART_WAIT_S = 300.0
+
+
+def _shard_of(name: str) -> str:
+    for suffix in COMPANIONS:
+        name = name.removesuffix(suffix)
+    return name
+
+
+@contextlib.contextmanager
+def owned(out: str, num_workers: int = 1, worker_index: int = 0):
+    """Holds `out` for a build (the folder lock) or a part of a partitioned build (its share's lock)
+    while the body runs; says so when it takes over the lock of a build that died."""
+    if num_workers > 1:
+        lock = folder_lock.part_lock(out, num_workers, worker_index)
+    else:
+        lock = folder_lock.folder_lock(out, "build")
+        running = folder_lock.held_part_locks(out)
+        if running:
+            lock.release()
+            other = running[0]
+            raise folder_lock.FolderBusy(
+                f"{out} is in use by a partitioned build ({other.get('what', 'a part')}: pid {other.get('pid')} on host "
+                f"{other.get('host')}, since {other.get('since')}); wait for its parts to finish or stop them, "
+                "then run this command again")
+    _say_takeover(lock)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def briefly(out: str, what: str, partitioned: bool):
+    """The folder lock for a part's short critical section (a whole build holds it already)."""
+    if not partitioned:
+        yield
+        return
+    lock = folder_lock.folder_lock(out, what, wait=PART_WAIT_S)
+    _say_takeover(lock)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _say_takeover(lock) -> None:
+    from dancedata.runners import say
+
+    message = folder_lock.takeover_message(lock)
+    if message:
+        say(message)
+
+
+class OutputFolder:
+    """The state an earlier build left in `out`, and the only code that deletes files there."""
+
+    def __init__(self, out: str):
+        check_path(out)
+        self.out = out
+        self.state = fs.join(out, STATE_DIR)
+        self.reuse = fs.join(self.state, REUSE_DIR)
+        self.plan = read_json(fs.join(self.state, PLAN_FILE))
+        self.manifest = read_json(fs.join(out, manifest.FILENAME))
+
+    def ours(self) -> set:
+        """Shard names in `out` that a dancedata build wrote (per its plan and manifest), and may
+        delete with their companions."""
+        names = set(FOLDER_FILES)
+        if self.plan:
+            names.update(self.plan.get("files", []))
+        if self.manifest:
+            names.update(s["file"] for split in self.manifest.get("splits", {}).values() for s in split.get("shards", []))
+        return names
+
+    def records(self) -> dict:
+        """{shard name: record} of the committed shards of the current plan generation."""
+        found = {}
+        for name in sorted(fs.listdir(self.state)):
+            if name.endswith(".tfrecord.json") and SHARD_NAME.match(name[: -len(".json")]):
+                record = read_json(fs.join(self.state, name))
+                if isinstance(record, dict):
+                    found[name[: -len(".json")]] = record
+        return found
+
+    def record(self, name: str) -> dict | None:
+        """The committed record of one shard, or None (one file read, not the whole state folder)."""
+        return read_json(fs.join(self.state, name + ".json"))
+
+    def reuse_records(self) -> list:
+        """(path of an earlier shard, its record) for the shards kept for an update."""
+        pairs = []
+        for name in sorted(fs.listdir(self.reuse)):
+            if re.fullmatch(r"[0-9a-f]{32}\.json", name):
+                record = read_json(fs.join(self.reuse, name))
+                shard = fs.join(self.reuse, name[: -len(".json")] + ".tfrecord")
+                if isinstance(record, dict) and fs.exists(shard):
+                    pairs.append((shard, record))
+        return pairs
+
+    def is_built(self, name: str, key: str, record: dict | None, companions: bool = True) -> bool:
+        """A shard is built when its record is for this unit and its bytes (and its index's) are the
+        recorded ones. companions=False: whether its examples are intact, whatever became of its index."""
+        def intact(path, entry):
+            return fs.exists(path) and fs.size(path) == entry.get("bytes") and sha256(path) == entry.get("sha256")
+
+        if record is None or record.get("key") != key or not intact(fs.join(self.out, name), record):
+            return False
+        if not companions:
+            return True
+        if "index" not in record:  # a shard of schema 2 or 3: never done for a schema-4 plan
+            return False
+        return intact(fs.join(self.out, record["index"]["file"]), record["index"])
+
+    def keep_for_reuse(self, name: str, record: dict) -> None:
+        """Moves a committed shard of an earlier plan aside, named by its key, so an update can read
+        its examples while the new plan writes shards that may have the same name."""
+        import tensorflow as tf
+
+        fs.makedirs(self.reuse)
+        base = fs.join(self.reuse, record["key"][:32])
+        with contextlib.suppress(FileNotFoundError, tf.errors.NotFoundError):
+            fs.replace(fs.join(self.out, name), base + ".tfrecord")
+            fs.replace(fs.join(self.state, name + ".json"), base + ".json")
+        for suffix in COMPANIONS:  # an index (or row file) is written again with the examples
+            fs.remove(fs.join(self.out, name + suffix))
+
+    def forget(self, name: str) -> None:
+        """Drops a shard (its companions and its record) that no plan needs any more."""
+        for path in (fs.join(self.out, name), *(fs.join(self.out, name + s) for s in COMPANIONS),
+                     fs.join(self.state, name + ".json")):
+            fs.remove(path)
+
+    def remove_partials(self, names: set | None = None) -> None:
+        """Deletes what dead writers left half-written: of the shards `names` (a part's share), or of
+        every shard and folder file ours (a whole build, which holds the folder lock)."""
+        for name in fs.listdir(self.out):
+            if not name.endswith(PARTIAL):
+                continue
+            found = WRITER_PARTIAL.match(name)
+            base = found.group(1) if found else name[: -len(PARTIAL)]  # name.incomplete: before schema 4
+            shard = _shard_of(base)
+            if names is not None:
+                ours = shard in names
+            else:
+                ours = bool(SHARD_NAME.match(base)) or shard in self.ours() or base in FOLDER_FILES
+            if ours:
+                fs.remove(fs.join(self.out, name))
+
+    def clear(self) -> None:
+        """--overwrite: deletes what earlier builds wrote here, and nothing else."""
+        for name in self.ours():
+            self.forget(name)
+        self.remove_partials()
+        fs.rmtree(self.state)
+        self.plan = self.manifest = None
+
+    def start(self, plan_document: dict) -> None:
+        """Creates the folders and records the plan before any shard is written."""
+        fs.makedirs(self.state)
+        write_json(fs.join(self.state, PLAN_FILE), plan_document)
+        self.plan = plan_document
+
+    def finish(self) -> None:
+        fs.rmtree(self.reuse)
+
+
+def check_path(out: str) -> None:
+    fs.check(out)
+    if fs.exists(out) and not fs.isdir(out):
+        raise InputError(f"output {out} is a file, not a folder; pass --out with a folder path")
+
+
+@dataclasses.dataclass
+class Prepared:
+    done: dict  # {shard name: record} of units already built
+    pending: list  # WorkUnit still to build, in plan order
+    reuse: work_unit.Reuse
+    leftovers: set  # files of an earlier plan to delete once the new manifest is written
+
+
+def _input_changes(old: list, new: list) -> tuple:
+    before = {video_id: (size, mtime) for video_id, size, mtime in old}
+    after = {video_id: (size, mtime) for video_id, size, mtime in new}
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(v for v in set(before) & set(after) if before[v] != after[v])
+    return added, removed, changed
+
+
+def _changes_text(added, removed, changed) -> str:
+    parts = [f"{len(ids)} {what} (e.g. {ids[0]})" for ids, what in ((added, "added"), (removed, "removed"), (changed, "modified")) if ids]
+    return ", ".join(parts)
+
+
+def share(units: list, num_workers: int, worker_index: int) -> list:
+    """The units part `worker_index` of a partitioned build builds: every num_workers-th in plan order
+    (each part gets shards of every split)."""
+    return units[worker_index::num_workers]
+
+
+def prepare(plan, folder: OutputFolder, overwrite: bool = False, update: bool = False, planned: dict | None = None,
+            num_workers: int = 1, worker_index: int = 0) -> Prepared:
+    """Checks that `folder` holds nothing that conflicts with `plan`, and works out what is built.
+    Runs under the folder lock (a whole build's, or a part's short hold on it)."""
+    out = folder.out
+    mine = {unit.name for unit in share(plan.units, num_workers, worker_index)}
+    if overwrite:
+        folder.clear()
+    elif folder.plan is None and folder.manifest is not None:
+        raise InputError(
+            f"{out} already holds a build written by an earlier dancedata (no .build/plan.json); "
+            "pass --overwrite to replace it, or choose another --out"
+        )
+    elif folder.plan is not None:
+        earlier = folder.plan.get("identity", {})
+        differences = plan_lib.differences(earlier, plan.identity)
+        if differences and upgradable(earlier, plan.identity):
+            if not update:
+                raise InputError(
+                    f"{out} holds a build of schema version {earlier['schema_version']}; pass --update to bring it to "
+                    f"version {plan.identity['schema_version']} (its examples are reused: no video is decoded again), "
+                    "or --overwrite to start over"
+                )
+            differences = []
+        if differences:
+            raise InputError(
+                f"{out} already holds a build with other options ({'; '.join(differences)}); "
+                "pass --overwrite to replace it, or choose another --out"
+            )
+        changes = _input_changes(folder.plan.get("inputs", []), plan.inputs)
+        if any(changes) and not update:
+            raise InputError(
+                f"{out} already holds a build of other input: {_changes_text(*changes)}; "
+                "pass --update to bring it up to date (unchanged videos are reused), or --overwrite to start over"
+            )
+    names = {unit.name for unit in plan.units}
+    if folder.plan is None:  # a fresh folder: never replace shard files that no build of ours recorded
+        foreign = sorted(n for n in names if fs.exists(fs.join(out, n)))
+        if foreign:
+            raise InputError(
+                f"{out} holds {len(foreign)} shard file(s) that no dancedata build recorded (e.g. {foreign[0]}); "
+                "choose another --out"
+            )
+
+    folder.remove_partials(mine if num_workers > 1 else None)
+    records = folder.records()
+    done = {}
+    for unit in plan.units:
+        record = records.get(unit.name)
+        if folder.is_built(unit.name, unit.key, record):
+            done[unit.name] = records.pop(unit.name)
+    for name, record in records.items():
+        # Committed shards the plan does not want as they are (an earlier plan's, of an older schema,
+        # or with a damaged index): their examples may be reused, whichever part's they are.
+        if folder.is_built(name, record.get("key"), record, companions=False) and (record.get("videos") or record.get("skipped")):
+            folder.keep_for_reuse(name, record)
+        elif name in mine or name not in names:
+            folder.forget(name)
+    leftovers = folder.ours() - names - set(FOLDER_FILES)
+    if set(done) != names and folder.manifest is not None:
+        fs.remove(fs.join(out, manifest.FILENAME))  # a manifest means "complete"; it is written again last
+    folder.start(_plan_document(plan, sorted(names | leftovers), planned, num_workers))
+    pending = [unit for unit in plan.units if unit.name not in done and unit.name in mine]
+    return Prepared(done, pending, work_unit.Reuse(folder.reuse_records()), leftovers)
+
+
+def upgradable(earlier: dict, identity: dict) -> bool:
+    """Whether a build with identity `earlier` is of an older schema whose examples this version still
+    writes (2 -> 3 added row files, 3 -> 4 replaced them by indexes) and otherwise the same build, so an
+    update reuses every example. Options an older schema did not record count as this build's."""
+    if earlier.get("schema_version") not in (2, 3):
+        return False
+    return not plan_lib.differences(_filled(earlier, identity), identity)
+
+
+def _filled(earlier: dict, identity: dict) -> dict:
+    """`earlier` with the keys it lacks taken from `identity` (recursively), and identity's schema version."""
+    filled = {key: (_filled(earlier[key], value) if isinstance(value, dict) and isinstance(earlier.get(key), dict)
+                    else earlier.get(key, value)) for key, value in identity.items()}
+    filled["schema_version"] = identity.get("schema_version", filled.get("schema_version"))
+    return {**earlier, **filled}
+
+
+def _plan_document(plan, files: list, planned: dict | None, num_workers: int) -> dict:
+    """.build/plan.json: what refuse-to-mix and --update compare, the files the build owns, and what
+    finalize needs to write the manifest without the input folder or the extractor."""
+    return {"identity": plan.identity, "inputs": plan.inputs, "files": files,
+            "units": [[unit.name, unit.key] for unit in plan.units], "num_workers": num_workers, "manifest": planned}
+
+
+def missing(folder: OutputFolder) -> list:
+    """(position, name) of the plan's units whose shard is not committed, by the records alone."""
+    records = folder.records()
+    return [(position, name) for position, (name, key) in enumerate(folder.plan["units"])
+            if (records.get(name) or {}).get("key") != key or not fs.exists(fs.join(folder.out, name))]
+
+
+def finalize(folder: OutputFolder, info: dict | None = None) -> dict:
+    """Writes the manifest of a build whose units are all committed (by any runner, on any machine),
+    deletes an earlier plan's leftovers, and writes build_info.json; returns the manifest. Runs under
+    the folder lock; running it twice writes the same manifest."""
+    document = folder.plan
+    if document is None or "units" not in document:
+        raise InputError(
+            f"{folder.out} holds no build plan (.build/{PLAN_FILE}); "
+            "start the build with the input folder: python -m dancedata.build_shards VIDEOS --out "
+            f"{folder.out} [--num-workers K --worker-index I]"
+        )
+    records = folder.records()
+    absent = [(position, name) for position, (name, key) in enumerate(document["units"])
+              if not folder.is_built(name, key, records.get(name))]
+    if absent:
+        count = document.get("num_workers", 1)
+        parts = sorted({position % count for position, _ in absent})
+        runs = " and ".join(f"--worker-index {index}" for index in parts)
+        raise InputError(
+            f"{folder.out}: shards of {len(parts)} part(s) are not built yet ({len(absent)} of {len(document['units'])} "
+            f"shards, e.g. {absent[0][1]}); run the build with --num-workers {count} {runs}"
+            if count > 1 else
+            f"{folder.out}: {len(absent)} of {len(document['units'])} shards are not built yet (e.g. {absent[0][1]}); "
+            "run the build command again to finish it"
+        )
+    ordered = [records[name] for name, _ in document["units"]]
+    result = manifest.complete(document["manifest"], ordered)
+    frames, mean, variance = work_unit.mean_and_variance([r for r in ordered if r["split"] == "train"])
+    if frames:  # train.py standardises with these instead of reading the train split once more
+        write_json(fs.join(folder.out, manifest.STATISTICS), {
+            "split": "train", "frames": frames, "mean": mean.tolist(), "variance": variance.tolist()})
+        result["feature_statistics"] = {"file": manifest.STATISTICS, "split": "train", "frames": frames}
+    if not any(split["num_examples"] for split in result["splits"].values()):
+        raise InputError(nothing_usable(result["source"]["path"], result["skipped"]))
+    with output_errors(fs.join(folder.out, "dataset_info.json")):
+        tfds_metadata.write(folder.out, result, {name: records[name]["bytes"] for name, _ in document["units"]})
+    write_json(fs.join(folder.out, manifest.FILENAME), result)  # last: a manifest means "complete"
+    names = [name for name, _ in document["units"]]
+    for name in set(document.get("files", [])) - set(names) - set(FOLDER_FILES):
+        folder.forget(name)
+    for name in names:  # a schema-3 build's row files, once its shards have indexes
+        fs.remove(fs.join(folder.out, name + ROWS_SUFFIX))
+    folder.remove_partials(set(names))
+    folder.finish()
+    folder.start({**document, "files": names})
+    write_json(fs.join(folder.out, BUILD_INFO), {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        **(info or {}),
+    })
+    return result
+
+
+def nothing_usable(input_path: str, skipped: list) -> str:
+    if not skipped:
+        return f"no video files in {input_path}"
+    reasons = collections.Counter(entry["reason"] for entry in skipped).most_common(3)
+    listed = "; ".join(f"{count} x {reason}" for reason, count in reasons)
+    return f"no usable video in {input_path}: {len(skipped)} file(s) skipped ({listed})"
