@@ -372,13 +372,15 @@ def finalize(folder: OutputFolder, info: dict | None = None) -> dict:
     result = manifest.complete(document["manifest"], ordered)
     frames, mean, variance = work_unit.mean_and_variance([r for r in ordered if r["split"] == "train"])
     if frames:  # train.py standardises with these instead of reading the train split once more
-        write_json(fs.join(folder.out, manifest.STATISTICS), {
-            "split": "train", "frames": frames, "mean": mean.tolist(), "variance": variance.tolist()})
-        result["feature_statistics"] = {"file": manifest.STATISTICS, "split": "train", "frames": frames}
+        statistics = {"split": "train", "frames": frames, "mean": mean.tolist(), "variance": variance.tolist()}
+        write_json(fs.join(folder.out, manifest.STATISTICS), statistics)
+        result["feature_statistics"] = {"file": manifest.STATISTICS, "split": "train", "frames": frames,
+                                        "sha256": manifest.digest(statistics)}
     if not any(split["num_examples"] for split in result["splits"].values()):
         raise InputError(nothing_usable(result["source"]["path"], result["skipped"]))
     with output_errors(fs.join(folder.out, "dataset_info.json")):
         tfds_metadata.write(folder.out, result, {name: records[name]["bytes"] for name, _ in document["units"]})
+    result = manifest.sealed(result)
     write_json(fs.join(folder.out, manifest.FILENAME), result)  # last: a manifest means "complete"
     names = [name for name, _ in document["units"]]
     for name in set(document.get("files", [])) - set(names) - set(FOLDER_FILES):

@@ -23,6 +23,23 @@ def dumps(document: dict) -> str:
     return json.dumps(document, indent=2, sort_keys=False) + "\n"
 
 
+CHECKSUM = "checksum"  # sha256 of the manifest's own text without this key (dumps), so a changed byte is seen
+
+
+def digest(document: dict) -> str:
+    """sha256 of a document as `write` spells it."""
+    import hashlib
+
+    return hashlib.sha256(dumps(document).encode("utf-8")).hexdigest()
+
+
+def sealed(document: dict) -> dict:
+    """The manifest with its checksum: every reader checks it, so no value in it (a class name, a
+    count, a shard's sha256) changes unnoticed."""
+    plain = {key: value for key, value in document.items() if key != CHECKSUM}
+    return {**plain, CHECKSUM: digest(plain)}
+
+
 def write(folder: str, manifest: dict, name: str = FILENAME) -> str:
     """Writes atomically (fs.write_text): a reader never sees half a manifest."""
     from dancedata import fs
@@ -59,6 +76,9 @@ def load(folder: str) -> dict:
             + ("Upgrade dancedata (pip install -U dancedata) to read it" if newer else "Rebuild the shards with this dancedata")
         )
     check(manifest, path)
+    if CHECKSUM in manifest and sealed(manifest)[CHECKSUM] != manifest[CHECKSUM]:
+        raise ManifestError(f"{path} was changed after the build (its checksum does not match its content); "
+                            "copy the folder again, or rebuild it")
     return manifest
 
 

@@ -358,8 +358,16 @@ def build_moments(builder: DatasetBuilder):
 
     from dancedata import fs
 
-    with fs.open_file(fs.join(builder.path, entry["file"])) as handle:
-        stats = json.load(handle)
+    from dancedata import manifest as manifest_lib
+
+    path = fs.join(builder.path, entry["file"])
+    try:
+        with fs.open_file(path) as handle:
+            stats = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ShardError(f"cannot read {path} ({error}); rebuild with the same build command") from None
+    if "sha256" in entry and manifest_lib.digest(stats) != entry["sha256"]:
+        raise ShardError(f"{path} does not match the manifest (changed or damaged); rebuild with the same build command")
     return np.asarray(stats["mean"], np.float32), np.asarray(stats["variance"], np.float32)
 
 

@@ -171,6 +171,27 @@ def test_any_damage_is_named_and_nothing_trains_on_it(built, tmp_path, capsys, k
     assert sum(len(y) for _, y in kept) == built["manifest"]["splits"]["train"]["num_examples"] - shard["num_examples"]
 
 
+@pytest.mark.parametrize("name, old, new", [
+    ("manifest.json", '"BR"', '"BX"'),  # still valid JSON: a class renamed
+    ("manifest.json", '"num_examples": 3', '"num_examples": 4'),
+    ("feature_statistics.json", '"mean": [', '"mean": [1'),  # a standardisation silently off
+])
+def test_a_changed_manifest_or_statistics_file_stops_training(built, tmp_path, capsys, name, old, new):
+    folder = _copy(built, tmp_path)
+    text = (folder / name).read_text()
+    assert old in text
+    (folder / name).write_text(text.replace(old, new, 1))
+    argv = ["--shards", str(folder), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4", "--no-cache"]
+    capsys.readouterr()
+    assert cli.run(train_script.main, "train.py", argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("train.py: error: ") and f"{folder}/{name}" in err[-1], err
+    if name == "manifest.json":
+        assert cli.run(inspect.main, "inspect", [str(folder)]) == 2
+        said = capsys.readouterr().err
+        assert f"{folder}/manifest.json" in said and ("was changed after the build" in said or "was edited" in said)
+
+
 def test_a_flipped_bit_anywhere_in_a_shard_is_found(built, tmp_path):
     folder = _copy(built, tmp_path)
     shard = built["manifest"]["splits"]["val"]["shards"][0]
@@ -206,6 +227,8 @@ def _as_schema_3(folder):
     and an identity that lacks what schema 4 added."""
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["schema_version"] = 3
+    manifest.pop("checksum")  # schema 3 had none
+    manifest["feature_statistics"].pop("sha256")
     manifest["rows"] = {"suffix": ".rows", "record_bytes": 16}
     for split in manifest["splits"].values():
         for shard in split["shards"]:
