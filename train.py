@@ -91,6 +91,12 @@ def _holdout(builder, cfg: TrainConfig) -> float:
     return 0.0 if "val" in _usable_splits(builder) else cfg.val_fraction
 
 
+def _holdout_by(builder) -> str:
+    """The unit a held-out validation part is chosen by: the one the build's split held out (whole
+    dancer groups under --split dancer; performances otherwise)."""
+    return "dancer" if builder.manifest.get("split", {}).get("strategy") == "dancer" else "sequence"
+
+
 def _fits_in_memory(nbytes: int) -> bool:
     """True when nbytes is at most a quarter of the memory available now (Linux), else of all memory."""
     try:
@@ -109,21 +115,24 @@ def _train_size(builder, cfg: TrainConfig) -> int:
     """Examples in the training part of train (all of it, or what the held-out validation leaves)."""
     if not _holdout(builder, cfg):
         return builder.info.splits["train"]
-    kept = builder.as_dataset("train", batch_size=256, holdout_fraction=_holdout(builder, cfg), skip_bad_shards=cfg.skip_bad_shards)
+    kept = builder.as_dataset("train", batch_size=256, holdout_fraction=_holdout(builder, cfg), holdout_by=_holdout_by(builder),
+                                skip_bad_shards=cfg.skip_bad_shards)
     return sum(int(label.shape[0]) for _, label in kept)
 
 
-def _datasets(builder, cfg: TrainConfig, strategy):
-    """(train, validation or None, steps per epoch or None); validation never shares a performance
-    with train. Through a data service or a distribution strategy, train repeats and an epoch is
-    steps_per_epoch = ceil(examples / global batch) steps."""
+def _datasets(builder, cfg: TrainConfig, strategy, epoch: int = 0):
+    """(train, validation or None, steps per epoch, device table or None); validation never shares a
+    performance with train. Train repeats from `epoch` on, each epoch's order a pure function of
+    (seed, epoch) (through a data service, the service's order), and an epoch is
+    steps_per_epoch = ceil(examples / global batch) steps: Keras keeps one iterator and never runs
+    out of data."""
     if cfg.verify:  # once per split, before any dataset reads it
         for split in builder.info.splits:
             builder.verify(split)
     usable = _usable_splits(builder)
     holdout = _holdout(builder, cfg)
     if cfg.cache == "device":
-        return _device_datasets(builder, cfg, usable, holdout)
+        return _device_datasets(builder, cfg, usable, holdout, epoch)
     cache = cfg.cache == "memory"
     if cfg.cache is None and not cfg.data_service:  # train and validation are read every epoch; a held-out val is a part of train
         nbytes = builder.cache_bytes("train") + (builder.cache_bytes("val") if "val" in usable else 0)
@@ -133,31 +142,38 @@ def _datasets(builder, cfg: TrainConfig, strategy):
                   "memory: reading them from the shards every epoch (--cache keeps them anyway)", file=sys.stderr)
     # Features stay float16 to the model, which casts them on its device: half the bytes on the host.
     common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, cache=cache, skip_bad_shards=cfg.skip_bad_shards, cast=False)
-    train_options = dict(shuffle=True, seed=cfg.seed, holdout_fraction=holdout, **common)
-    steps = None
+    train_options = dict(shuffle=True, seed=cfg.seed, holdout_fraction=holdout, holdout_by=_holdout_by(builder), **common)
     if cfg.data_service:
         train = builder.as_dataset("train", repeat=True, data_service=cfg.data_service, **train_options)
     elif cfg.strategy != "default":  # each worker reads its share of the files, per-replica batches
         train = strategy.distribute_datasets_from_function(
-            lambda context: _for_strategy(cfg, builder.as_dataset("train", repeat=True, input_context=context, **train_options))
+            lambda context: _for_strategy(cfg, builder.as_dataset("train", repeat=True, input_context=context, epoch=epoch,
+                                                                  **train_options))
         )
     else:
-        train = builder.as_dataset("train", **train_options)
-    if cfg.data_service or cfg.strategy != "default":
-        steps = max(1, -(-_train_size(builder, cfg) // cfg.batch_size))
+        train = builder.as_dataset("train", repeat=True, epoch=epoch, **train_options)
+    steps = max(1, -(-_train_size(builder, cfg) // cfg.batch_size))
     if "val" in usable:
-        val = builder.as_dataset("val", **common)
+        val = _sized(builder.as_dataset("val", **common))
     else:
-        val = builder.as_dataset("train", holdout_fraction=holdout, holdout=True, **common)
-        if not sum(1 for _ in val.unbatch()):
+        val = _sized(builder.as_dataset("train", holdout_fraction=holdout, holdout=True, holdout_by=_holdout_by(builder), **common))
+        if val is None:
             print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
-            val = None
     if val is not None and cfg.strategy != "default":
         val = _for_strategy(cfg, val)
     return train, val, steps, None
 
 
-def _device_datasets(builder, cfg: TrainConfig, usable: set, holdout: float):
+def _sized(dataset):
+    """`dataset` with its number of batches declared (one pass: validation is small), so Keras knows
+    where an evaluation ends instead of warning that the input ran out; None when it is empty."""
+    import tensorflow as tf
+
+    batches = sum(1 for _ in dataset)
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches)) if batches else None
+
+
+def _device_datasets(builder, cfg: TrainConfig, usable: set, holdout: float, epoch: int = 0):
     """--cache device: train (and val) examples in one table for the accelerator, and index batches
     that are the batches the other cache modes read (same seed, same order, same windows)."""
     from dancedata.device_table import index_dataset, load_table
@@ -166,15 +182,16 @@ def _device_datasets(builder, cfg: TrainConfig, usable: set, holdout: float):
     print(f"--cache device: {table.features.nbytes / 1e9:.2f} GB of features on the accelerator "
           f"({len(table.labels)} examples)", file=sys.stderr)
     common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, skip_bad_shards=cfg.skip_bad_shards)
-    train = index_dataset(builder, "train", table, shuffle=True, seed=cfg.seed, holdout_fraction=holdout, **common)
+    train = index_dataset(builder, "train", table, shuffle=True, seed=cfg.seed, holdout_fraction=holdout, repeat=True,
+                          epoch=epoch, holdout_by=_holdout_by(builder), **common)
     if "val" in usable:
-        val = index_dataset(builder, "val", table, **common)
+        val = _sized(index_dataset(builder, "val", table, **common))
     else:
-        val = index_dataset(builder, "train", table, holdout_fraction=holdout, holdout=True, **common)
-        if not sum(1 for _ in val):
+        val = _sized(index_dataset(builder, "train", table, holdout_fraction=holdout, holdout=True,
+                                   holdout_by=_holdout_by(builder), **common))
+        if val is None:
             print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
-            val = None
-    return train, val, None, table
+    return train, val, max(1, -(-_train_size(builder, cfg) // cfg.batch_size)), table
 
 
 def _for_strategy(cfg: TrainConfig, dataset):
@@ -239,24 +256,67 @@ def _evaluate(model, dataset, classes: list) -> dict:
 
 
 RUN_FILES = ("model.keras", "metrics.json", "history.csv", "labels.json", "dataset.json", "train_config.json")
+RESUME_FREE = ("out", "overwrite")  # the flags a resumed run may change: neither changes what it computes
 
 
-def _prepare_out(cfg: TrainConfig) -> str:
-    """The run folder; an earlier run there is refused, or with --overwrite removed first (its files
-    only), so two runs' files and TensorBoard logs never mix."""
+def _run_config(cfg: TrainConfig) -> dict:
+    return {key: value for key, value in dataclasses.asdict(cfg).items() if key not in RESUME_FREE}
+
+
+def _prepare_out(cfg: TrainConfig) -> tuple:
+    """(run folder, the state of the interrupted run there to resume, or None). An interrupted run
+    with the same flags is continued; one with other flags is refused naming them; a finished run
+    (or one of an older dancedata, which kept no state) is refused; --overwrite removes the earlier
+    run's files first, so two runs' files and TensorBoard logs never mix."""
     import shutil
+
+    from models import training
 
     out = cfg.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"--out {out} is a file; pass a folder for the run")
     earlier = [name for name in RUN_FILES + ("logs", "checkpoints") if os.path.exists(os.path.join(out, name))]
+    state = training.read_state(os.path.join(out, "checkpoints"))
+    if earlier and not cfg.overwrite and cfg.strategy != "multi-worker":
+        if state is None:
+            raise ConfigError(f"{out} already holds a run ({', '.join(earlier[:3])}) that cannot be resumed; "
+                              "pass --overwrite to replace it, or another --out")
+        if state.get("status") == "done":
+            raise ConfigError(f"{out} already holds a finished run; pass --overwrite to replace it, or another --out")
+        before, now = state.get("config", {}), _run_config(cfg)
+        changed = [f"--{key.replace('_', '-')} {before.get(key)} → {now.get(key)}"
+                   for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+        if changed:
+            raise ConfigError(f"{out} holds an interrupted run with other flags ({'; '.join(changed)}); run it with its "
+                              "own flags to resume it, or pass --overwrite to start over, or another --out")
+        return out, state
     if earlier and not cfg.overwrite:
         raise ConfigError(f"{out} already holds a run ({', '.join(earlier[:3])}); pass --overwrite to replace it, or another --out")
     for name in earlier:
         path = os.path.join(out, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
     os.makedirs(out, exist_ok=True)
-    return out
+    return out, None
+
+
+def _history(out: str, epochs: int | None = None) -> dict:
+    """history.csv as fit's History holds it ({metric: [per epoch]}); with `epochs`, cut to that many
+    rows first (an interrupted epoch may have logged its row but not committed its checkpoint)."""
+    import csv
+
+    path = os.path.join(out, "history.csv")
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if epochs is not None and len(rows) > epochs + 1:
+        rows = rows[: epochs + 1]
+        with open(path, "w", newline="") as handle:
+            csv.writer(handle).writerows(rows)
+    if not rows:
+        return {}
+    header, body = rows[0], rows[1:]
+    return {name: [float(row[i]) for row in body] for i, name in enumerate(header) if name != "epoch"}
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -286,10 +346,16 @@ def _train(cfg: TrainConfig) -> dict:
     info = builder.info
     if not info.splits.get("train"):
         raise ConfigError(f"{cfg.shards} has no training example (splits: {', '.join(f'{n} {c}' for n, c in info.splits.items()) or 'none'})")
+    trained = sorted(g for g, n in info.manifest["splits"]["train"].get("genres", {}).items() if n)
+    if len(trained) < 2:
+        raise ConfigError(f"{cfg.shards}: the train split holds examples of {len(trained)} genre(s) "
+                          f"({', '.join(trained) or 'none'}): nothing can learn to tell genres apart from it; "
+                          "build with videos of at least two genres")
     strategy = _strategy(cfg)
     chief = training.is_chief(strategy)
+    state = None
     if chief:
-        out = _prepare_out(cfg)
+        out, state = _prepare_out(cfg)
     else:  # the other workers of a multi-worker run train in step and keep nothing
         import tempfile
 
@@ -300,12 +366,18 @@ def _train(cfg: TrainConfig) -> dict:
         print(f"split {name} has no example (its videos all failed to decode; see `python -m dancedata.inspect "
               f"{cfg.shards}`): left out", file=sys.stderr)
     keras.utils.set_random_seed(cfg.seed)
+    checkpoints = os.path.join(out, "checkpoints")
+    start = state["epoch"] if state else 0
+    if state is None and cfg.strategy != "multi-worker":
+        state = {"epoch": 0, "status": "training", "best": None, "since_best": 0, "config": _run_config(cfg)}
+        training.write_state(checkpoints, state)
 
-    train_ds, val_ds, steps_per_epoch, table = _datasets(builder, cfg, strategy)
+    train_ds, val_ds, steps_per_epoch, table = _datasets(builder, cfg, strategy, start)
     moments = build_moments(builder) if not _holdout(builder, cfg) and not cfg.skip_bad_shards else None
     if moments is None:  # an older build, or train is not the whole train split: read it once
         moments = feature_moments(
-            builder.as_dataset("train", batch_size=256, holdout_fraction=_holdout(builder, cfg), skip_bad_shards=cfg.skip_bad_shards)
+            builder.as_dataset("train", batch_size=256, holdout_fraction=_holdout(builder, cfg), holdout_by=_holdout_by(builder),
+                                skip_bad_shards=cfg.skip_bad_shards)
         )
     mean, variance = moments
     num_frames = cfg.seq_len or info.num_frames
@@ -320,26 +392,38 @@ def _train(cfg: TrainConfig) -> dict:
     with strategy.scope():
         model = compiled_model()
         fitted = training.on_device_table(model, table, cfg.seq_len, compile_model) if table is not None else model
-    best = os.path.join(out, "checkpoints", "best.weights.h5")
-    os.makedirs(os.path.dirname(best), exist_ok=True)
+        if state and state.get("checkpoint"):
+            training.load_checkpoint(checkpoints, state, model, fitted)
+    best = os.path.join(checkpoints, "best.weights.h5")
+    os.makedirs(checkpoints, exist_ok=True)
     if cfg.strategy == "multi-worker":  # its own loop keeps history.csv, best weights and patience
         history = training.fit_in_step(strategy, model, train_ds, val_ds, steps_per_epoch, cfg.epochs, cfg.batch_size,
-                                       cfg.learning_rate, cfg.patience, out, best if chief else None)
+                                       cfg.learning_rate, cfg.patience, out, best if chief else None).history
     else:  # the dataset is already shuffled (files, then a buffer), seeded; Keras must not try again
-        callbacks = [keras.callbacks.CSVLogger(os.path.join(out, "history.csv")), keras.callbacks.TensorBoard(os.path.join(out, "logs"))]
-        if val_ds is not None:
-            callbacks.append(training.best_weights(model, best))  # the classifier's weights only, whatever model is fitted
-            if cfg.patience:
-                callbacks.append(keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=cfg.patience))
-        history = fitted.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
-                             callbacks=callbacks, verbose=2, shuffle=False)
+        if start:
+            said = f"; best val_accuracy so far {state['best']:.4f}" if state.get("best") is not None else ""
+            print(f"resuming the run in {out} after epoch {start} of {cfg.epochs} ({state['status']}{said})", file=sys.stderr)
+        _history(out, start)  # rows of an epoch that did not commit its checkpoint go
+        if state["status"] == "training" and start < cfg.epochs:
+            callbacks = [keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=start > 0),
+                         keras.callbacks.TensorBoard(os.path.join(out, "logs")),
+                         training.RunProgress(model, checkpoints, state, cfg.patience, best if val_ds is not None else None)]
+            fitted.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=start,
+                       steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=2, shuffle=False)
+            state = training.read_state(checkpoints)
+        training.write_state(checkpoints, {**state, "status": "trained"})
+        history = _history(out)
     if not chief:
         import shutil
 
         shutil.rmtree(out, ignore_errors=True)
         return {"distribution": {"strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync, "chief": False}}
     if val_ds is not None and os.path.exists(best):
-        model.load_weights(best)  # the best epoch on validation, not the last
+        import warnings
+
+        with warnings.catch_warnings():  # the classifier's own optimizer is never used (fit's is): nothing to load
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(best)  # the best epoch on validation, not the last
     if cfg.strategy != "default":  # evaluate and save on one device: a mirrored model's predict_on_batch
         trained, model = model, compiled_model()  # runs the whole batch on every replica and concatenates
         model.set_weights(trained.get_weights())
@@ -352,6 +436,11 @@ def _train(cfg: TrainConfig) -> dict:
         "split_strategy": split.get("strategy"),
         "shared_with_train": split.get("shared_with_train", {}).get(evaluate_on if evaluate_on in ("val", "test") else "", {}),
     }
+    if _holdout(builder, cfg):  # validation (and, without test or val splits, evaluation) held out of train
+        metrics["validation"] = {"held_out_of": "train", "by": _holdout_by(builder), "fraction": _holdout(builder, cfg),
+                                 "shared_with_train": builder.holdout_part("train", _holdout(builder, cfg), _holdout_by(builder))[1]}
+        if evaluate_on == "train-holdout":
+            metrics["shared_with_train"] = metrics["validation"]["shared_with_train"]
     if evaluation is not None:
         metrics.update(_evaluate(model, evaluation, info.classes))
     model.save(os.path.join(out, "model.keras"))
@@ -362,7 +451,9 @@ def _train(cfg: TrainConfig) -> dict:
         | {"seq_len": cfg.seq_len or None, "shards": os.path.abspath(cfg.shards)},
     )
     report.write_json(os.path.join(out, "train_config.json"), dataclasses.asdict(cfg) | {"out": out})
-    report.write_all(out, metrics, info.classes, history.history)
+    report.write_all(out, metrics, info.classes, history)
+    if cfg.strategy != "multi-worker":
+        training.write_state(checkpoints, {**training.read_state(checkpoints), "status": "done"})
     print(f"run saved in {out}")
     if evaluation is None:
         print("no test split, val split or held-out sequences to evaluate on", file=sys.stderr)
@@ -371,7 +462,7 @@ def _train(cfg: TrainConfig) -> dict:
     return metrics
 
 
-INTERRUPTED = "the best weights so far are in the run folder's checkpoints/; run again to train from scratch"  # what Ctrl-C leaves, and how to go on
+INTERRUPTED = "run the same command to continue from the last completed epoch"  # what Ctrl-C leaves, and how to go on
 
 
 def main(argv=None) -> int:

@@ -146,7 +146,11 @@ def main(argv=None) -> int:
         parser.error("options after `--` are Beam pipeline options: they need --runner beam")
     result = build_from_configs(args.input, *configs, beam_args=beam_args)
     if result is not None:
-        print(inspect.summary(result, info_file=inspect.build_info(configs[2].out)))
+        summary = inspect.summary(result, info_file=inspect.build_info(configs[2].out))
+        if configs[2].quiet:  # warnings only
+            summary = "\n".join(line for line in summary.splitlines() if line.startswith("WARNING"))
+        if summary:
+            print(summary)
     return 0
 
 

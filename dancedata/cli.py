@@ -11,6 +11,12 @@ import tempfile
 from dancedata.errors import DanceDataError
 
 
+# TensorFlow's C++ log level without --verbose: 3 hides its "E" lines too, which on a working run are
+# notices (oneDNN's "supports DT_HALF only on platforms with AVX-512", "failed call to cuInit" on a
+# CPU-only machine); a real failure still reaches the user as a Python exception, in one line.
+QUIET_LEVEL = "3"
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one line on stderr (no usage dump) and exits 2."""
 
@@ -47,7 +53,7 @@ def load_tensorflow(verbose: bool = False) -> None:
     machine). Without verbose they are hidden, so a user's error is the only line they see."""
     if verbose or "tensorflow" in sys.modules:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_LEVEL)
     with _stderr_to_file():
         import tensorflow as tf
 
@@ -60,7 +66,8 @@ def run(main, prog: str, argv=None, tensorflow: bool = True, interrupted: str = 
     arguments = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in arguments
     if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: keep C++ info logs quiet
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_LEVEL)  # before TensorFlow loads
+    _terminate_as_interrupt()
     try:
         if tensorflow and not ({"-h", "--help"} & set(arguments)):
             load_tensorflow(verbose)
@@ -77,6 +84,19 @@ def run(main, prog: str, argv=None, tensorflow: bool = True, interrupted: str = 
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted" + (f"; {interrupted}" if interrupted else ""), file=sys.stderr)
         return 130
+
+
+def _terminate_as_interrupt() -> None:
+    """SIGTERM (a scheduler's stop, preemption) ends a command as Ctrl-C does: cleanly, with one line
+    that says how to go on. Only the main thread can install a handler."""
+    import signal
+    import threading
+
+    def interrupt(number, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def exit(code: int) -> None:

@@ -117,7 +117,7 @@ class BuildConfig:
         "reused from its shards, none changes split, and the result equals a fresh build",
         default=False,
     )
-    quiet: bool = flag("no progress bar", default=False)
+    quiet: bool = flag("no progress bar, and of the summary only its warnings", default=False)
     num_workers: int = flag(
         "machines sharing this build (a partitioned build: each runs the same command with its own --worker-index "
         "and the same --out; the last to finish writes manifest.json)",

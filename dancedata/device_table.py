@@ -17,7 +17,7 @@ from dancedata.errors import ConfigError
 from dancedata.read import batched, interleaved, window_positions
 from dancedata.record_files import checked_records
 from dancedata.shard_index import select_indices
-from dancedata.schema import held_out
+from dancedata.schema import held_out, holdout_table
 
 
 @dataclasses.dataclass
@@ -56,7 +56,7 @@ def load_table(builder, splits: list, skip_bad_shards: bool = False) -> Table:
 def index_dataset(builder, split: str, table: Table, batch_size: int = 32, shuffle: bool = False, seed=None,
                   seq_len: int | None = None, repeat: bool = False, training: bool | None = None,
                   shuffle_buffer: int = 256, holdout_fraction: float = 0.0, holdout: bool = False,
-                  skip_bad_shards: bool = False):
+                  skip_bad_shards: bool = False, epoch: int = 0, holdout_by: str = "sequence"):
     """The batches builder.as_dataset(split, ...) gives with the same arguments, as indices into
     `table`: the same file order, buffer and seeds (read.interleaved, read.batched), so the same
     examples land in the same batches with the same windows."""
@@ -68,7 +68,9 @@ def index_dataset(builder, split: str, table: Table, batch_size: int = 32, shuff
     indices = interleaved(paths, starts, counts, shuffle, seed,
                           lambda _, start, count: tf.data.Dataset.range(start, start + count), parallel=False)
     if holdout_fraction:
-        indices = select_indices(indices, np.asarray(held_out(table.sequences, holdout_fraction)), holdout)
+        held = builder.holdout_part(split, holdout_fraction, holdout_by)[0] if holdout_by != "sequence" else None
+        chosen = held_out(table.sequences, holdout_fraction, holdout_table(held))
+        indices = select_indices(indices, np.asarray(chosen), holdout)
     masks, labels = tf.constant(table.masks), tf.constant(table.labels)
     frames = builder.info.num_frames
     length = seq_len if seq_len is not None else frames
@@ -80,5 +82,5 @@ def index_dataset(builder, split: str, table: Table, batch_size: int = 32, shuff
             positions = tf.broadcast_to(tf.range(frames)[None, :], [tf.shape(index)[0], frames])
         return (index, positions), tf.gather(labels, index)
 
-    batches = batched(indices, batch_size, shuffle, seed, repeat, shuffle_buffer, False, seq_len is not None and training)
+    batches = batched(indices, batch_size, shuffle, seed, repeat, shuffle_buffer, False, seq_len is not None and training, epoch)
     return batches.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -174,6 +174,29 @@ def planned(input_path: str, plan, extractor_entry: dict, feature_dim: int, samp
     }
 
 
+def _untrainable(planned_part: dict, splits: dict) -> list:
+    """What the decoded build cannot teach, each genre with its cause: no video of it in the input, or
+    every training video of it unreadable (the split's own cause, none planned in train, is said by
+    the plan's warnings); and a train split of fewer than two genres, which nothing can learn from."""
+    trained = {genre for genre, count in splits.get("train", {}).get("genres", {}).items() if count}
+    planned = planned_part.get("groups", {})
+    anywhere = {genre for groups in planned.values() for genre in groups}
+    absent = [genre for genre in planned_part["classes"] if genre not in anywhere]
+    unreadable = [genre for genre in planned.get("train", {}) if genre not in trained]
+    found = []
+    if absent:
+        found.append(f"genre(s) {', '.join(absent)} have no video in the input: the model has an output for each that it "
+                     "never learns")
+    if unreadable:
+        found.append(f"genre(s) {', '.join(unreadable)} have no training example: every training video of them failed to "
+                     "decode (see skipped)")
+    if len(trained) < 2:
+        held = ", ".join(sorted(trained)) or "none"
+        found.append(f"the train split holds examples of {len(trained)} genre(s) ({held}): a classifier cannot learn to "
+                     "tell genres apart from it, and train.py refuses it; add videos of other genres")
+    return found
+
+
 def complete(planned_part: dict, records: list) -> dict:
     """The manifest: a pure function of the planned part and the committed shards' records, in plan
     order (no time, no host), so every runner writes the same bytes."""
@@ -196,6 +219,7 @@ def complete(planned_part: dict, records: list) -> dict:
     empty = [name for name, entry in splits.items() if not entry["num_examples"]]
     if empty:
         warnings.append(f"split(s) {', '.join(empty)} have no example: every video planned there failed to decode")
+    warnings += _untrainable(planned_part, splits)
     if short:
         warnings.append(
             f"{short} example(s) have fewer real frames than the {frames} asked for "

@@ -56,21 +56,38 @@ def interleaved(paths: list, starts: list, counts: list, shuffle: bool, seed, so
     return files.interleave(source, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def batched(examples, batch_size: int, shuffle: bool, seed, repeat: bool, shuffle_buffer: int, drop_remainder: bool, windows: bool):
-    """Batches: repeat, shuffle through a buffer, batch; with random windows, (batch, window seed [2])
-    pairs whose seeds come from a seeded stream, so the windows are reproducible."""
+HOLDOUT_UNITS = ("sequence", "dancer")
+EPOCH_SEED_STRIDE = 1_000_003  # epoch e of seed s shuffles with seed s * stride + e: distinct for any run's epochs
+
+
+def batched(examples, batch_size: int, shuffle: bool, seed, repeat: bool, shuffle_buffer: int, drop_remainder: bool,
+            windows: bool, epoch: int = 0):
+    """Batches: shuffled through a buffer, batched; with random windows, (batch, window seed [2]) pairs.
+
+    repeat=True: epochs `epoch`, epoch + 1, ... back to back, each epoch's order (and window seeds) a
+    pure function of (seed, epoch), never of how long the pipeline has run: a run resumed at epoch 5
+    in a new process sees epoch 5's batches. (A cache before this point is filled once and shared by
+    every epoch.) repeat=False: one epoch, reshuffled each time the dataset is iterated again, so its
+    later iterations depend on how many came before; resumable training uses repeat=True."""
     import tensorflow as tf
 
+    def one_epoch(number, reshuffle: bool):
+        if repeat:  # traced: an op seed alone decides, never the caller's global seed (which would also make
+            tf.compat.v1.get_default_graph().seed = None  # a tensor seed fail when the global seed is 0)
+        ordered = examples
+        epoch_seed = None if seed is None else tf.cast(seed, tf.int64) * EPOCH_SEED_STRIDE + number
+        if shuffle:
+            # Shards are already shuffled at write time and files are interleaved, so a modest buffer
+            # mixes well; 256 x ~80 KB records measured ~40% faster than 1024 on 2 cores (cache misses).
+            ordered = ordered.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=reshuffle)
+        batches = ordered.batch(batch_size, drop_remainder=drop_remainder)
+        if windows:
+            return tf.data.Dataset.zip((batches, tf.data.Dataset.random(seed=epoch_seed).batch(2, drop_remainder=True)))
+        return batches  # no map to add a seed nobody uses: one stage less per batch
+
     if repeat:
-        examples = examples.repeat()
-    if shuffle:
-        # Shards are already shuffled at write time and files are interleaved, so a modest buffer
-        # mixes well; 256 x ~80 KB records measured ~40% faster than 1024 on 2 cores (cache misses).
-        examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    batches = examples.batch(batch_size, drop_remainder=drop_remainder)
-    if windows:
-        return tf.data.Dataset.zip((batches, tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)))
-    return batches  # no map to add a seed nobody uses: one stage less per batch
+        return tf.data.Dataset.range(epoch, 2**62).flat_map(lambda number: one_epoch(number, False))
+    return one_epoch(tf.constant(epoch, tf.int64), True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +133,7 @@ class DatasetBuilder:
         mapping local schema-4 shards (the names are schema 3's, when a row file served as the map)."""
         self.path = path.rstrip("/")
         self.read_rows, self.map_rows = rows, map_rows
+        self._holdout_parts: dict = {}
         self.manifest = manifest_lib.load(self.path)
         m = self.manifest
         self.info = DatasetInfo(
@@ -205,12 +223,16 @@ class DatasetBuilder:
         skip_bad_shards: bool = False,
         data_service: str | None = None,
         cast: bool = True,
+        epoch: int = 0,
+        holdout_by: str = "sequence",
     ):
         """((features, mask), label) batches of `split`; with_metadata adds a dict of string fields.
 
         training (default: shuffle) picks random seq_len windows instead of centred ones.
         holdout_fraction > 0 removes a hashed-by-sequence_id part of the split (holdout=True keeps only
-        it): a validation set that shares no performance with what it is taken from.
+        it): a validation set that shares no performance with what it is taken from; holdout_by="dancer"
+        holds out whole dancer groups instead (dancers who appear together go together), for builds
+        split by dancer: then it shares no dancer either (holdout_part says what it shares).
         cache keeps the decoded examples in memory after the first pass (cache_bytes(split) of it);
         later epochs skip reading and parsing, and are still reshuffled.
         A corrupted or truncated shard raises tf.errors.InvalidArgumentError naming the file when it is
@@ -221,6 +243,8 @@ class DatasetBuilder:
         cardinality is unknown: use repeat=True and steps_per_epoch. Not with cache or input_context.
         cast=False hands features over in the stored dtype (float16 by default): half the bytes through
         the pipeline, and a model with a float32 input casts them on its device (train.py does this).
+        repeat=True gives epochs `epoch`, epoch + 1, ... whose orders are each a pure function of
+        (seed, epoch): start at the epoch a resumed run continues from, with steps_per_epoch.
         Without metadata, local shards of schema 4 are memory-mapped and each batch's features gathered
         through their indexes (the same batches as TFRecordDataset gives, several times faster; see
         shard_index.MappedShards); every shard is checked whole (each record's CRCs) when first mapped
@@ -235,6 +259,8 @@ class DatasetBuilder:
             raise ConfigError(f"seq_len must be in 1..{self.info.num_frames} (the stored frames), got {seq_len}")
         if not 0 <= holdout_fraction < 1:
             raise ConfigError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+        if holdout_by not in HOLDOUT_UNITS:
+            raise ConfigError(f"holdout_by must be one of {', '.join(HOLDOUT_UNITS)}, got {holdout_by!r}")
         if data_service is not None:
             from dancedata import data_service as service
 
@@ -265,7 +291,8 @@ class DatasetBuilder:
         if shard_records:
             records = records.shard(pipelines, pipeline)
         if holdout_fraction:
-            records = reading.select(records, holdout_fraction, holdout)
+            held = self.holdout_part(split, holdout_fraction, holdout_by)[0] if holdout_by != "sequence" else None
+            records = reading.select(records, holdout_fraction, holdout, held)
         if cache:
             # Cache decoded examples in the stored dtype (no larger than the shards): later epochs skip
             # parse_example and decode_raw, which cost more than reading the file (benchmarks/).
@@ -273,7 +300,7 @@ class DatasetBuilder:
         else:
             examples = records
         batches = batched(examples, batch_size, shuffle, seed, repeat and not data_service, shuffle_buffer, drop_remainder,
-                           seq_len is not None and training)  # through the service, each epoch is one job: repeated at the end
+                          seq_len is not None and training, epoch)  # through the service, each epoch is one job: repeated at the end
         to_inputs = self._to_inputs(seq_len, training, with_metadata, cast)
         if cache:
             prepare = to_inputs
@@ -306,6 +333,33 @@ class DatasetBuilder:
                 or any("index" not in shard for shard in shards)):
             return None
         return shards
+
+    def holdout_part(self, split: str, fraction: float, by: str = "dancer") -> tuple:
+        """(held-out sequence ids, what the held-out part shares with the rest) when a part of `split`
+        is held out by `by`: "dancer" hashes each dancer group (split.dancer_groups) and holds out all of
+        its sequences. Reads the split's metadata once per builder (its strings only)."""
+        key = (split, fraction, by)
+        if key not in self._holdout_parts:
+            import pandas as pd
+            import tensorflow as tf
+
+            from dancedata import split as split_lib
+
+            fields = ("video_id", schema.SEQUENCE_ID, "genre", "situation", "dancer", "music", "choreography")
+            spec = {name: tf.io.FixedLenFeature([], tf.string, default_value="") for name in fields}
+            records = tf.data.TFRecordDataset(self.files(split)).batch(1024).map(lambda s: tf.io.parse_example(s, spec))
+            columns = {name: [] for name in fields}
+            for batch in records:
+                for name in fields:
+                    columns[name] += [value.decode("utf-8") for value in batch[name].numpy()]
+            videos = pd.DataFrame(columns)
+            groups = split_lib.dancer_groups(videos) if by == "dancer" else videos[schema.SEQUENCE_ID]
+            buckets = tf.strings.to_hash_bucket_fast(list(groups) or [""], schema.HOLDOUT_BUCKETS).numpy()[: len(groups)]
+            held = buckets < int(round(fraction * schema.HOLDOUT_BUCKETS))
+            videos["split"] = np.where(held, "val", "train")
+            sequences = frozenset(s.encode("utf-8") for s in videos[schema.SEQUENCE_ID][held])
+            self._holdout_parts[key] = (sequences, split_lib.shared_with_train(videos).get("val", {}))
+        return self._holdout_parts[key]
 
     def usable_files(self, split: str, skip_bad_shards: bool) -> tuple:
         """(paths, counts) of `split`, leaving out damaged shards (with one warning) when asked."""

@@ -59,7 +59,8 @@ class Reading(NamedTuple):
 
     source: Callable  # (shard path, start, count) -> dataset of the shard's elements (start: its first example's index)
     decode: Callable  # a batch of elements -> dict of tensors (schema.decode_batch's, features in the stored dtype)
-    select: Callable  # (elements, fraction, holdout) -> those outside (holdout: inside) the held-out part
+    select: Callable  # (elements, fraction, holdout, held) -> those outside (holdout: inside) the held-out part
+    # (held: None for the hash of each sequence id, or the set of held-out sequence ids)
     parallel: bool  # whether sources wait on I/O, so several are read at once
 
 
@@ -75,9 +76,12 @@ def reading(decode_batch, keys) -> Reading:
     def decode(serialized):
         return decode_batch(serialized, keys, cast=False)
 
-    def select(records, fraction, holdout):
+    def select(records, fraction, holdout, held_sequences=None):
+        table = schema.holdout_table(held_sequences)
+
         def wanted(serialized):
-            held = schema.held_out(tf.io.parse_single_example(serialized, spec)[schema.SEQUENCE_ID], fraction)
+            sequence = tf.io.parse_single_example(serialized, spec)[schema.SEQUENCE_ID]
+            held = schema.held_out(tf.reshape(sequence, [1]), fraction, table)[0]
             return held if holdout else tf.logical_not(held)
 
         return records.filter(wanted)

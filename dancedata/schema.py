@@ -110,12 +110,27 @@ def values_lost(features: np.ndarray, dtype: str) -> int:
 TRAINING_KEYS = (FEATURES, MASK, LABEL)
 
 
-def held_out(sequences, fraction: float):
-    """Whether each sequence id falls in the held-out `fraction` (a stable hash: the same sequences for
-    every reader, so a held-out validation part never shares a performance with the rest)."""
+def held_out(sequences, fraction: float, held=None):
+    """Whether each sequence id falls in the held-out `fraction`: a stable hash of the sequence id (the
+    same sequences for every reader, so a held-out validation part never shares a performance with the
+    rest), or, with `held` (holdout_table's), membership in a set of held-out sequence ids: a part
+    chosen by a coarser unit, such as dancer groups (read.DatasetBuilder.holdout_part)."""
     import tensorflow as tf
 
+    if held is not None:
+        return held.lookup(tf.convert_to_tensor(sequences, tf.string)) > 0
     return tf.strings.to_hash_bucket_fast(sequences, HOLDOUT_BUCKETS) < int(round(fraction * HOLDOUT_BUCKETS))
+
+
+def holdout_table(sequences):
+    """A lookup table of held-out sequence ids for held_out (made eagerly, captured by readers), or None."""
+    if sequences is None:
+        return None
+    import tensorflow as tf
+
+    keys = tf.constant(sorted(sequences) or [b""], tf.string)
+    values = tf.constant([1] * len(sequences) or [0], tf.int64)
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, values), default_value=0)
 
 
 def decode_batch(serialized, spec: dict, num_frames: int, feature_dim: int, feature_dtype: str, keys=None, cast=True) -> dict:

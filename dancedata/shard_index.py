@@ -399,8 +399,8 @@ class MappedShards:
             features.set_shape([None, *shape])
             return {schema.FEATURES: features, schema.MASK: tf.gather(masks, indices), schema.LABEL: tf.gather(labels, indices)}
 
-        def select(indices, fraction, holdout):
-            held = schema.held_out(self.sequences(), fraction).numpy()
+        def select(indices, fraction, holdout, held_sequences=None):
+            held = schema.held_out(self.sequences().astype(bytes), fraction, schema.holdout_table(held_sequences)).numpy()
             return select_indices(indices, held, holdout)
 
         return Reading(source, decode, select, parallel=False)

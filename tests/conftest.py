@@ -27,7 +27,7 @@ def build_outputs(folder, same_input=True):
     found = {p.name: p.read_bytes() for p in sorted(folder.iterdir())
              if p.is_file() and p.name != "build_info.json" and not p.name.startswith(".dancedata")}  # locks: not outputs
     if not same_input:
-        found["manifest.json"] = {k: v for k, v in json.loads(found["manifest.json"]).items() if k != "source"}
+        found["manifest.json"] = {k: v for k, v in json.loads(found["manifest.json"]).items() if k not in ("source", "checksum")}
     return found
 
 

@@ -252,7 +252,7 @@ def test_train_refuses_to_mix_runs(reference, tmp_path, capsys):
     capsys.readouterr()
     assert cli.run(train_script.main, "train.py", argv) == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert "already holds a run" in line and "--overwrite" in line
+    assert "already holds a finished run" in line and "--overwrite" in line
     (tmp_path / "run" / "logs" / "stale-event-file").write_text("from the first run")
     assert cli.run(train_script.main, "train.py", argv + ["--overwrite"]) == 0
     assert not (tmp_path / "run" / "logs" / "stale-event-file").exists()
