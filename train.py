@@ -45,6 +45,11 @@ class TrainConfig:
         "(python -m dancedata.data_service); validation and evaluation stay local",
         default="",
     )
+    collective_timeout: float = config.flag(
+        "with --strategy multi-worker: seconds any all-reduce may wait for the other workers before the run stops "
+        "with an error (a worker died or hangs); long enough for the slowest worker's start-up",
+        default=300.0,
+    )
     strategy: str = config.flag(
         "default: one device; mirrored: all local GPUs (or logical CPUs) in sync, --batch-size is the global batch "
         "split over them; multi-worker: the machines in TF_CONFIG, each running this command (task 0 writes --out)",
@@ -69,6 +74,8 @@ class TrainConfig:
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         config.check_choice("strategy", self.strategy, STRATEGIES)
+        if self.collective_timeout <= 0:
+            raise ConfigError(f"collective_timeout must be positive, got {self.collective_timeout!r}")
         if self.data_service:
             from dancedata import data_service
 
@@ -212,7 +219,10 @@ def _strategy(cfg: TrainConfig):
     if cfg.strategy == "default":
         return tf.distribute.get_strategy()
     if cfg.strategy == "multi-worker":
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()  # the cluster from TF_CONFIG
+        # The cluster from TF_CONFIG. A timeout on every collective: a worker that dies (or hangs) ends the
+        # others' next all-reduce with an error instead of a wait without end.
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=cfg.collective_timeout)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         if cfg.batch_size % strategy.num_replicas_in_sync:
             raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} replicas")
         return strategy

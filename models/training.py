@@ -12,6 +12,8 @@ import types
 import keras
 import tensorflow as tf
 
+from dancedata.errors import DanceDataError
+
 
 def on_device_table(model, table, seq_len: int | None, compile_model):
     """A model that takes (example indices, frame positions), gathers features and masks from `table`
@@ -50,16 +52,40 @@ def is_chief(strategy) -> bool:
     return resolver.task_type == "chief" or (not has_chief and resolver.task_type == "worker" and resolver.task_id == 0)
 
 
+def worker_position(strategy) -> tuple[int, int]:
+    """(workers in the cluster, this worker's index among them: the chief first)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 1, 0
+    spec = resolver.cluster_spec().as_dict()
+    chiefs, workers = len(spec.get("chief", [])), len(spec.get("worker", []))
+    index = 0 if resolver.task_type == "chief" else chiefs + int(resolver.task_id)
+    return chiefs + workers, index
+
+
+class PeerLost(DanceDataError):
+    """A worker of a multi-worker run stopped answering: every worker stops (exit status 1)."""
+
+    exit_status = 1
+
+
 def fit_in_step(strategy, model, train, val, steps: int, epochs: int, batch_size: int, learning_rate: float, patience: int,
                 out: str, best: str | None):
     """The multi-worker training loop: Keras 3.15's fit fails under MultiWorkerMirroredStrategy (it
     reduces a first batch, then the loss, across workers: keras-team/keras#20585), so each step runs
     the replicas with strategy.run, averages the loss over the global batch and lets the optimizer
-    all-reduce the gradients. Validation runs on each worker's own copy of the (identical) weights, no
-    collective needed. Returns a Keras-like history; history.csv and the best weights are written
-    where `best` is given (the chief)."""
+    all-reduce the gradients.
+
+    Every decision is made once, from the same numbers on every worker: each worker evaluates its own
+    share of the validation batches, and the sums are all-reduced, so the best epoch, patience and
+    stopping agree by construction (no worker can stop while another waits in the next all-reduce).
+    A worker that dies makes the others' next collective fail (the strategy's collective timeout
+    bounds it): PeerLost, one line, on every survivor. Returns a Keras-like history; history.csv and
+    the best weights are written where `best` is given (the chief)."""
     import tensorflow as tf
 
+    workers, index = worker_position(strategy)
+    local = max(1, strategy.num_replicas_in_sync // workers)  # replicas per worker
     with strategy.scope():
         optimizer = keras.optimizers.Adam(learning_rate)
         optimizer.build(model.trainable_variables)
@@ -79,39 +105,57 @@ def fit_in_step(strategy, model, train, val, steps: int, epochs: int, batch_size
         totals = strategy.run(replica_step, args=(next(iterator),))
         return [strategy.reduce("SUM", value, axis=None) for value in totals]
 
-    def evaluate(dataset):
-        losses = correct = count = 0.0
-        for (features, mask), label in dataset:
+    @tf.function
+    def all_sum(values):
+        def replica(values):  # one replica per worker contributes the worker's sums
+            first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group % local, 0)
+            return tf.where(first, values, tf.zeros_like(values))
+
+        return strategy.reduce("SUM", strategy.run(replica, args=(values,)), axis=None)
+
+    shard = val.shard(workers, index) if val is not None else None
+
+    def evaluate():
+        sums = tf.zeros([3], tf.float32)
+        for (features, mask), label in shard:
             probabilities = model((features, mask), training=False)
-            losses += float(tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(label, probabilities)))
-            correct += float(tf.reduce_sum(tf.cast(tf.argmax(probabilities, -1) == tf.cast(label, tf.int64), tf.float32)))
-            count += int(label.shape[0])
+            sums += tf.stack([tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(label, probabilities)),
+                              tf.reduce_sum(tf.cast(tf.argmax(probabilities, -1) == tf.cast(label, tf.int64), tf.float32)),
+                              tf.cast(tf.size(label), tf.float32)])
+        losses, correct, count = (float(v) for v in all_sum(sums))
         return losses / max(count, 1), correct / max(count, 1)
 
     history = {"accuracy": [], "loss": []} | ({"val_accuracy": [], "val_loss": []} if val is not None else {})
     iterator, best_accuracy, since_best = iter(train), float("-inf"), 0
-    for epoch in range(epochs):
-        sums = [0.0, 0.0, 0.0]
-        for _ in range(steps):
-            sums = [total + float(value) for total, value in zip(sums, train_step(iterator))]
-        history["loss"].append(sums[0] / sums[2])
-        history["accuracy"].append(sums[1] / sums[2])
-        line = f"epoch {epoch + 1}/{epochs} - accuracy: {history['accuracy'][-1]:.4f} - loss: {history['loss'][-1]:.4f}"
-        if val is not None:
-            val_loss, val_accuracy = evaluate(val)
-            history["val_loss"].append(val_loss)
-            history["val_accuracy"].append(val_accuracy)
-            line += f" - val_accuracy: {val_accuracy:.4f} - val_loss: {val_loss:.4f}"
-            if val_accuracy > best_accuracy:
-                best_accuracy, since_best = val_accuracy, 0
-                if best:
-                    model.save_weights(best)
-            else:
-                since_best += 1
-        if best:
-            print(line, flush=True)
-        if patience and since_best >= patience:  # every worker sees the same val_accuracy: they stop together
-            break
+    try:
+        for epoch in range(epochs):
+            sums = [0.0, 0.0, 0.0]
+            for _ in range(steps):
+                sums = [total + float(value) for total, value in zip(sums, train_step(iterator))]
+            history["loss"].append(sums[0] / sums[2])
+            history["accuracy"].append(sums[1] / sums[2])
+            line = f"epoch {epoch + 1}/{epochs} - accuracy: {history['accuracy'][-1]:.4f} - loss: {history['loss'][-1]:.4f}"
+            if val is not None:
+                val_loss, val_accuracy = evaluate()
+                history["val_loss"].append(val_loss)
+                history["val_accuracy"].append(val_accuracy)
+                line += f" - val_accuracy: {val_accuracy:.4f} - val_loss: {val_loss:.4f}"
+                if val_accuracy > best_accuracy:
+                    best_accuracy, since_best = val_accuracy, 0
+                    if best:
+                        model.save_weights(best)
+                else:
+                    since_best += 1
+            if best:
+                print(line, flush=True)
+            if patience and since_best >= patience:  # the same all-reduced numbers on every worker: all stop here
+                break
+    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.CancelledError,
+            tf.errors.AbortedError, tf.errors.InternalError) as error:
+        first = (getattr(error, "message", "") or str(error)).strip().splitlines()[0][:200]
+        raise PeerLost(f"a worker of this multi-worker run stopped answering during epoch {epoch + 1} ({first}); every "
+                       "worker stops. Start all workers again (with --overwrite on the chief: multi-worker runs do not "
+                       "resume yet)") from None
     if best:
         with open(os.path.join(out, "history.csv"), "w", newline="") as handle:
             writer = csv.writer(handle)

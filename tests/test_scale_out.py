@@ -163,3 +163,52 @@ def test_s3_where_tensorflow_io_cannot_load_is_one_line(tmp_path, capsys):
     code = cli.run(train_script.main, "train.py", ["--shards", "s3://bucket/shards", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "tensorflow-io" in err[0], err
+
+
+@pytest.mark.parametrize("killed", [1, 0], ids=["a worker", "the chief"])
+def test_a_killed_multi_worker_peer_ends_the_others_with_one_line(learning_run, tmp_path, killed):
+    """The survivors' next all-reduce fails (or times out after --collective-timeout): each stops with
+    one line and exit status 1, in bounded time, never waiting without end."""
+    import signal
+    import threading
+    import time
+
+    base, _ = learning_run
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    argv = ["--shards", str(base / "shards"), "--epochs", "100000", "--batch-size", "8", "--seed", "0",
+            "--strategy", "multi-worker", "--collective-timeout", "20"]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "train.py"), *argv, "--out", str(tmp_path / f"run{index}")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=cli_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})),
+        )
+        for index in range(2)
+    ]
+    epochs = threading.Event()
+    lines = []
+
+    def watch(stream):  # the chief prints a line per epoch
+        for line in stream:
+            lines.append(line)
+            if line.startswith("epoch 3/"):
+                epochs.set()
+
+    threading.Thread(target=watch, args=(workers[0].stdout,), daemon=True).start()
+    try:
+        assert epochs.wait(300), (lines, workers[0].poll())
+        workers[killed].send_signal(signal.SIGKILL)
+        survivor = workers[1 - killed]
+        started = time.monotonic()
+        survivor.wait(timeout=180)  # its stdout may be the watcher's: read stderr alone
+        err = survivor.stderr.read()
+        assert time.monotonic() - started < 150
+        assert survivor.returncode == 1, err[-3000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("train.py: error: a worker of this multi-worker run stopped answering during epoch "), err[-3000:]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait()
