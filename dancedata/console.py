@@ -18,6 +18,7 @@ COMMANDS = {
     "train": ("train", "train, evaluate and save a genre classifier on shards", True),
     "predict": ("dancedata.predict", "top-k genres of videos with a model trained by `dancedata train`", True),
     "download": ("dancedata.download", "fetch AIST Dance DB videos (resumable, retried, checksummed)", False),
+    "sample": ("dancedata.sample", "write a small AIST-like folder of real H.264 clips, made here (no download)", False),
     "data-service": ("dancedata.data_service", "start a tf.data service dispatcher or worker", True),
 }
 
