@@ -212,6 +212,22 @@ def _for_strategy(cfg: TrainConfig, dataset):
     return dataset.map(lambda inputs, label: ((inputs[0], tf.cast(inputs[1], tf.uint8)), label))
 
 
+def _say_who_can_reach() -> None:
+    """A multi-worker run starts a gRPC server in every worker: say, before it listens, who can reach it."""
+    import getpass
+    import json
+
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG", "{}"))
+        address = task["cluster"][task["task"]["type"]][int(task["task"]["index"])]
+    except (ValueError, KeyError, IndexError, TypeError):
+        address = "the port TF_CONFIG gives this task"
+    port = str(address).rsplit(":", 1)[-1]
+    print(f"train.py: this worker's TensorFlow server listens on port {port} on every network interface, without "
+          f"authentication: anyone who can reach it can run TensorFlow operations (read and write files) as user "
+          f"{getpass.getuser()}; keep the cluster on a private network (docs/servers.md)", file=sys.stderr)
+
+
 def _strategy(cfg: TrainConfig):
     """The tf.distribute strategy for --strategy (created before any model or dataset)."""
     import tensorflow as tf
@@ -221,6 +237,7 @@ def _strategy(cfg: TrainConfig):
     if cfg.strategy == "multi-worker":
         # The cluster from TF_CONFIG. A timeout on every collective: a worker that dies (or hangs) ends the
         # others' next all-reduce with an error instead of a wait without end.
+        _say_who_can_reach()
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=cfg.collective_timeout)
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         if cfg.batch_size % strategy.num_replicas_in_sync:

@@ -109,6 +109,25 @@ class OutputFolder:
         self.reuse = fs.join(self.state, REUSE_DIR)
         self.plan = read_json(fs.join(self.state, PLAN_FILE))
         self.manifest = read_json(fs.join(out, manifest.FILENAME))
+        self._check_names()
+
+    def _check_names(self) -> None:
+        """Every name this folder's metadata hands on (plan files and units, manifest shards) is a plain
+        shard name, checked before anything is read, moved or deleted: a folder that travelled between
+        people could otherwise name `../victim.txt` and have a build delete it."""
+        plan, found = self.plan if isinstance(self.plan, dict) else {}, self.manifest if isinstance(self.manifest, dict) else {}
+        named = [(f".build/{PLAN_FILE} files", name) for name in plan.get("files", [])]
+        named += [(f".build/{PLAN_FILE} units", unit[0] if isinstance(unit, list) and unit else unit)
+                  for unit in plan.get("units", [])]
+        splits = found.get("splits", {}) if isinstance(found.get("splits", {}), dict) else {}
+        named += [(manifest.FILENAME, shard.get("file") if isinstance(shard, dict) else shard)
+                  for split in splits.values() if isinstance(split, dict) for shard in split.get("shards", [])]
+        for where, name in named:
+            check_shard_name(name, f"{self.out}: {where}")
+        for unit in plan.get("units", []):
+            if not (isinstance(unit, list) and len(unit) == 2 and isinstance(unit[1], str) and KEY.match(unit[1])):
+                raise InputError(f"{self.out}: .build/{PLAN_FILE} lists a unit that no build wrote ({str(unit)[:120]}); "
+                                 "it was edited or damaged: choose another --out, or delete the folder")
 
     def ours(self) -> set:
         """Shard names in `out` that a dancedata build wrote (per its plan and manifest), and may
@@ -121,18 +140,19 @@ class OutputFolder:
         return names
 
     def records(self) -> dict:
-        """{shard name: record} of the committed shards of the current plan generation."""
+        """{shard name: record} of the committed shards of the current plan generation; a record that
+        names other files than its own shard's counts as none (it is redone, never followed)."""
         found = {}
         for name in sorted(fs.listdir(self.state)):
             if name.endswith(".tfrecord.json") and SHARD_NAME.match(name[: -len(".json")]):
-                record = read_json(fs.join(self.state, name))
-                if isinstance(record, dict):
+                record = _own_record(name[: -len(".json")], read_json(fs.join(self.state, name)))
+                if record is not None:
                     found[name[: -len(".json")]] = record
         return found
 
     def record(self, name: str) -> dict | None:
         """The committed record of one shard, or None (one file read, not the whole state folder)."""
-        return read_json(fs.join(self.state, name + ".json"))
+        return _own_record(name, read_json(fs.join(self.state, name + ".json")))
 
     def reuse_records(self) -> list:
         """(path of an earlier shard, its record) for the shards kept for an update."""
@@ -141,7 +161,7 @@ class OutputFolder:
             if re.fullmatch(r"[0-9a-f]{32}\.json", name):
                 record = read_json(fs.join(self.reuse, name))
                 shard = fs.join(self.reuse, name[: -len(".json")] + ".tfrecord")
-                if isinstance(record, dict) and fs.exists(shard):
+                if isinstance(record, dict) and KEY.match(str(record.get("key", ""))) and fs.exists(shard):
                     pairs.append((shard, record))
         return pairs
 
@@ -210,6 +230,30 @@ class OutputFolder:
 
     def finish(self) -> None:
         fs.rmtree(self.reuse)
+
+
+KEY = re.compile(r"^[0-9a-f]{64}$")  # a work unit's key (plan.digest)
+
+
+def check_shard_name(name, where: str) -> None:
+    """Refuses, in one line naming the entry, anything but a plain shard name: no separators, no `..`,
+    no absolute path, drive or scheme can come from a folder's metadata into a path."""
+    if not isinstance(name, str) or not SHARD_NAME.match(name) or name.endswith((".index", ".rows")):
+        raise InputError(f"{where} names {str(name)[:120]!r}, which is not a shard name a build writes; the folder's "
+                         "metadata was edited or damaged: nothing was touched. Choose another --out, or delete the folder")
+
+
+def _own_record(name: str, record) -> dict | None:
+    """`record` if it is a record of shard `name` naming only that shard's files, else None."""
+    if not isinstance(record, dict) or record.get("file", name) != name or not KEY.match(str(record.get("key", ""))):
+        return None
+    index = record.get("index")
+    if index is not None and (not isinstance(index, dict) or index.get("file") != name + shard_index.SUFFIX):
+        return None
+    rows = record.get("rows")
+    if rows is not None and (not isinstance(rows, dict) or rows.get("file") != name + ROWS_SUFFIX):
+        return None
+    return record
 
 
 def check_path(out: str) -> None:
