@@ -118,12 +118,11 @@ def test_mirrored_over_two_devices_learns_and_evaluates_as_one_device(learning_r
     assert alone["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5, abs=1e-6)
 
 
-def test_multi_worker_trains_in_two_processes_and_only_the_chief_writes(learning_run, tmp_path):
-    base, _ = learning_run
+def _two_workers(argv: list, tmp_path) -> list:
+    """train.py as the two workers of a multi-worker cluster on 127.0.0.1, each with its own --out."""
     ports = [_free_port(), _free_port()]
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    argv = ["--shards", str(base / "shards"), *LEARNING_TRAIN_FLAGS, "--strategy", "multi-worker"]
-    workers = [
+    return [
         subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "train.py"), *argv, "--out", str(tmp_path / f"run{index}")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -131,6 +130,11 @@ def test_multi_worker_trains_in_two_processes_and_only_the_chief_writes(learning
         )
         for index in range(2)
     ]
+
+
+def test_multi_worker_trains_in_two_processes_and_only_the_chief_writes(learning_run, tmp_path):
+    base, _ = learning_run
+    workers = _two_workers(["--shards", str(base / "shards"), *LEARNING_TRAIN_FLAGS, "--strategy", "multi-worker"], tmp_path)
     for worker in workers:
         _, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err[-3000:]
@@ -174,18 +178,8 @@ def test_a_killed_multi_worker_peer_ends_the_others_with_one_line(learning_run, 
     import time
 
     base, _ = learning_run
-    ports = [_free_port(), _free_port()]
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
-    argv = ["--shards", str(base / "shards"), "--epochs", "100000", "--batch-size", "8", "--seed", "0",
-            "--strategy", "multi-worker", "--collective-timeout", "20"]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, "train.py"), *argv, "--out", str(tmp_path / f"run{index}")],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=cli_env(TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})),
-        )
-        for index in range(2)
-    ]
+    workers = _two_workers(["--shards", str(base / "shards"), "--epochs", "100000", "--batch-size", "8", "--seed", "0",
+                            "--strategy", "multi-worker", "--collective-timeout", "20"], tmp_path)
     epochs = threading.Event()
     lines = []
 
