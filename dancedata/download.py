@@ -5,15 +5,22 @@ exists), checked against the server's Content-Length, and renamed when complete;
 sha256 go into `aist/.download.json`, so a later run verifies what it has instead of fetching it
 again. Timeouts, dropped connections and 5xx answers are retried with exponential backoff; a 4xx is
 final. The run ends with a report of what failed and why, and exits 1 if anything did.
+
+The list decides file names, so it is not trusted: a name must be a plain file name (letters, digits,
+`_`, `-`, `.`, not first; every AIST name is one), or it is reported and skipped, never joined to a
+path; the downloader also refuses any target whose real parent is not the output folder. HTTPS
+certificates are always verified, and a rejected one is final, not retried.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import http.client
 import json
 import os
 import re
+import ssl
 import sys
 import threading
 import time
@@ -27,6 +34,8 @@ from dancedata.write import sha256
 LIST_URL = "https://storage.googleapis.com/aist_plusplus_public/20121228/video_list.txt"
 BASE_URL = "https://aistdancedb.ongaaccel.jp/v1.0.0/video/10M/"
 RECORD = ".download.json"
+MAX_NAME = 200
+_PLAIN_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9_.-]{{0,{MAX_NAME - 1}}}")
 TERMS = """\
 AIST Dance Video Database — terms of use (summary; the full terms are at https://aistdancedb.ongaaccel.jp/terms_of_use/)
   * The videos may be used for research and development purposes only.
@@ -77,11 +86,51 @@ def _items(text: str) -> list:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    # Passed explicitly so that certificate and host name checks hold even where the process-wide
+    # default has been swapped for an unverified one.
+    return ssl.create_default_context()
+
+
+def name_problem(name: str) -> str:
+    """Why `name` cannot be a video name, "" when it can.
+
+    Only plain file names pass: ASCII letters, digits, `_`, `-` and `.` (not first), at most 200 characters.
+    Every AIST name (naming.parse_aist_name) is one; matching the AIST patterns is not enough on its own,
+    since the showcase/cypher/battle pattern lets anything stand between the camera and the version.
+    """
+    if _PLAIN_NAME.fullmatch(name):
+        return ""
+    if not name:
+        why = "the name is empty"
+    elif "/" in name or "\\" in name or name in (".", ".."):
+        why = "it would be written outside the output folder"
+    elif name.startswith("."):
+        why = "it starts with '.' (a hidden file, such as the download record)"
+    elif ":" in name:
+        why = "it has a ':' (a drive letter or a URL scheme)"
+    elif len(name) > MAX_NAME:
+        why = f"it is longer than {MAX_NAME} characters"
+    else:
+        why = "only letters, digits, '_', '-' and '.' may appear in it"
+    return f"not a video name: {why}; skipped"
+
+
+def _shown(name: str) -> str:
+    """A name as the report prints it: a bad one quoted and escaped, so it cannot upset the terminal."""
+    if not name_problem(name):
+        return name
+    return ascii(name if len(name) <= 80 else name[:80] + "...")
+
+
 def read_list(source: str, timeout: float = 60.0) -> list:
-    """Video names (no extension) from a local file or a URL; blank lines and # comments dropped."""
+    """Video names (no extension) from a local file or a URL; blank lines and # comments dropped.
+
+    The names are returned as written; name_problem tells which may be used."""
     try:
         if re.match(r"^https?://", source):
-            with urllib.request.urlopen(source, timeout=timeout) as response:
+            with urllib.request.urlopen(source, timeout=timeout, context=_tls()) as response:
                 text = response.read().decode("utf-8")
         else:
             with open(source, encoding="utf-8") as handle:
@@ -128,9 +177,19 @@ class Downloader:
             json.dump(self.record, handle, indent=1, sort_keys=True)
         os.replace(temporary, self._record_path)
 
+    def _paths(self, name: str) -> tuple:
+        """The final and partial files of `name`; FinalError unless both really lie in the output folder
+        (a name that is not plain, or a link planted there, would send the bytes elsewhere)."""
+        final = os.path.join(self.out, name + ".mp4")
+        folder = os.path.realpath(self.out)
+        for path in (final, final + ".part"):
+            if os.path.dirname(os.path.realpath(path)) != folder:
+                raise FinalError(f"refused to write {path!r}: it resolves outside the output folder {folder}")
+        return final, final + ".part"
+
     def is_complete(self, name: str) -> bool:
         """A finished file whose size and sha256 match the record: no need to fetch it again."""
-        path = os.path.join(self.out, name + ".mp4")
+        path, _ = self._paths(name)
         entry = self.record.get(name)
         return bool(entry) and os.path.exists(path) and os.path.getsize(path) == entry["size"] and sha256(path) == entry["sha256"]
 
@@ -152,12 +211,11 @@ class Downloader:
 
     def _attempt(self, name: str) -> None:
         url = self.cfg.base_url + name + ".mp4"
-        final = os.path.join(self.out, name + ".mp4")
-        partial = final + ".part"
+        final, partial = self._paths(name)
         have = os.path.getsize(partial) if os.path.exists(partial) else 0
         request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         try:
-            with urllib.request.urlopen(request, timeout=self.cfg.timeout) as response:
+            with urllib.request.urlopen(request, timeout=self.cfg.timeout, context=_tls()) as response:
                 resumed = have and response.status == 206
                 length = response.headers.get("Content-Length")
                 expected = (have if resumed else 0) + int(length) if length is not None else None
@@ -179,6 +237,9 @@ class Downloader:
                 raise TransientError(f"HTTP {error.code} {error.reason} for {url}") from None
             raise FinalError(f"HTTP {error.code} {error.reason} for {url}") from None
         except (TimeoutError, ConnectionError, http.client.HTTPException, urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            if isinstance(reason, ssl.SSLCertVerificationError):  # another try meets the same certificate
+                raise FinalError(f"TLS certificate rejected for {url}: {reason}") from None
             raise TransientError(f"{type(error).__name__}: {error} for {url}") from None
         size = os.path.getsize(partial)
         if expected is not None and size != expected:
@@ -214,14 +275,18 @@ class _Progress:
 
 
 def download(out: str, cfg: DownloadConfig) -> dict:
-    """Downloads the selected videos into `out`; returns {"downloaded", "present", "failed": {name: reason}}."""
-    names = select(read_list(cfg.list, cfg.timeout), cfg)
-    if not names:
+    """Downloads the selected videos into `out`; returns {"downloaded", "present", "failed": {name: reason}}.
+
+    List entries that are not video names (name_problem) are failed without being fetched."""
+    listed = read_list(cfg.list, cfg.timeout)
+    rejected = {name: name_problem(name) for name in listed if name_problem(name)}
+    names = select([name for name in listed if name not in rejected], cfg)
+    if not names and not rejected:
         raise InputError("no video names left after --genres/--situations/--cameras/--limit")
     os.makedirs(out, exist_ok=True)
     progress = _Progress(len(names), cfg.quiet)
     downloader = Downloader(out, cfg, progress)
-    outcome = {"downloaded": [], "present": [], "failed": {}}
+    outcome = {"downloaded": [], "present": [], "failed": dict(rejected)}
     pool = concurrent.futures.ThreadPoolExecutor(cfg.processes)
     try:
         futures = {pool.submit(downloader.fetch, name): name for name in names}
@@ -266,7 +331,7 @@ def main(argv=None) -> int:
     outcome = download(args.out, cfg)
     print(f"downloaded {len(outcome['downloaded'])}, already present {len(outcome['present'])}, failed {len(outcome['failed'])}")
     for name, reason in sorted(outcome["failed"].items()):
-        print(f"  failed {name}: {reason}")
+        print(f"  failed {_shown(name)}: {reason}")
     return 1 if outcome["failed"] else 0
 
 

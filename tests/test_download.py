@@ -1,9 +1,13 @@
-"""The downloader against a local HTTP server on 127.0.0.1 serving generated files."""
+"""The downloader against a local HTTP(S) server on 127.0.0.1 serving generated files."""
 import collections
 import http.server
 import json
 import os
+import shutil
+import ssl
+import subprocess
 import threading
+import urllib.request
 
 import pytest
 
@@ -137,3 +141,128 @@ def test_terms_must_be_accepted_when_not_interactive(tmp_path, capsys, monkeypat
 def test_bad_values_exit_2(tmp_path, capsys, extra, message):
     assert cli.run(download.main, "download", [str(tmp_path), "--accept-terms", *extra]) == 2
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("name", ["gBR_sBM_c01_d04_mBR0_ch01", "gLO_sGR_c01_d13_d14_d15_mLO0_ch01", "sBT_c01_d01_v5",
+                                  "sSH_c01_v0", "flaky", "clip-01.v2", "x" * 200])
+def test_plain_and_aist_names_are_video_names(name):
+    assert download.name_problem(name) == ""
+
+
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("../escape", "outside the output folder"),
+        ("/tmp/abs", "outside the output folder"),
+        ("sub/dir", "outside the output folder"),
+        ("a\\b", "outside the output folder"),
+        ("..", "outside the output folder"),
+        ("sSH_c01_../../x_v0", "outside the output folder"),  # fits the unlabelled AIST pattern, still refused
+        ("http://x/y", "outside the output folder"),
+        ("C:evil", "a drive letter or a URL scheme"),
+        (".download", "starts with '.'"),
+        ("", "empty"),
+        ("x" * 201, "longer than 200 characters"),
+        ("bad\x1b[2Jname", "only letters, digits"),
+        ("two words", "only letters, digits"),
+    ],
+)
+def test_other_names_are_not_video_names(name, why):
+    assert download.name_problem(name).startswith("not a video name: ") and why in download.name_problem(name)
+
+
+def test_list_entries_that_are_not_video_names_are_reported_and_skipped(server, tmp_path, capsys, monkeypatch):
+    # The server answers by the URL's last segment, so it would serve each bad entry: only the name check
+    # stands between them and a write.
+    for served in ("escape", "abs", "dir", "x", "C:evil"):
+        monkeypatch.setitem(FILES, served, b"not yours")
+    bad = ["../escape", str(tmp_path / "abs"), "sub/dir", "gs://other/x", "C:evil"]
+    good = "gBR_sBM_c01_d04_mBR0_ch01"
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(bad + [good]) + "\n")
+    out = tmp_path / "aist"
+    before = set(os.listdir(tmp_path))
+    argv = [str(out), "--accept-terms", "--list", str(listing), "--base-url", server + "videos/", "--quiet"]
+    assert cli.run(download.main, "download", argv) == 1
+    text = capsys.readouterr().out
+    assert "downloaded 1, already present 0, failed 5" in text
+    for name in bad:
+        assert f"failed {name!r}: not a video name: " in text, name
+    assert "failed '../escape': not a video name: it would be written outside the output folder" in text
+    assert (out / f"{good}.mp4").read_bytes() == FILES[good]
+    assert sorted(os.listdir(out)) == [".download.json", f"{good}.mp4"]
+    assert set(os.listdir(tmp_path)) == before | {"aist"}  # nothing new beside OUT
+    assert set(Handler.hits) == {good}  # the bad entries were never even requested
+
+
+def test_downloader_refuses_a_target_that_resolves_outside_its_folder(tmp_path):
+    out = tmp_path / "aist"
+    out.mkdir()
+    name = "gBR_sBM_c01_d04_mBR0_ch01"
+    (out / f"{name}.mp4.part").symlink_to(tmp_path / "elsewhere")  # a link planted in OUT
+    downloader = download.Downloader(str(out), download.DownloadConfig(base_url="http://127.0.0.1:9/"))
+    for target in (name, "../escape"):
+        with pytest.raises(download.FinalError, match="resolves outside the output folder"):
+            downloader.fetch(target)
+    assert sorted(os.listdir(tmp_path)) == ["aist"]
+
+
+class _TLSServer(http.server.ThreadingHTTPServer):
+    """HTTPS with the handshake in the request's thread, under a timeout, so a stuck client cannot hold
+    up shutdown()."""
+
+    context = None
+
+    def finish_request(self, request, client_address):
+        request.settimeout(10)
+        with self.context.wrap_socket(request, server_side=True) as tls:
+            super().finish_request(tls, client_address)
+
+    def handle_error(self, request, client_address):
+        pass  # a refused handshake is what the test expects
+
+
+@pytest.fixture
+def https_server(tmp_path):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command line is not on PATH; it makes the test's self-signed certificate")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    Handler.hits = collections.Counter()
+    httpd = _TLSServer(("127.0.0.1", 0), Handler)
+    httpd.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    httpd.context.load_cert_chain(cert, key)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{httpd.server_address[1]}/", cert
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=10)
+
+
+def test_a_certificate_that_does_not_verify_is_refused(https_server, tmp_path, capsys):
+    base, cert = https_server
+    name = "gBR_sBM_c01_d04_mBR0_ch01"
+    # Control: a client that trusts the certificate gets the file, so the refusal below is the certificate's.
+    trusting = ssl.create_default_context(cafile=str(cert))
+    trusting.check_hostname = False
+    with urllib.request.urlopen(f"{base}videos/{name}.mp4", timeout=5, context=trusting) as response:
+        assert response.read() == FILES[name]
+    Handler.hits.clear()
+    listing = tmp_path / "list.txt"
+    listing.write_text(name + "\n")
+    out = tmp_path / "aist"
+    argv = [str(out), "--accept-terms", "--list", str(listing), "--base-url", base + "videos/", "--quiet",
+            "--timeout", "5", "--retry-wait", "0.01"]
+    assert cli.run(download.main, "download", argv) == 1
+    text = capsys.readouterr().out
+    assert f"failed {name}: TLS certificate rejected for {base}videos/{name}.mp4: " in text
+    assert "certificate verify failed" in text and "gave up" not in text  # final at once, not retried
+    assert os.listdir(out) == [] and Handler.hits[name] == 0
+    # The list over HTTPS goes through the same check: a user's error, exit 2.
+    assert cli.run(download.main, "download", [str(out), "--accept-terms", "--list", base + "list.txt", "--timeout", "5"]) == 2
+    assert "certificate verify failed" in capsys.readouterr().err
