@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
+import re
 import types
 
 import keras
@@ -194,7 +195,11 @@ def read_state(folder: str) -> dict | None:
             state = json.load(handle)
     except (OSError, ValueError):
         return None
-    return state if isinstance(state, dict) and isinstance(state.get("epoch"), int) else None
+    if not isinstance(state, dict) or not isinstance(state.get("epoch"), int):
+        return None
+    if state.get("checkpoint") is not None and not re.fullmatch(r"epoch-\d{5}\.npz", str(state["checkpoint"])):
+        return None  # names only the checkpoints save_checkpoint writes, never another path
+    return state
 
 
 def write_state(folder: str, state: dict) -> None:
