@@ -31,6 +31,6 @@ def test_console_usage_and_mistakes():
     assert done.returncode == 2 and "build" in done.stdout and "data-service" in done.stdout
     done = run("nope")
     assert done.returncode == 2 and done.stderr.strip() == (
-        "dancedata: error: unknown command 'nope'; one of build, inspect, train, predict, download, data-service")
+        "dancedata: error: unknown command 'nope'; one of build, inspect, train, predict, download, sample, data-service")
     done = run("train", "--shards", "/nowhere")
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("dancedata train: error: no manifest.json in /nowhere")

@@ -245,7 +245,8 @@ def _as_schema_3(folder):
     (folder / ".build" / "plan.json").write_text(json.dumps(plan))
     for path in (folder / ".build").glob("*.tfrecord.json"):
         record = json.loads(path.read_text())
-        record["rows"] = record.pop("index")
+        index = record.pop("index")
+        record["rows"] = {**index, "file": record["file"] + ".rows"}
         record["key"] = record["key"][::-1]
         path.write_text(json.dumps(record))
 
