@@ -280,6 +280,9 @@ def problem(folder: str, manifest: dict, shard: dict) -> str | None:
     path = fs.join(folder, shard["file"])
     try:
         header, table = load(folder, shard)
+        if not len(table):  # a shard whose every video failed to decode: an empty file
+            _empty(path)
+            return None
         if not fs.is_remote(path):
             _mapped(path, header, table, shard, manifest["num_frames"], feature_bytes(manifest))
             return None
@@ -350,7 +353,7 @@ class MappedShards:
         for shard in shards:
             path = fs.join(folder, shard["file"])
             header, table = load(folder, shard)
-            mapped = _mapped(path, header, table, shard, self.frames, self.width) if len(table) else np.zeros(0, np.uint8)
+            mapped = _mapped(path, header, table, shard, self.frames, self.width) if len(table) else _empty(path)
             data = table[:, 0].astype(np.int64) + 12
             self.maps.append(mapped)
             starts.append(data + table[:, 3].astype(np.int64))
@@ -404,6 +407,15 @@ class MappedShards:
             return select_indices(indices, held, holdout)
 
         return Reading(source, decode, select, parallel=False)
+
+
+def _empty(path: str) -> np.ndarray:
+    """The check of a shard of no example: an empty file, present."""
+    if not fs.exists(path):
+        raise ShardError(f"shard {path} is missing. {REBUILD}")
+    if fs.size(path):
+        raise ShardError(f"shard {path} holds {fs.size(path)} bytes, not the 0 it was built with: replaced. {REBUILD}")
+    return np.zeros(0, np.uint8)
 
 
 def _labels(mapped: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -313,3 +313,22 @@ def test_many_datasets_share_one_mapping_per_shard(built):
         next(iter(builder.as_dataset("train", batch_size=4, shuffle=True, seed=0)))
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) - before < shards
+
+
+def test_a_shard_whose_every_video_failed_is_empty_not_damaged(tmp_path):
+    """A unit of unreadable videos commits an empty shard: whole, not damaged; gone, it is named."""
+    from conftest import make_aist_folder
+
+    root = tmp_path / "aist"
+    make_aist_folder(root, genres=("BR", "PO"), performances=2, cameras=1)
+    for i in range(6):
+        (root / f"gLO_sBM_c01_d{30 + i:02d}_mLO0_ch{i + 1:02d}.mp4").write_bytes(b"not a video")
+    manifest = dancedata.build_shards(str(root), str(tmp_path / "out"), frames=8, shard_mb=0.05, quiet=True, **FAST_EXTRACTOR)
+    empty = [(name, s) for name, split in manifest["splits"].items() for s in split["shards"] if not s["num_examples"]]
+    assert empty, "the fixture should give an empty shard"
+    builder = DatasetBuilder(str(tmp_path / "out"))
+    assert all(builder.bad_shards(name) == [] for name in builder.info.splits)
+    assert inspect.main([str(tmp_path / "out"), "--verify"]) == 0
+    name, shard = empty[0]
+    (tmp_path / "out" / shard["file"]).unlink()
+    assert [p for p, _ in DatasetBuilder(str(tmp_path / "out")).bad_shards(name)] == [f"{tmp_path / 'out'}/{shard['file']}"]
