@@ -223,9 +223,13 @@ def _say_who_can_reach() -> None:
     except (ValueError, KeyError, IndexError, TypeError):
         address = "the port TF_CONFIG gives this task"
     port = str(address).rsplit(":", 1)[-1]
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no LOGNAME/USER and no passwd entry (a container's arbitrary uid)
+        user = f"uid {os.getuid()}"
     print(f"train.py: this worker's TensorFlow server listens on port {port} on every network interface, without "
           f"authentication: anyone who can reach it can run TensorFlow operations (read and write files) as user "
-          f"{getpass.getuser()}; keep the cluster on a private network (docs/servers.md)", file=sys.stderr)
+          f"{user}; keep the cluster on a private network (docs/servers.md)", file=sys.stderr)
 
 
 def _strategy(cfg: TrainConfig):
