@@ -6,7 +6,6 @@ in --out: model.keras, labels.json, metrics.json, history.csv, PNGs, dataset.jso
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import os
 import sys
 
@@ -212,26 +211,6 @@ def _for_strategy(cfg: TrainConfig, dataset):
     return dataset.map(lambda inputs, label: ((inputs[0], tf.cast(inputs[1], tf.uint8)), label))
 
 
-def _say_who_can_reach() -> None:
-    """A multi-worker run starts a gRPC server in every worker: say, before it listens, who can reach it."""
-    import getpass
-    import json
-
-    try:
-        task = json.loads(os.environ.get("TF_CONFIG", "{}"))
-        address = task["cluster"][task["task"]["type"]][int(task["task"]["index"])]
-    except (ValueError, KeyError, IndexError, TypeError):
-        address = "the port TF_CONFIG gives this task"
-    port = str(address).rsplit(":", 1)[-1]
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):  # no LOGNAME/USER and no passwd entry (a container's arbitrary uid)
-        user = f"uid {os.getuid()}"
-    print(f"train.py: this worker's TensorFlow server listens on port {port} on every network interface, without "
-          f"authentication: anyone who can reach it can run TensorFlow operations (read and write files) as user "
-          f"{user}; keep the cluster on a private network (docs/servers.md)", file=sys.stderr)
-
-
 def _strategy(cfg: TrainConfig):
     """The tf.distribute strategy for --strategy (created before any model or dataset)."""
     import tensorflow as tf
@@ -241,7 +220,9 @@ def _strategy(cfg: TrainConfig):
     if cfg.strategy == "multi-worker":
         # The cluster from TF_CONFIG. A timeout on every collective: a worker that dies (or hangs) ends the
         # others' next all-reduce with an error instead of a wait without end.
-        _say_who_can_reach()
+        from models.training import say_who_can_reach
+
+        say_who_can_reach()
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=cfg.collective_timeout)
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         if cfg.batch_size % strategy.num_replicas_in_sync:
@@ -286,70 +267,6 @@ def _evaluate(model, dataset, classes: list) -> dict:
     }
 
 
-RUN_FILES = ("model.keras", "metrics.json", "history.csv", "labels.json", "dataset.json", "train_config.json")
-RESUME_FREE = ("out", "overwrite")  # the flags a resumed run may change: neither changes what it computes
-
-
-def _run_config(cfg: TrainConfig) -> dict:
-    return {key: value for key, value in dataclasses.asdict(cfg).items() if key not in RESUME_FREE}
-
-
-def _prepare_out(cfg: TrainConfig) -> tuple:
-    """(run folder, the state of the interrupted run there to resume, or None). An interrupted run
-    with the same flags is continued; one with other flags is refused naming them; a finished run
-    (or one of an older dancedata, which kept no state) is refused; --overwrite removes the earlier
-    run's files first, so two runs' files and TensorBoard logs never mix."""
-    import shutil
-
-    from models import training
-
-    out = cfg.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ConfigError(f"--out {out} is a file; pass a folder for the run")
-    earlier = [name for name in RUN_FILES + ("logs", "checkpoints") if os.path.exists(os.path.join(out, name))]
-    state = training.read_state(os.path.join(out, "checkpoints"))
-    if earlier and not cfg.overwrite and cfg.strategy != "multi-worker":
-        if state is None:
-            raise ConfigError(f"{out} already holds a run ({', '.join(earlier[:3])}) that cannot be resumed; "
-                              "pass --overwrite to replace it, or another --out")
-        if state.get("status") == "done":
-            raise ConfigError(f"{out} already holds a finished run; pass --overwrite to replace it, or another --out")
-        before, now = state.get("config", {}), _run_config(cfg)
-        changed = [f"--{key.replace('_', '-')} {before.get(key)} → {now.get(key)}"
-                   for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
-        if changed:
-            raise ConfigError(f"{out} holds an interrupted run with other flags ({'; '.join(changed)}); run it with its "
-                              "own flags to resume it, or pass --overwrite to start over, or another --out")
-        return out, state
-    if earlier and not cfg.overwrite:
-        raise ConfigError(f"{out} already holds a run ({', '.join(earlier[:3])}); pass --overwrite to replace it, or another --out")
-    for name in earlier:
-        path = os.path.join(out, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    os.makedirs(out, exist_ok=True)
-    return out, None
-
-
-def _history(out: str, epochs: int | None = None) -> dict:
-    """history.csv as fit's History holds it ({metric: [per epoch]}); with `epochs`, cut to that many
-    rows first (an interrupted epoch may have logged its row but not committed its checkpoint)."""
-    import csv
-
-    path = os.path.join(out, "history.csv")
-    if not os.path.exists(path):
-        return {}
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    if epochs is not None and len(rows) > epochs + 1:
-        rows = rows[: epochs + 1]
-        with open(path, "w", newline="") as handle:
-            csv.writer(handle).writerows(rows)
-    if not rows:
-        return {}
-    header, body = rows[0], rows[1:]
-    return {name: [float(row[i]) for row in body] for i, name in enumerate(header) if name != "epoch"}
-
-
 def train(cfg: TrainConfig) -> dict:
     """Trains, evaluates and saves; a damaged shard stops it with a ShardError naming the file."""
     import tensorflow as tf
@@ -371,7 +288,7 @@ def _train(cfg: TrainConfig) -> dict:
     import models
     from dancedata import naming
     from dancedata.read import DatasetBuilder, build_moments, feature_moments
-    from models import report, training
+    from models import report, run_folder, training
 
     builder = DatasetBuilder(cfg.shards)
     info = builder.info
@@ -386,7 +303,7 @@ def _train(cfg: TrainConfig) -> dict:
     chief = training.is_chief(strategy)
     state = None
     if chief:
-        out, state = _prepare_out(cfg)
+        out, state = run_folder.prepare(cfg)
     else:  # the other workers of a multi-worker run train in step and keep nothing
         import tempfile
 
@@ -400,7 +317,7 @@ def _train(cfg: TrainConfig) -> dict:
     checkpoints = os.path.join(out, "checkpoints")
     start = state["epoch"] if state else 0
     if state is None and cfg.strategy != "multi-worker":
-        state = {"epoch": 0, "status": "training", "best": None, "since_best": 0, "config": _run_config(cfg)}
+        state = {"epoch": 0, "status": "training", "best": None, "since_best": 0, "config": run_folder.run_config(cfg)}
         training.write_state(checkpoints, state)
 
     train_ds, val_ds, steps_per_epoch, table = _datasets(builder, cfg, strategy, start)
@@ -434,7 +351,7 @@ def _train(cfg: TrainConfig) -> dict:
         if start:
             said = f"; best val_accuracy so far {state['best']:.4f}" if state.get("best") is not None else ""
             print(f"resuming the run in {out} after epoch {start} of {cfg.epochs} ({state['status']}{said})", file=sys.stderr)
-        _history(out, start)  # rows of an epoch that did not commit its checkpoint go
+        run_folder.history(out, start)  # rows of an epoch that did not commit its checkpoint go
         if state["status"] == "training" and start < cfg.epochs:
             callbacks = [keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=start > 0),
                          keras.callbacks.TensorBoard(os.path.join(out, "logs")),
@@ -443,7 +360,7 @@ def _train(cfg: TrainConfig) -> dict:
                        steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=2, shuffle=False)
             state = training.read_state(checkpoints)
         training.write_state(checkpoints, {**state, "status": "trained"})
-        history = _history(out)
+        history = run_folder.history(out)
     if not chief:
         import shutil
 

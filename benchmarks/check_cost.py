@@ -96,9 +96,9 @@ def time_per_batch(folder, manifest, entries, batch_size, repeats, seed=0):
     """([seconds checking each batch], [seconds gathering each batch]) of the fastest of `repeats`
     shuffled epochs: each batch's features gathered as MappedShards gathers them, then its records'
     CRCs checked (check_batch), one after the other."""
-    from dancedata import shard_index
+    from dancedata import mapped_shards, shard_index
 
-    mapped = shard_index.MappedShards(folder, manifest, entries)  # maps and checks once, untimed
+    mapped = mapped_shards.MappedShards(folder, manifest, entries)  # maps and checks once, untimed
     tables = [shard_index.load(folder, entry)[1] for entry in entries]
     files = np.repeat(np.arange(len(tables)), [len(t) for t in tables])
     offsets, lengths, crcs = (np.concatenate([t[:, c] for t in tables]).astype(np.int64) for c in range(3))

@@ -13,9 +13,9 @@ progress is decided here and nowhere else, under an exclusive lock on the folder
 The rules:
 - A shard is *done* when its record's key is its unit's in the plan and its bytes (and its index's)
   are the recorded ones. Anything else under a shard's name is redone, never trusted.
-- A build holds the folder lock from start to finish. A part of a partitioned build holds the lock of
-  its own share for its whole run and takes the folder lock only while it prepares the folder and
-  while it finalizes, so parts never wait long on each other and a whole build never runs beside one.
+- A build holds the folder lock from start to finish (folder_lock.owned). A part of a partitioned
+  build holds the lock of its own share for its whole run and takes the folder lock only while it
+  prepares the folder and while it finalizes (folder_lock.briefly), so parts never wait long on each other and a whole build never runs beside one.
 - Under the folder lock, every committed shard that the plan no longer wants as it is (an earlier
   plan's, or of schema 2/3) is moved aside into `.build/reuse/` if intact, whichever part's it is, so
   an update reuses every unchanged video wherever its old example lies.
@@ -31,7 +31,7 @@ import datetime
 import re
 import socket
 
-from dancedata import folder_lock, fs, manifest, plan as plan_lib, shard_index, tfds_metadata, work_unit
+from dancedata import fs, manifest, plan as plan_lib, shard_index, tfds_metadata, work_unit
 from dancedata.errors import InputError
 from dancedata.write import STATE_DIR, PARTIAL, output_errors, read_json, sha256, write_json
 
@@ -44,59 +44,12 @@ COMPANIONS = (shard_index.SUFFIX, ROWS_SUFFIX)  # files that live and die with t
 FOLDER_FILES = (manifest.FILENAME, BUILD_INFO, manifest.STATISTICS, *tfds_metadata.FILES)
 SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.index|\.rows)?$")  # a shard or a companion
 WRITER_PARTIAL = re.compile(r"^(.+)\.\d+\.[0-9a-f]+\.incomplete$")  # shard_index.partial_name, fs.write_text
-# Partitioned parts wait this long for another part's short hold on the folder lock (prepare, finalize).
-PART_WAIT_S = 300.0
 
 
 def _shard_of(name: str) -> str:
     for suffix in COMPANIONS:
         name = name.removesuffix(suffix)
     return name
-
-
-@contextlib.contextmanager
-def owned(out: str, num_workers: int = 1, worker_index: int = 0):
-    """Holds `out` for a build (the folder lock) or a part of a partitioned build (its share's lock)
-    while the body runs; says so when it takes over the lock of a build that died."""
-    if num_workers > 1:
-        lock = folder_lock.part_lock(out, num_workers, worker_index)
-    else:
-        lock = folder_lock.folder_lock(out, "build")
-        running = folder_lock.held_part_locks(out)
-        if running:
-            lock.release()
-            other = running[0]
-            raise folder_lock.FolderBusy(
-                f"{out} is in use by a partitioned build ({other.get('what', 'a part')}: pid {other.get('pid')} on host "
-                f"{other.get('host')}, since {other.get('since')}); wait for its parts to finish or stop them, "
-                "then run this command again")
-    _say_takeover(lock)
-    try:
-        yield lock
-    finally:
-        lock.release()
-
-
-@contextlib.contextmanager
-def briefly(out: str, what: str, partitioned: bool):
-    """The folder lock for a part's short critical section (a whole build holds it already)."""
-    if not partitioned:
-        yield
-        return
-    lock = folder_lock.folder_lock(out, what, wait=PART_WAIT_S)
-    _say_takeover(lock)
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def _say_takeover(lock) -> None:
-    from dancedata.runners import say
-
-    message = folder_lock.takeover_message(lock)
-    if message:
-        say(message)
 
 
 class OutputFolder:
@@ -270,20 +223,6 @@ class Prepared:
     leftovers: set  # files of an earlier plan to delete once the new manifest is written
 
 
-def _input_changes(old: list, new: list) -> tuple:
-    before = {video_id: (size, mtime) for video_id, size, mtime in old}
-    after = {video_id: (size, mtime) for video_id, size, mtime in new}
-    added = sorted(set(after) - set(before))
-    removed = sorted(set(before) - set(after))
-    changed = sorted(v for v in set(before) & set(after) if before[v] != after[v])
-    return added, removed, changed
-
-
-def _changes_text(added, removed, changed) -> str:
-    parts = [f"{len(ids)} {what} (e.g. {ids[0]})" for ids, what in ((added, "added"), (removed, "removed"), (changed, "modified")) if ids]
-    return ", ".join(parts)
-
-
 def share(units: list, num_workers: int, worker_index: int) -> list:
     """The units part `worker_index` of a partitioned build builds: every num_workers-th in plan order
     (each part gets shards of every split)."""
@@ -319,10 +258,10 @@ def prepare(plan, folder: OutputFolder, overwrite: bool = False, update: bool = 
                 f"{out} already holds a build with other options ({'; '.join(differences)}); "
                 "pass --overwrite to replace it, or choose another --out"
             )
-        changes = _input_changes(folder.plan.get("inputs", []), plan.inputs)
+        changes = plan_lib.input_changes(folder.plan.get("inputs", []), plan.inputs)
         if any(changes) and not update:
             raise InputError(
-                f"{out} already holds a build of other input: {_changes_text(*changes)}; "
+                f"{out} already holds a build of other input: {plan_lib.changes_text(*changes)}; "
                 "pass --update to bring it up to date (unchanged videos are reused), or --overwrite to start over"
             )
     names = {unit.name for unit in plan.units}

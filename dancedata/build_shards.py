@@ -11,7 +11,7 @@ import contextlib
 import sys
 import time
 
-from dancedata import build_folder, cli, config, fs, manifest, plan as plan_lib, runners, scan
+from dancedata import build_folder, cli, config, folder_lock, fs, manifest, plan as plan_lib, runners, scan
 from dancedata.config import BuildConfig, ExtractorConfig, SamplingConfig
 from dancedata.decode_pool import DecodePool
 from dancedata.errors import InputError
@@ -61,10 +61,10 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
             pool = starting.result()
     setup_s = time.time() - setup_started
     info = {}
-    with pool, build_folder.owned(build.out, build.num_workers, build.worker_index):
+    with pool, folder_lock.owned(build.out, build.num_workers, build.worker_index):
         plan = plan_lib.make_plan(found, sampling, extractor.manifest_entry(), extractor.feature_dim, build)
         planned = manifest.planned(input_path, plan, extractor.manifest_entry(), extractor.feature_dim, sampling, build)
-        with build_folder.briefly(build.out, f"part {build.worker_index + 1} of {build.num_workers} preparing", build.partitioned):
+        with folder_lock.briefly(build.out, f"part {build.worker_index + 1} of {build.num_workers} preparing", build.partitioned):
             folder = build_folder.OutputFolder(build.out)  # read under the lock: the state no one else changes now
             prepared = build_folder.prepare(plan, folder, overwrite=build.overwrite, update=build.update, planned=planned,
                                             num_workers=build.num_workers, worker_index=build.worker_index)
@@ -88,7 +88,7 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
 def _after_part(build: BuildConfig, plan, prepared, info: dict) -> dict | None:
     """A part is done: the last part to finish writes the manifest; the others say what is left."""
     part = f"part {build.worker_index + 1} of {build.num_workers}"
-    with build_folder.briefly(build.out, f"{part} finalizing", True):
+    with folder_lock.briefly(build.out, f"{part} finalizing", True):
         folder = build_folder.OutputFolder(build.out)
         left = build_folder.missing(folder)
         done = f"{part} built ({len(prepared.pending)} shards built, {len(prepared.done)} already there)"
@@ -104,7 +104,7 @@ def finalize(out: str) -> dict:
     """Writes the manifest of a build in `out` whose shards are all built (a partitioned build's parts
     on several machines, say); returns it. Raises InputError naming the parts still missing."""
     build_folder.check_path(out)
-    with build_folder.briefly(out, "finalize", True):
+    with folder_lock.briefly(out, "finalize", True):
         return build_folder.finalize(build_folder.OutputFolder(out), {"finalized_by": "--finalize"})
 
 

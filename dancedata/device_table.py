@@ -16,7 +16,7 @@ from dancedata import schema
 from dancedata.errors import ConfigError
 from dancedata.read import batched, interleaved, window_positions
 from dancedata.record_files import checked_records
-from dancedata.shard_index import select_indices
+from dancedata.mapped_shards import select_indices
 from dancedata.schema import held_out, holdout_table
 
 

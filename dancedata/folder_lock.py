@@ -30,6 +30,7 @@ that (a paused VM) loses its lease without noticing.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import fcntl
 import json
@@ -316,3 +317,54 @@ def held_part_locks(out: str) -> list[dict]:
             if info is not None:
                 found.append(info)
     return found
+
+
+# --- How builds hold their folder ---------------------------------------------------------------------
+
+# Partitioned parts wait this long for another part's short hold on the folder lock (prepare, finalize).
+PART_WAIT_S = 300.0
+
+
+@contextlib.contextmanager
+def owned(out: str, num_workers: int = 1, worker_index: int = 0):
+    """Holds `out` for a build (the folder lock) or a part of a partitioned build (its share's lock)
+    while the body runs; says so when it takes over the lock of a build that died."""
+    if num_workers > 1:
+        lock = part_lock(out, num_workers, worker_index)
+    else:
+        lock = folder_lock(out, "build")
+        running = held_part_locks(out)
+        if running:
+            lock.release()
+            other = running[0]
+            raise FolderBusy(
+                f"{out} is in use by a partitioned build ({other.get('what', 'a part')}: pid {other.get('pid')} on host "
+                f"{other.get('host')}, since {other.get('since')}); wait for its parts to finish or stop them, "
+                "then run this command again")
+    _say_takeover(lock)
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def briefly(out: str, what: str, partitioned: bool):
+    """The folder lock for a part's short critical section (a whole build holds it already)."""
+    if not partitioned:
+        yield
+        return
+    lock = folder_lock(out, what, wait=PART_WAIT_S)
+    _say_takeover(lock)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _say_takeover(lock) -> None:
+    from dancedata.runners import say
+
+    message = takeover_message(lock)
+    if message:
+        say(message)

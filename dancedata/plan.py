@@ -151,3 +151,17 @@ def differences(old: dict, new: dict) -> list:
                 a, b = a[:12] + "…", b[:12] + "…"
             lines.append(f"{'--' + key.replace('_', '-') if key in flags else key} {a} → {b}")
     return lines
+
+
+def input_changes(old: list, new: list) -> tuple:
+    before = {video_id: (size, mtime) for video_id, size, mtime in old}
+    after = {video_id: (size, mtime) for video_id, size, mtime in new}
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(v for v in set(before) & set(after) if before[v] != after[v])
+    return added, removed, changed
+
+
+def changes_text(added, removed, changed) -> str:
+    parts = [f"{len(ids)} {what} (e.g. {ids[0]})" for ids, what in ((added, "added"), (removed, "removed"), (changed, "modified")) if ids]
+    return ", ".join(parts)

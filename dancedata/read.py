@@ -5,7 +5,7 @@
     # ((features float32 [B, T, D], mask bool [B, T]), label int32 [B])
 
 The examples come from one of two sources over the same TFRecords, which give the same elements
-once decoded: `shard_index.MappedShards` (schema 4: local shards memory-mapped, checked once, the
+once decoded: `mapped_shards.MappedShards` (schema 4: local shards memory-mapped, checked once, the
 training fields gathered through each shard's index) or `record_files` (TFRecordDataset, every field,
 any filesystem). `schema.decode_batch` / `schema.decode_rows` turn bytes into a dict of tensors; this module
 orders, batches and turns that dict into model inputs (windows, casts), so predict and other tools
@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from dancedata import manifest as manifest_lib
-from dancedata import fs, record_files, schema, shard_index
+from dancedata import fs, mapped_shards, record_files, schema, shard_index
 from dancedata.errors import ConfigError, ShardError
 from dancedata.record_files import shard_error  # noqa: F401  (public here since schema 2: train.py, user code)
 
@@ -247,7 +247,7 @@ class DatasetBuilder:
         (seed, epoch): start at the epoch a resumed run continues from, with steps_per_epoch.
         Without metadata, local shards of schema 4 are memory-mapped and each batch's features gathered
         through their indexes (the same batches as TFRecordDataset gives, several times faster; see
-        shard_index.MappedShards); every shard is checked whole (each record's CRCs) when first mapped
+        mapped_shards.MappedShards); every shard is checked whole (each record's CRCs) when first mapped
         in a process, and a damaged one raises ShardError before anything is read.
         DatasetBuilder(path, rows=False) or map_rows=False streams the TFRecords instead.
         """
@@ -321,7 +321,7 @@ class DatasetBuilder:
         if keys == schema.TRAINING_KEYS and self.read_rows and mapped and self.map_rows:
             shards = self._mappable(split, paths)
             if shards is not None:
-                return shard_index.MappedShards(self.path, self.manifest, shards).reading()
+                return mapped_shards.MappedShards(self.path, self.manifest, shards).reading()
         return record_files.reading(self.decode, keys)
 
     def _mappable(self, split: str, paths: list):

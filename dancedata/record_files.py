@@ -55,7 +55,7 @@ def checked_records(path, expected):
 
 class Reading(NamedTuple):
     """How DatasetBuilder reads a split's examples; this module gives it for streamed TFRecords,
-    shard_index.MappedShards for mapped ones, with the same examples once decoded."""
+    mapped_shards.MappedShards for mapped ones, with the same examples once decoded."""
 
     source: Callable  # (shard path, start, count) -> dataset of the shard's elements (start: its first example's index)
     decode: Callable  # a batch of elements -> dict of tensors (schema.decode_batch's, features in the stored dtype)

@@ -1,7 +1,7 @@
 """Schema 4's shard format: TFRecord files, each with a small index beside it, checked before use.
 
 The TFRecords are the one copy of every example: TFDS, plain tf.data and the training reader all read
-them. `<shard>.index` lets the training reader gather an example's training fields straight from the
+them. `<shard>.index` lets the training reader (mapped_shards.py) gather an example's training fields straight from the
 memory-mapped TFRecord (one copy per example, no protobuf parsing), as NVIDIA DALI's TFRecord readers
 do with their index files. Per record it holds:
 
@@ -53,15 +53,14 @@ def _crc32c():
 
 def masked_crc(data) -> int:
     """TFRecord's checksum: crc32c, rotated right by 15 bits, plus a constant (mod 2^32)."""
-    crc = _crc32c()(bytes(data))
-    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+    return _mask(_crc32c()(bytes(data)))
 
 
 # ---------------------------------------------------------------------------------------------------
 # Where the training fields sit inside a serialized Example (the protobuf wire format).
 
 
-def _varint(data: bytes, at: int) -> tuple[int, int]:
+def varint(data: bytes, at: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         byte = data[at]
@@ -79,13 +78,13 @@ def _fields(data: bytes, start: int, end: int):
     an Example uses (varint, 64-bit, length-delimited, 32-bit)."""
     at = start
     while at < end:
-        tag, at = _varint(data, at)
+        tag, at = varint(data, at)
         number, kind = tag >> 3, tag & 7
         if kind == 0:
-            _, after = _varint(data, at)
+            _, after = varint(data, at)
             yield number, kind, at, after
         elif kind == 2:
-            length, at = _varint(data, at)
+            length, at = varint(data, at)
             after = at + length
             yield number, kind, at, after
         elif kind in (1, 5):
@@ -214,7 +213,6 @@ def parse(raw: bytes, expected_records: int, path: str) -> tuple[dict, np.ndarra
     return header, table
 
 
-_CHECKED: dict = {}  # (shard path, device, inode, size, mtime, index sha256) -> True, for this process
 _CHECKING = threading.Lock()
 
 
@@ -281,10 +279,10 @@ def problem(folder: str, manifest: dict, shard: dict) -> str | None:
     try:
         header, table = load(folder, shard)
         if not len(table):  # a shard whose every video failed to decode: an empty file
-            _empty(path)
+            empty(path)
             return None
         if not fs.is_remote(path):
-            _mapped(path, header, table, shard, manifest["num_frames"], feature_bytes(manifest))
+            mapped(path, header, table, shard, manifest["num_frames"], feature_bytes(manifest))
             return None
         if not fs.exists(path):
             return "missing"
@@ -305,7 +303,7 @@ def feature_bytes(manifest: dict) -> int:
 _MAPPED: dict = {}
 
 
-def _mapped(path: str, header: dict, table: np.ndarray, shard: dict, frames: int, width: int) -> np.ndarray:
+def mapped(path: str, header: dict, table: np.ndarray, shard: dict, frames: int, width: int) -> np.ndarray:
     """The shard mapped read-only as uint8 [bytes], checked once for this version of the file."""
     import mmap
 
@@ -333,113 +331,10 @@ def _mapped(path: str, header: dict, table: np.ndarray, shard: dict, frames: int
             return array
 
 
-class MappedShards:
-    """The shards `paths` (holding `counts` examples) of a schema-4 build, memory-mapped and checked,
-    as one table: example i is record i - start of the shard whose examples start at `start`.
-
-    Masks, labels and sequence ids are read into memory when the table is made; a batch of indices
-    gathers its features with one copy each, from the page cache into the batch. Mapped pages count in
-    the process's resident memory but belong to the page cache, which reclaims them. A shard truncated
-    in place while mapped ends the process (SIGBUS), as for any mmap reader; builds never do that
-    (they write new files and rename them over old ones)."""
-
-    def __init__(self, folder: str, manifest: dict, shards: list):
-        self.frames = manifest["num_frames"]
-        self.dtype = np.dtype(manifest["feature_dtype"]).newbyteorder("<")
-        self.shape = (self.frames, manifest["feature_dim"])
-        self.width = feature_bytes(manifest)
-        self.maps, starts, masks, labels, self._sequences = [], [], [], [], []
-        classes = len(manifest["classes"])
-        for shard in shards:
-            path = fs.join(folder, shard["file"])
-            header, table = load(folder, shard)
-            mapped = _mapped(path, header, table, shard, self.frames, self.width) if len(table) else _empty(path)
-            data = table[:, 0].astype(np.int64) + 12
-            self.maps.append(mapped)
-            starts.append(data + table[:, 3].astype(np.int64))
-            masks.append(mapped[(data + table[:, 4].astype(np.int64))[:, None] + np.arange(self.frames)] if len(table)
-                         else np.zeros((0, self.frames), np.uint8))
-            labels.append(_labels(mapped, data + table[:, 5].astype(np.int64), table[:, 6]))
-            self._sequences.append((mapped, data + table[:, 7].astype(np.int64), table[:, 8].astype(np.int64)))
-            if np.any(masks[-1] > 1) or (len(labels[-1]) and (labels[-1].min() < 0 or labels[-1].max() >= classes)):
-                raise ShardError(f"shard {path} holds a mask or label this build cannot have written. {REBUILD}")
-        self.file = np.repeat(np.arange(len(shards), dtype=np.int32), [len(s) for s in starts])
-        self.start = np.concatenate(starts) if starts else np.zeros(0, np.int64)
-        self.masks = (np.concatenate(masks) if masks else np.zeros((0, self.frames), np.uint8)) != 0
-        self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-
-    def sequences(self) -> np.ndarray:
-        """Every example's sequence id (bytes), in table order."""
-        found = []
-        for mapped, starts, lengths in self._sequences:
-            found += [mapped[a:a + n].tobytes() for a, n in zip(starts.tolist(), lengths.tolist())]
-        return np.asarray(found, dtype=object)
-
-    def gather(self, indices: np.ndarray) -> np.ndarray:
-        """Features [len(indices), T, D] (stored dtype) of examples `indices`: one copy per example."""
-        out = np.empty((len(indices), self.width), np.uint8)
-        files, starts, maps, width = self.file[indices], self.start[indices], self.maps, self.width
-        for k in range(len(indices)):
-            start = starts[k]
-            out[k] = maps[files[k]][start:start + width]
-        return out.view(self.dtype).reshape(len(indices), *self.shape)
-
-    def reading(self, holdout_buckets: int = schema.HOLDOUT_BUCKETS):
-        """The table as record_files.Reading over example indices: sources are ranges, nothing to wait on."""
-        import tensorflow as tf
-
-        from dancedata.record_files import Reading
-
-        masks, labels = tf.constant(self.masks), tf.constant(self.labels)
-        stored = tf.dtypes.as_dtype(self.dtype.newbyteorder("="))
-        shape = self.shape
-
-        def source(path, start, count):
-            return tf.data.Dataset.range(start, start + count)
-
-        def decode(indices):
-            features = tf.numpy_function(self.gather, [indices], stored, stateful=False)
-            features.set_shape([None, *shape])
-            return {schema.FEATURES: features, schema.MASK: tf.gather(masks, indices), schema.LABEL: tf.gather(labels, indices)}
-
-        def select(indices, fraction, holdout, held_sequences=None):
-            held = schema.held_out(self.sequences().astype(bytes), fraction, schema.holdout_table(held_sequences)).numpy()
-            return select_indices(indices, held, holdout)
-
-        return Reading(source, decode, select, parallel=False)
-
-
-def _empty(path: str) -> np.ndarray:
+def empty(path: str) -> np.ndarray:
     """The check of a shard of no example: an empty file, present."""
     if not fs.exists(path):
         raise ShardError(f"shard {path} is missing. {REBUILD}")
     if fs.size(path):
         raise ShardError(f"shard {path} holds {fs.size(path)} bytes, not the 0 it was built with: replaced. {REBUILD}")
     return np.zeros(0, np.uint8)
-
-
-def _labels(mapped: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Each label's varint, decoded (one byte for labels below 128: one gather)."""
-    if not len(starts):
-        return np.zeros(0, np.int64)
-    if np.all(lengths == 1):
-        return mapped[starts].astype(np.int64)
-    values = []
-    for start, length in zip(starts.tolist(), lengths.tolist()):
-        value, end = _varint(mapped[start:start + length].tobytes(), 0)
-        values.append(value if end == length else -1)
-    return np.asarray(values, np.int64)
-
-
-def select_indices(indices, held: np.ndarray, holdout: bool):
-    """A dataset of example indices -> those i with held[i] == holdout, in order. Selected a batch at a
-    time: a filter calls its predicate once per element, which costs more than gathering the element."""
-    import tensorflow as tf
-
-    held = tf.constant(np.asarray(held, bool))
-
-    def wanted(batch):
-        chosen = tf.gather(held, batch)
-        return tf.boolean_mask(batch, chosen if holdout else tf.logical_not(chosen))
-
-    return indices.batch(1024).map(wanted).unbatch()

@@ -64,6 +64,27 @@ def worker_position(strategy) -> tuple[int, int]:
     return chiefs + workers, index
 
 
+def say_who_can_reach() -> None:
+    """A multi-worker run starts a gRPC server in every worker: say, before it listens, who can reach it."""
+    import getpass
+    import json
+    import sys
+
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG", "{}"))
+        address = task["cluster"][task["task"]["type"]][int(task["task"]["index"])]
+    except (ValueError, KeyError, IndexError, TypeError):
+        address = "the port TF_CONFIG gives this task"
+    port = str(address).rsplit(":", 1)[-1]
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no LOGNAME/USER and no passwd entry (a container's arbitrary uid)
+        user = f"uid {os.getuid()}"
+    print(f"train.py: this worker's TensorFlow server listens on port {port} on every network interface, without "
+          f"authentication: anyone who can reach it can run TensorFlow operations (read and write files) as user "
+          f"{user}; keep the cluster on a private network (docs/servers.md)", file=sys.stderr)
+
+
 class PeerLost(DanceDataError):
     """A worker of a multi-worker run stopped answering: every worker stops (exit status 1)."""
 

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import BUILD_FLAGS, FAST_EXTRACTOR, SMALL_SHARDS, aist_name, build_outputs, cli_env, make_aist_folder, write_video
+from conftest import BUILD_FLAGS, SMALL_SHARDS, aist_name, build_outputs, cli_env, make_aist_folder, write_video
 
 import dancedata
 from dancedata import cli, extract, fs
