@@ -3,7 +3,7 @@ rename); `scheme://` paths go through TensorFlow's filesystems: gs:// is built i
 az:// and http(s):// come from tensorflow-io (the `remote` extra), loaded here on first use.
 
 On object storage a rename is a copy and a delete, not atomic; a build stays safe because a shard
-counts as built only when its record's size and sha256 match its bytes (write.OutputFolder.is_built).
+counts as built only when its record's size and sha256 match its bytes (build_folder.OutputFolder.is_built).
 """
 from __future__ import annotations
 

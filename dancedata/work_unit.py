@@ -85,7 +85,7 @@ def _facts(example) -> dict:
 
 
 def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: int, dtype: str, on_video=None) -> dict:
-    """Builds `unit` into `folder` (a write.OutputFolder) and returns its committed record.
+    """Builds `unit` into `folder` (a build_folder.OutputFolder) and returns its committed record.
 
     `decoded` yields (row, Clip or DecodeError) for this unit's videos that `reuse` cannot supply,
     in unit order (the runner decodes ahead, across units). `on_video` is called once per video.
