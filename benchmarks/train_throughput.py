@@ -192,7 +192,7 @@ def consumption(args, builder, options, features, labels, cached16):
     passes()): what the model consumes, fed five ways."""
     import keras
 
-    import models
+    from dancedata import models
     from dancedata.device_table import index_dataset, load_table
 
     table = load_table(builder, ["train"])
@@ -202,7 +202,7 @@ def consumption(args, builder, options, features, labels, cached16):
         keras.utils.set_random_seed(0)
         model = models.build_model(args.model, 10, 20, 2048, np.zeros(2048), np.ones(2048))
         if on_device_table:  # train.py --cache device: the table in variables, a gather per step
-            from models import training
+            from dancedata.models import training
 
             model = training.on_device_table(
                 model, table, None, lambda m: m.compile("adam", "sparse_categorical_crossentropy") or m)

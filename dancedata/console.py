@@ -15,7 +15,7 @@ from dancedata import cli
 COMMANDS = {
     "build": ("dancedata.build_shards", "decode each video once, extract features in batches, write shards + manifest.json", True),
     "inspect": ("dancedata.inspect", "summarise a shard folder: splits, genres, skipped files, warnings", True),
-    "train": ("train", "train, evaluate and save a genre classifier on shards", True),
+    "train": ("dancedata.train", "train, evaluate and save a genre classifier on shards", True),
     "predict": ("dancedata.predict", "top-k genres of videos with a model trained by `dancedata train`", True),
     "download": ("dancedata.download", "fetch AIST Dance DB videos (resumable, retried, checksummed)", False),
     "sample": ("dancedata.sample", "write a small AIST-like folder of real H.264 clips, made here (no download)", False),
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     module_name, _, tensorflow = COMMANDS[name]
     try:
         module = importlib.import_module(module_name)
-    except ImportError:  # `train` is train.py at the repository root, installed with the package
+    except ImportError:  # a broken install: a dependency missing
         print(f"dancedata: error: cannot import {module_name}; reinstall dancedata (pip install -e .)", file=sys.stderr)
         return 2
     return cli.run(module.main, f"dancedata {name}", rest, tensorflow=tensorflow,

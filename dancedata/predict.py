@@ -28,7 +28,7 @@ def load_run(run_dir: str):
     import keras
 
     try:
-        import models  # noqa: F401  registers the custom layers of models/ for loading
+        from dancedata import models  # noqa: F401  registers the custom layers of dancedata.models for loading
     except ImportError:
         pass
     fs.check(run_dir)  # gs://, or s3:// and others with tensorflow-io

@@ -137,7 +137,7 @@ def learning_run(tmp_path_factory):
     """Shards where genre is visible in the pixels (one colour per genre) and a run trained on them:
     (base folder, {video_id: genre}); shards in base/shards, the run in base/run."""
     import dancedata
-    import train as train_script
+    from dancedata import train as train_script
     from dancedata import cli
 
     base = tmp_path_factory.mktemp("learn")

@@ -19,7 +19,7 @@ from conftest import build_outputs as outputs
 from faulty_decoder import SPEC
 
 import dancedata
-import train as train_script
+from dancedata import train as train_script
 from dancedata import cli, decode_pool, inspect, write
 from dancedata.build_shards import main as build_main
 

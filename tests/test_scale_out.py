@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import LEARNING_TRAIN_FLAGS, cli_env
 
-import train as train_script
+from dancedata import train as train_script
 from dancedata import DatasetBuilder, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,8 +94,7 @@ TWO_CPUS = """
 import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-sys.path.insert(0, {root!r})
-import train
+from dancedata import train
 from dancedata import cli
 sys.exit(cli.run(train.main, "train.py", sys.argv[1:]))
 """
@@ -106,7 +105,7 @@ def test_mirrored_over_two_devices_learns_and_evaluates_as_one_device(learning_r
 
     base, _ = learning_run
     argv = ["--shards", str(base / "shards"), "--out", str(tmp_path / "run"), *LEARNING_TRAIN_FLAGS, "--strategy", "mirrored"]
-    done = subprocess.run([sys.executable, "-c", TWO_CPUS.format(root=ROOT), *argv], capture_output=True, text=True, env=cli_env(), timeout=600)
+    done = subprocess.run([sys.executable, "-c", TWO_CPUS, *argv], capture_output=True, text=True, env=cli_env(), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["distribution"] == {"strategy": "mirrored", "replicas": 2, "data_service": False}

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import dancedata
-import train as train_script
+from dancedata import train as train_script
 from dancedata import DatasetBuilder, cli, inspect, read, shard_index
 from dancedata.errors import InputError, ShardError
 from conftest import FAST_EXTRACTOR, build_outputs

@@ -9,7 +9,7 @@ from conftest import FAST_EXTRACTOR, cli_env, make_aist_folder
 
 import dancedata
 from dancedata import DatasetBuilder
-import train as train_script
+from dancedata import train as train_script
 from dancedata import cli
 from dancedata import predict as predict_module
 

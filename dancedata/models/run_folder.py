@@ -23,7 +23,7 @@ def prepare(cfg) -> tuple:
     run's files first, so two runs' files and TensorBoard logs never mix."""
     import shutil
 
-    from models import training
+    from dancedata.models import training
 
     out = cfg.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     if os.path.exists(out) and not os.path.isdir(out):
