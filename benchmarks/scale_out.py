@@ -90,7 +90,7 @@ def main() -> None:
         print(f"  byte-identical to local: parts {same_outputs(local, parts)}, beam {same_outputs(local, beam)}")
 
         sys.path.insert(0, ROOT)
-        from dancedata import DatasetBuilder, data_service
+        from dancedata import DatasetBuilder, ReadConfig, data_service
 
         # Reading needs many examples per epoch (each epoch through the service is a new job): small
         # clips through a cheap backbone give AIST-sized [20, 2048] float16 examples quickly.
@@ -100,10 +100,10 @@ def main() -> None:
         timed([[sys.executable, "-m", "dancedata.build_shards", small, "--out", shards, "--frames", "20", "--weights", "none",
                 "--backbone", "ResNet50", "--image-size", "32", "--quiet", "--shard-mb", "8"]])
         builder = DatasetBuilder(shards)
-        direct = builder.as_dataset("train", batch_size=32, shuffle=True, seed=0)  # "service" below: 2 workers on 127.0.0.1
+        direct = builder.as_dataset("train", batch_size=32, read_config=ReadConfig(shuffle=True, seed=0))  # "service" below: 2 workers on 127.0.0.1
         dispatcher = data_service.start_dispatcher(port=0)
         workers = [data_service.start_worker(dispatcher.target) for _ in range(2)]
-        served = builder.as_dataset("train", batch_size=32, shuffle=True, seed=0, data_service=dispatcher.target)
+        served = builder.as_dataset("train", batch_size=32, read_config=ReadConfig(shuffle=True, seed=0, data_service=dispatcher.target))
         read_rates(served, 1)  # first job: connections and graph registration
         read_rates(direct, 1)
         rates = {"direct": read_rates(direct, args.epochs), "service": read_rates(served, args.epochs)}

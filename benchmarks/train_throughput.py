@@ -7,7 +7,7 @@ Writes a synthetic schema-4 build ([20, 2048] float16 features, like InceptionV3
 the writer build_shards uses (TFRecords and their indexes), so the reader does exactly its real work.
 In one run, the uncached pipeline is measured with the shards memory-mapped and gathered through
 their indexes (local files, the default; the first epoch includes the one-time check of every
-record's CRCs, reported on its own too) and with the TFRecords streamed (rows=False: object storage,
+record's CRCs, reported on its own too) and with the TFRecords streamed (ReadConfig(source="stream"): object storage,
 tf.data service, metadata), and the cached pipeline after its first epoch. Every variant checks every
 record's CRCs: mapped ones once per process, streamed ones as TFRecordDataset reads them.
 """
@@ -139,7 +139,7 @@ def main():
 
     import tensorflow as tf
 
-    from dancedata import DatasetBuilder
+    from dancedata import DatasetBuilder, ExampleConfig, ReadConfig
 
     folder = tempfile.mkdtemp(prefix="dancedata-train-bench-")
     try:
@@ -149,22 +149,25 @@ def main():
         features = stored.astype(np.float32)
         del stored
         builder = DatasetBuilder(folder)
-        options = dict(batch_size=args.batch_size, shuffle=True, seed=0)
+        options = dict(batch_size=args.batch_size, read_config=ReadConfig(shuffle=True, seed=0))
+        half = ExampleConfig(cast=False)
 
         # (a) First, while nothing in this process has mapped the shards: as_dataset maps them and checks
         # every record's CRCs (once per process per file version), so this first epoch carries the check.
         with timing_checks() as checks:
-            mapped = passes(lambda: builder.as_dataset("train", **options, cast=False))
+            mapped = passes(lambda: builder.as_dataset("train", **options, example_config=half))
         if len(checks) != args.shards:
             raise RuntimeError(f"expected one check per shard when first mapped, saw {len(checks)}")
         # (b) The TFRecords streamed by TFRecordDataset, which checks every record's CRCs as it reads it.
-        streamed = passes(lambda: DatasetBuilder(folder, rows=False).as_dataset("train", **options, cast=False))
+        streamed = passes(lambda: builder.as_dataset("train", batch_size=args.batch_size, example_config=half,
+                                                     read_config=ReadConfig(shuffle=True, seed=0, source="stream")))
         # (c) train.py keeps the decoded train split in memory when it fits (4096 examples: 0.34 GB).
-        cached_dataset = builder.as_dataset("train", **options, cache=True, cast=False)
+        cached_dataset = builder.as_dataset("train", batch_size=args.batch_size, example_config=half,
+                                            read_config=ReadConfig(shuffle=True, seed=0, cache=True))
         pipelines = {
             "(a) uncached, shards mapped through their indexes (default)": mapped,
-            "(b) uncached, TFRecords streamed (rows=False)": streamed,
-            "(c) cached (cache=True)": passes(cached_dataset),
+            "(b) uncached, TFRecords streamed (source='stream')": streamed,
+            "(c) cached (ReadConfig(cache=True))": passes(cached_dataset),
         }
         fits, index_pipeline = consumption(args, builder, options, features, labels, cached_dataset)
         pipelines["indices for --cache device"] = index_pipeline
@@ -215,11 +218,12 @@ def consumption(args, builder, options, features, labels, cached16):
     masks = np.ones(features.shape[:2], bool)
     fits = {
         "fit from shards (decoded split cached after epoch 1, float32 to the model)":
-            epoch_seconds({"x": builder.as_dataset("train", **options, cache=True)}),
+            epoch_seconds({"x": builder.as_dataset("train", batch_size=args.batch_size,
+                                                     read_config=ReadConfig(shuffle=True, seed=0, cache=True))}),
         "fit from shards read every epoch (--no-cache; mapped)":
             epoch_seconds({"x": builder.as_dataset("train", **options)}),
         "fit from numpy in memory":
-            epoch_seconds({"x": (features, masks), "y": labels, "batch_size": options["batch_size"], "shuffle": True}),
+            epoch_seconds({"x": (features, masks), "y": labels, "batch_size": args.batch_size, "shuffle": True}),
         "fit from shards cached, float16 to the model (train.py now)": epoch_seconds({"x": cached16}),
         "fit gathering from a table in variables (--cache device)": epoch_seconds({"x": indices}, on_device_table=True),
     }

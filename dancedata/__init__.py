@@ -11,6 +11,9 @@ warnings.filterwarnings("ignore", message=r".*'dancedata\.\w+' found in sys.modu
 from dancedata.build_shards import build_shards  # noqa: E402  (rebinds the name from module to function)
 from dancedata.config import BuildConfig, ExtractorConfig, SamplingConfig  # noqa: E402
 from dancedata.read import DatasetBuilder, DatasetInfo  # noqa: E402
+from dancedata.read_config import ExampleConfig, Holdout, ReadConfig  # noqa: E402
+from dancedata.sampler import Sampler  # noqa: E402
+from dancedata.source import ExampleSource  # noqa: E402
 from dancedata.errors import (  # noqa: E402
     ConfigError,
     DanceDataError,
@@ -20,17 +23,37 @@ from dancedata.errors import (  # noqa: E402
     WeightsError,
 )
 
+_LAZY = {"VideoDecoder": "dancedata.video_decoder", "Frames": "dancedata.video_decoder", "VideoIndex": "dancedata.video_decoder"}
+
+
+def __getattr__(name: str):
+    """The decoder's names, imported on first use: `import dancedata` stays free of PyAV (PEP 562)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dancedata' has no attribute {name!r}")
+
+
 __all__ = [
     "BuildConfig",
     "ConfigError",
     "DatasetBuilder",
     "DatasetInfo",
     "DanceDataError",
+    "ExampleConfig",
+    "ExampleSource",
     "ExtractorConfig",
+    "Frames",
+    "Holdout",
     "InputError",
     "LeakageError",
     "ManifestError",
+    "ReadConfig",
+    "Sampler",
     "SamplingConfig",
+    "VideoDecoder",
+    "VideoIndex",
     "WeightsError",
     "build_shards",
 ]

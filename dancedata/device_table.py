@@ -3,7 +3,7 @@
 table on its accelerator (train.py --cache device) while the host moves only indices and labels.
 
     table = load_table(builder, ["train", "val"])
-    train = index_dataset(builder, "train", table, batch_size=64, shuffle=True, seed=0)
+    train = index_dataset(builder, "train", table, batch_size=64, read_config=ReadConfig(shuffle=True, seed=0))
     # ((example indices [B] int64, frame positions [B, S] int32), label [B])
 """
 from __future__ import annotations
@@ -12,12 +12,12 @@ import dataclasses
 
 import numpy as np
 
-from dancedata import schema
+from dancedata import pipelines, schema
 from dancedata.errors import ConfigError
-from dancedata.read import batched, interleaved, window_positions
+from dancedata.read import window_positions
+from dancedata.read_config import ExampleConfig, ReadConfig, from_keywords
 from dancedata.record_files import checked_records
-from dancedata.mapped_shards import select_indices
-from dancedata.schema import held_out, holdout_table
+from dancedata.sampler import Sampler
 
 
 @dataclasses.dataclass
@@ -29,58 +29,119 @@ class Table:
     features: np.ndarray
     masks: np.ndarray
     labels: np.ndarray
-    sequences: np.ndarray
+    sequence_ids: np.ndarray
     offsets: dict
+
+    def sequences(self) -> np.ndarray:
+        return self.sequence_ids
+
+    def gather(self, indices: np.ndarray) -> np.ndarray:
+        return np.take(self.features, indices, axis=0)
+
+    def decoder(self):
+        """A batch of example indices -> dict of tensors (features in the stored dtype, mask, label): the
+        host-memory twin of mapped_shards.MappedShards.decoder (ReadConfig(cache=True))."""
+        import tensorflow as tf
+
+        masks, labels = tf.constant(self.masks), tf.constant(self.labels)
+        stored, shape = tf.dtypes.as_dtype(self.features.dtype), self.features.shape[1:]
+
+        def decode(indices):
+            features = tf.numpy_function(self.gather, [indices], stored, stateful=False)
+            features.set_shape([None, *shape])
+            return {schema.FEATURES: features, schema.MASK: tf.gather(masks, indices), schema.LABEL: tf.gather(labels, indices)}
+
+        return decode
+
+
+class RecordTable:
+    """The serialized records of some shard files in memory, gathered by index and parsed per batch: the
+    cache of a reader that wants every field (ExampleConfig(with_metadata=True) with ReadConfig(cache=True))."""
+
+    def __init__(self, builder, paths: list):
+        import tensorflow as tf
+
+        entries = {f"{builder.path}/{shard['file']}": shard["num_examples"]
+                   for split in builder.manifest["splits"].values() for shard in split["shards"]}
+        counts = tf.constant([entries[path] for path in paths], tf.int64)
+        records = tf.data.Dataset.from_tensor_slices((paths, counts)).flat_map(checked_records)
+        self.records = tf.constant(list(records.as_numpy_iterator()) or [b""])[: int(tf.reduce_sum(counts))]
+        self.builder = builder
+
+    def sequences(self) -> np.ndarray:
+        import tensorflow as tf
+
+        spec = {schema.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string)}
+        return tf.io.parse_example(self.records, spec)[schema.SEQUENCE_ID].numpy()
+
+    def decoder(self):
+        import tensorflow as tf
+
+        def decode(indices):
+            return self.builder.decode(tf.gather(self.records, indices), None, cast=False)
+
+        return decode
+
+
+def load_paths(builder, paths: list, counts: list | None = None) -> Table:
+    """The examples of the shard files `paths` in that order (record counts checked as everywhere)."""
+    import tensorflow as tf
+
+    entries = {f"{builder.path}/{shard['file']}": shard["num_examples"]
+               for split in builder.manifest["splits"].values() for shard in split["shards"]}
+    counts = [entries[path] for path in paths] if counts is None else counts
+    keys = schema.TRAINING_KEYS + (schema.SEQUENCE_ID,)
+    records = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64))).flat_map(checked_records)
+    parts = [{key: value.numpy() for key, value in batch.items()}
+             for batch in records.batch(512).map(lambda s: builder.decode(s, keys, cast=False))]
+    if not parts:
+        frames, dim = builder.info.num_frames, builder.info.feature_dim
+        return Table(np.zeros((0, frames, dim), builder.info.feature_dtype), np.zeros((0, frames), bool),
+                     np.zeros(0, np.int32), np.zeros(0, object), {})
+    joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    return Table(joined[schema.FEATURES], joined[schema.MASK], joined[schema.LABEL].astype(np.int32),
+                 joined[schema.SEQUENCE_ID], {})
 
 
 def load_table(builder, splits: list, skip_bad_shards: bool = False) -> Table:
     """Reads `splits` once, file after file in manifest order (record counts checked as everywhere)."""
-    import tensorflow as tf
-
     parts, offsets, start = [], {}, 0
-    keys = schema.TRAINING_KEYS + (schema.SEQUENCE_ID,)
     for split in splits:
         paths, counts = builder.usable_files(split, skip_bad_shards)
-        records = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64))).flat_map(checked_records)
         offsets[split] = start
-        for batch in records.batch(512).map(lambda s: builder.decode(s, keys, cast=False)):
-            parts.append({key: value.numpy() for key, value in batch.items()})
-            start += len(parts[-1][schema.LABEL])
-    if not parts:
+        parts.append(load_paths(builder, paths, counts))
+        start += len(parts[-1].labels)
+    if not start:
         raise ConfigError(f"no examples in {', '.join(splits)}")
-    joined = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-    return Table(joined[schema.FEATURES], joined[schema.MASK], joined[schema.LABEL].astype(np.int32),
-                 joined[schema.SEQUENCE_ID], offsets)
+    return Table(np.concatenate([p.features for p in parts]), np.concatenate([p.masks for p in parts]),
+                 np.concatenate([p.labels for p in parts]), np.concatenate([p.sequence_ids for p in parts]), offsets)
 
 
-def index_dataset(builder, split: str, table: Table, batch_size: int = 32, shuffle: bool = False, seed=None,
-                  seq_len: int | None = None, repeat: bool = False, training: bool | None = None,
-                  shuffle_buffer: int = 256, holdout_fraction: float = 0.0, holdout: bool = False,
-                  skip_bad_shards: bool = False, epoch: int = 0, holdout_by: str = "sequence"):
-    """The batches builder.as_dataset(split, ...) gives with the same arguments, as indices into
-    `table`: the same file order, buffer and seeds (read.interleaved, read.batched), so the same
-    examples land in the same batches with the same windows."""
+def index_dataset(builder, split: str, table: Table, *, batch_size: int = 32, read_config: ReadConfig | None = None,
+                  example_config: ExampleConfig | None = None, **deprecated):
+    """The batches builder.as_dataset(split, batch_size=..., read_config=..., example_config=...) gives,
+    as indices into `table`: the same sampler, so the same examples land in the same batches with the
+    same windows. (cache, source and data_service do not apply: the table is the cache.)"""
     import tensorflow as tf
 
-    training = shuffle if training is None else training
-    paths, counts = builder.usable_files(split, skip_bad_shards)
-    starts = list(table.offsets[split] + np.cumsum([0] + counts[:-1]))
-    indices = interleaved(paths, starts, counts, shuffle, seed,
-                          lambda _, start, count: tf.data.Dataset.range(start, start + count), parallel=False)
-    if holdout_fraction:
-        held = builder.holdout_part(split, holdout_fraction, holdout_by)[0] if holdout_by != "sequence" else None
-        chosen = held_out(table.sequences, holdout_fraction, holdout_table(held))
-        indices = select_indices(indices, np.asarray(chosen), holdout)
+    read, example = from_keywords(deprecated, read_config, example_config)
+    paths, counts = builder.usable_files(split, read.skip_bad_shards)
+    offset = table.offsets[split]
+    sampler = Sampler(counts, seed=read.seed, shuffle=read.shuffle, window=read.shuffle_buffer)
+    training = read.shuffle if example.training is None else example.training
+    keep = builder._kept(split, table.sequence_ids[offset:offset + sum(counts)], read.holdout)
+    windows = example.seq_len is not None and training
+    batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder, keep, windows)
     masks, labels = tf.constant(table.masks), tf.constant(table.labels)
     frames = builder.info.num_frames
-    length = seq_len if seq_len is not None else frames
+    length = example.seq_len if example.seq_len is not None else frames
 
     def to_inputs(index, seed=None):  # seed: only with random windows
+        index = index + offset
         if length < frames:
             positions = window_positions(tf.gather(masks, index), length, training, seed)
         else:
             positions = tf.broadcast_to(tf.range(frames)[None, :], [tf.shape(index)[0], frames])
         return (index, positions), tf.gather(labels, index)
 
-    batches = batched(indices, batch_size, shuffle, seed, repeat, shuffle_buffer, False, seq_len is not None and training, epoch)
     return batches.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -29,7 +29,7 @@ import urllib.request
 
 from dancedata import cli, config, naming
 from dancedata.errors import ConfigError, InputError
-from dancedata.write import sha256
+from dancedata.fs import sha256
 
 LIST_URL = "https://storage.googleapis.com/aist_plusplus_public/20121228/video_list.txt"
 BASE_URL = "https://aistdancedb.ongaaccel.jp/v1.0.0/video/10M/"

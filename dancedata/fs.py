@@ -75,6 +75,14 @@ def _gfile():
     return tf.io.gfile
 
 
+def read_errors() -> tuple:
+    """What a failed read raises besides OSError: tf.errors.OpError once TensorFlow is loaded."""
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    return (tf.errors.OpError,) if tf is not None and hasattr(tf, "errors") else ()
+
+
 def exists(path: str) -> bool:
     return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
 

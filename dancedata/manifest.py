@@ -50,19 +50,18 @@ def write(folder: str, manifest: dict, name: str = FILENAME) -> str:
 
 
 def load(folder: str) -> dict:
-    """Reads and checks a shard folder's manifest; raises ManifestError saying what is wrong."""
-    import tensorflow as tf
-
+    """Reads and checks a shard folder's manifest; raises ManifestError saying what is wrong. (Local
+    folders are read without TensorFlow: dancedata.ExampleSource needs none.)"""
     from dancedata import fs
 
     fs.check(folder)
     path = path_in(folder)
-    if not tf.io.gfile.exists(path):
+    if not fs.exists(path):
         raise ManifestError(f"no {FILENAME} in {folder}: build shards first with `python -m dancedata.build_shards VIDEO_DIR --out {folder}`")
     try:
-        with tf.io.gfile.GFile(path, "r") as handle:
+        with fs.open_file(path, "r") as handle:
             manifest = json.load(handle)
-    except (ValueError, tf.errors.OpError) as error:
+    except (ValueError, OSError) + fs.read_errors() as error:
         raise ManifestError(f"cannot read {path}: {error}") from None
     missing = [key for key in REQUIRED if key not in manifest]
     if missing:
@@ -146,17 +145,11 @@ def versions() -> dict:
 def planned(input_path: str, plan, extractor_entry: dict, feature_dim: int, sampling, build) -> dict:
     """What a build's manifest says before any shard exists: everything the plan decides. It is kept
     in the build's plan file, so whichever machine finishes a partitioned build can write the manifest."""
-    from dancedata import config, scan
+    from dancedata import scan
 
     return {
-        "schema_version": schema.SCHEMA_VERSION,
-        "feature_spec": schema.feature_spec(sampling.frames, feature_dim, build.dtype),
+        **described(extractor_entry, feature_dim, sampling, build),
         "classes": plan.classes,
-        "num_frames": sampling.frames,
-        "feature_dim": feature_dim,
-        "feature_dtype": build.dtype,
-        "extractor": extractor_entry,
-        "sampling": config.asdict(sampling),
         "split": {
             "strategy": build.split,
             "val_fraction": build.val_fraction,
@@ -170,6 +163,28 @@ def planned(input_path: str, plan, extractor_entry: dict, feature_dim: int, samp
         "skipped": plan.skipped,
         "warnings": plan.warnings,
         "source": {"path": os.path.abspath(input_path), "layout": plan.layout},
+    }
+
+
+def described(extractor_entry: dict, feature_dim: int, sampling, build) -> dict:
+    """The planned manifest's entries that describe the examples (not which videos went where): what a
+    build --from-frames writes anew over the planned part of the build it reads."""
+    from dancedata import config
+
+    frames = None
+    if build.keep_frames:
+        from dancedata import frames as frames_lib
+
+        frames = {**frames_lib.entry(build.keep_frames, build.jpeg_quality), "image_size": extractor_entry["image_size"]}
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "feature_spec": schema.feature_spec(sampling.frames, feature_dim, build.dtype, frames),
+        "num_frames": sampling.frames,
+        "feature_dim": feature_dim,
+        "feature_dtype": build.dtype,
+        "extractor": extractor_entry,
+        "sampling": config.asdict(sampling),
+        **({"frames": frames} if frames else {}),
         "build": {"versions": versions(), "info": "build_info.json"},
     }
 
@@ -227,8 +242,12 @@ def complete(planned_part: dict, records: list) -> dict:
         )
     head = ("schema_version", "feature_spec", "classes", "num_frames", "feature_dim", "feature_dtype", "extractor",
             "sampling", "split")
+    stored = {}
+    if "frames" in planned_part:  # what the kept frames take: inspect shows it
+        stored["frames"] = {**planned_part["frames"], "bytes": sum(record.get("frame_bytes", 0) for record in records)}
     return {
         **{key: planned_part[key] for key in head if key in planned_part},
+        **stored,
         "splits": splits,
         "skipped": sorted(skipped, key=lambda e: (e["path"], e["reason"])),
         "truncated": sorted(truncated, key=lambda e: e["path"]),

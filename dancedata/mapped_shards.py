@@ -60,29 +60,20 @@ class MappedShards:
             out[k] = maps[files[k]][start:start + width]
         return out.view(self.dtype).reshape(len(indices), *self.shape)
 
-    def reading(self, holdout_buckets: int = schema.HOLDOUT_BUCKETS):
-        """The table as record_files.Reading over example indices: sources are ranges, nothing to wait on."""
+    def decoder(self):
+        """A batch of example indices -> dict of tensors (features in the stored dtype, mask, label)."""
         import tensorflow as tf
-
-        from dancedata.record_files import Reading
 
         masks, labels = tf.constant(self.masks), tf.constant(self.labels)
         stored = tf.dtypes.as_dtype(self.dtype.newbyteorder("="))
         shape = self.shape
-
-        def source(path, start, count):
-            return tf.data.Dataset.range(start, start + count)
 
         def decode(indices):
             features = tf.numpy_function(self.gather, [indices], stored, stateful=False)
             features.set_shape([None, *shape])
             return {schema.FEATURES: features, schema.MASK: tf.gather(masks, indices), schema.LABEL: tf.gather(labels, indices)}
 
-        def select(indices, fraction, holdout, held_sequences=None):
-            held = schema.held_out(self.sequences().astype(bytes), fraction, schema.holdout_table(held_sequences)).numpy()
-            return select_indices(indices, held, holdout)
-
-        return Reading(source, decode, select, parallel=False)
+        return decode
 
 
 def _labels(mapped: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -96,17 +87,3 @@ def _labels(mapped: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.n
         value, end = shard_index.varint(mapped[start:start + length].tobytes(), 0)
         values.append(value if end == length else -1)
     return np.asarray(values, np.int64)
-
-
-def select_indices(indices, held: np.ndarray, holdout: bool):
-    """A dataset of example indices -> those i with held[i] == holdout, in order. Selected a batch at a
-    time: a filter calls its predicate once per element, which costs more than gathering the element."""
-    import tensorflow as tf
-
-    held = tf.constant(np.asarray(held, bool))
-
-    def wanted(batch):
-        chosen = tf.gather(held, batch)
-        return tf.boolean_mask(batch, chosen if holdout else tf.logical_not(chosen))
-
-    return indices.batch(1024).map(wanted).unbatch()

@@ -1,15 +1,15 @@
 """Read shards back as a tf.data pipeline that `Model.fit` takes directly.
 
     builder = DatasetBuilder("tfrecords/")          # or gs://bucket/prefix
-    ds = builder.as_dataset("train", batch_size=64, shuffle=True, seed=0)
+    ds = builder.as_dataset("train", batch_size=64, read_config=ReadConfig(shuffle=True, seed=0))
     # ((features float32 [B, T, D], mask bool [B, T]), label int32 [B])
 
-The examples come from one of two sources over the same TFRecords, which give the same elements
-once decoded: `mapped_shards.MappedShards` (schema 4: local shards memory-mapped, checked once, the
-training fields gathered through each shard's index) or `record_files` (TFRecordDataset, every field,
-any filesystem). `schema.decode_batch` / `schema.decode_rows` turn bytes into a dict of tensors; this module
-orders, batches and turns that dict into model inputs (windows, casts), so predict and other tools
-can reuse the first without labels.
+Every reader takes a split's examples in the order of one `dancedata.sampler.Sampler`, a pure function
+of (example counts, seed, worker, epoch): local schema-4 shards memory-mapped (`mapped_shards`, checked
+once per process) and tables in memory (cache) gather each batch by index (`pipelines.index_batches`);
+TFRecords streamed from any filesystem follow the same order with graph ops (`pipelines.streamed_records`),
+and `dancedata.ExampleSource` gives the same examples without TensorFlow. `schema.decode_batch` turns
+bytes into a dict of tensors; this module turns that dict into model inputs (windows, casts).
 """
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ import sys
 import numpy as np
 
 from dancedata import manifest as manifest_lib
-from dancedata import fs, mapped_shards, record_files, schema, shard_index
+from dancedata import fs, mapped_shards, pipelines, record_files, schema, shard_index
 from dancedata.errors import ConfigError, ShardError
+from dancedata.read_config import DanceDataDeprecationWarning, ExampleConfig, Holdout, ReadConfig, from_keywords
+from dancedata.sampler import Sampler
 from dancedata.record_files import shard_error  # noqa: F401  (public here since schema 2: train.py, user code)
 
 def _mappable_files() -> int:
@@ -34,60 +36,6 @@ def _mappable_files() -> int:
     except ImportError:  # no such limit to respect
         return sys.maxsize
     return max(resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4, 1)
-
-
-def interleaved(paths: list, starts: list, counts: list, shuffle: bool, seed, source, parallel: bool = True):
-    """The examples of several files in the order every reader of a split uses: files shuffled once
-    per seed (the same order every epoch: a cache after this point holds one order, so reshuffling per
-    epoch would make cached and uncached training differ; the example buffer still reshuffles), then
-    read several at a time, round robin. `source(path, start, count)` gives one file's elements (its
-    records, or the indices start .. start + count - 1 of its examples in a table). parallel=False
-    reads them in the same order on the calling thread: for sources with nothing to wait on (indices),
-    threads cost more than they hide."""
-    import tensorflow as tf
-
-    files = tf.data.Dataset.from_tensor_slices((paths, tf.constant(starts, tf.int64), tf.constant(counts, tf.int64)))
-    if shuffle:
-        files = files.shuffle(len(paths), seed=seed, reshuffle_each_iteration=False)
-    # Reading several shards at once hides per-file latency (remote storage) and mixes shards.
-    cycle = max(1, min(len(paths), 8))
-    if not parallel:
-        return files.interleave(source, cycle_length=cycle)
-    return files.interleave(source, cycle_length=cycle, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
-HOLDOUT_UNITS = ("sequence", "dancer")
-EPOCH_SEED_STRIDE = 1_000_003  # epoch e of seed s shuffles with seed s * stride + e: distinct for any run's epochs
-
-
-def batched(examples, batch_size: int, shuffle: bool, seed, repeat: bool, shuffle_buffer: int, drop_remainder: bool,
-            windows: bool, epoch: int = 0):
-    """Batches: shuffled through a buffer, batched; with random windows, (batch, window seed [2]) pairs.
-
-    repeat=True: epochs `epoch`, epoch + 1, ... back to back, each epoch's order (and window seeds) a
-    pure function of (seed, epoch), never of how long the pipeline has run: a run resumed at epoch 5
-    in a new process sees epoch 5's batches. (A cache before this point is filled once and shared by
-    every epoch.) repeat=False: one epoch, reshuffled each time the dataset is iterated again, so its
-    later iterations depend on how many came before; resumable training uses repeat=True."""
-    import tensorflow as tf
-
-    def one_epoch(number, reshuffle: bool):
-        if repeat:  # traced: an op seed alone decides, never the caller's global seed (which would also make
-            tf.compat.v1.get_default_graph().seed = None  # a tensor seed fail when the global seed is 0)
-        ordered = examples
-        epoch_seed = None if seed is None else tf.cast(seed, tf.int64) * EPOCH_SEED_STRIDE + number
-        if shuffle:
-            # Shards are already shuffled at write time and files are interleaved, so a modest buffer
-            # mixes well; 256 x ~80 KB records measured ~40% faster than 1024 on 2 cores (cache misses).
-            ordered = ordered.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=reshuffle)
-        batches = ordered.batch(batch_size, drop_remainder=drop_remainder)
-        if windows:
-            return tf.data.Dataset.zip((batches, tf.data.Dataset.random(seed=epoch_seed).batch(2, drop_remainder=True)))
-        return batches  # no map to add a seed nobody uses: one stage less per batch
-
-    if repeat:
-        return tf.data.Dataset.range(epoch, 2**62).flat_map(lambda number: one_epoch(number, False))
-    return one_epoch(tf.constant(epoch, tf.int64), True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,10 +77,15 @@ class DatasetBuilder:
     """A shard folder's manifest, and tf.data pipelines over its splits."""
 
     def __init__(self, path: str, rows: bool = True, map_rows: bool = True):
-        """rows=False or map_rows=False stream training examples with TFRecordDataset instead of
-        mapping local schema-4 shards (the names are schema 3's, when a row file served as the map)."""
+        """rows/map_rows=False (deprecated: ReadConfig(source="stream")) stream the TFRecords instead of
+        mapping local schema-4 shards."""
+        if not (rows and map_rows):
+            import warnings
+
+            warnings.warn("DatasetBuilder(path, rows=False / map_rows=False) is deprecated; pass "
+                          "read_config=ReadConfig(source='stream') to as_dataset", DanceDataDeprecationWarning, stacklevel=2)
         self.path = path.rstrip("/")
-        self.read_rows, self.map_rows = rows, map_rows
+        self._default_source = "auto" if rows and map_rows else "stream"
         self._holdout_parts: dict = {}
         self.manifest = manifest_lib.load(self.path)
         m = self.manifest
@@ -165,17 +118,22 @@ class DatasetBuilder:
         """Checks every shard of `split` (and its index) exists and matches the manifest's sha256;
         raises ShardError. Every read checks each record's CRCs anyway; this also catches a shard
         swapped for another intact one."""
-        import tensorflow as tf
-
         for shard, path in zip(self.manifest["splits"][split]["shards"], self.files(split)):
-            checks = [(path, shard["sha256"])]
-            if "index" in shard:
-                checks.append((shard_index.index_path(self.path, shard), shard["index"]["sha256"]))
-            for file, expected in checks:
-                if not tf.io.gfile.exists(file):
-                    raise ShardError(f"shard {file} is missing; rebuild, or copy the whole folder again")
-                if fs.sha256(file) != expected:
-                    raise ShardError(f"shard {file} does not match its sha256 in the manifest: it changed or is corrupt")
+            if problem := self.sha256_problem(shard, path):
+                raise ShardError(f"shard {problem}")
+
+    def sha256_problem(self, shard: dict, path: str) -> str | None:
+        """"FILE is missing" or "FILE does not match ..." for a shard or its index whose sha256 is not the
+        manifest's, else None (reads both whole)."""
+        checks = [(path, shard["sha256"])]
+        if "index" in shard:
+            checks.append((shard_index.index_path(self.path, shard), shard["index"]["sha256"]))
+        for file, expected in checks:
+            if not fs.exists(file):
+                return f"{file} is missing; rebuild, or copy the whole folder again"
+            if fs.sha256(file) != expected:
+                return f"{file} does not match its sha256 in the manifest: it changed or is corrupt"
+        return None
 
     def bad_shards(self, split: str) -> list:
         """[(path, reason)] for each shard of `split` that is missing, cut, corrupted, stale, or whose
@@ -203,126 +161,108 @@ class DatasetBuilder:
         m = self.manifest
         return schema.decode_batch(serialized, m["feature_spec"], m["num_frames"], m["feature_dim"], m["feature_dtype"], keys, cast)
 
-    def as_dataset(
-        self,
-        split: str,
-        batch_size: int = 32,
-        shuffle: bool = False,
-        seed: int | None = None,
-        seq_len: int | None = None,
-        repeat: bool = False,
-        cache: bool = False,
-        drop_remainder: bool = False,
-        verify: bool = False,
-        with_metadata: bool = False,
-        training: bool | None = None,
-        shuffle_buffer: int = 256,
-        holdout_fraction: float = 0.0,
-        holdout: bool = False,
-        input_context=None,
-        skip_bad_shards: bool = False,
-        data_service: str | None = None,
-        cast: bool = True,
-        epoch: int = 0,
-        holdout_by: str = "sequence",
-    ):
-        """((features, mask), label) batches of `split`; with_metadata adds a dict of string fields.
+    def as_dataset(self, split: str, *, batch_size: int = 32, read_config: ReadConfig | None = None,
+                   example_config: ExampleConfig | None = None, input_context=None, **deprecated):
+        """((features, mask), label) batches of `split` (with_metadata: and a dict of string fields).
 
-        training (default: shuffle) picks random seq_len windows instead of centred ones.
-        holdout_fraction > 0 removes a hashed-by-sequence_id part of the split (holdout=True keeps only
-        it): a validation set that shares no performance with what it is taken from; holdout_by="dancer"
-        holds out whole dancer groups instead (dancers who appear together go together), for builds
-        split by dancer: then it shares no dancer either (holdout_part says what it shares).
-        cache keeps the decoded examples in memory after the first pass (cache_bytes(split) of it);
-        later epochs skip reading and parsing, and are still reshuffled.
-        A corrupted or truncated shard raises tf.errors.InvalidArgumentError naming the file when it is
-        read (`shard_error(error)` turns it into a ShardError); skip_bad_shards=True checks the shards
-        first and leaves damaged ones out, with one warning that lists them.
-        data_service="grpc://HOST:PORT" has tf.data service workers read, parse and batch (see
-        `dancedata.data_service`); each shard is read by one worker per epoch, so the result's
-        cardinality is unknown: use repeat=True and steps_per_epoch. Not with cache or input_context.
-        cast=False hands features over in the stored dtype (float16 by default): half the bytes through
-        the pipeline, and a model with a float32 input casts them on its device (train.py does this).
-        repeat=True gives epochs `epoch`, epoch + 1, ... whose orders are each a pure function of
-        (seed, epoch): start at the epoch a resumed run continues from, with steps_per_epoch.
-        Without metadata, local shards of schema 4 are memory-mapped and each batch's features gathered
-        through their indexes (the same batches as TFRecordDataset gives, several times faster; see
-        mapped_shards.MappedShards); every shard is checked whole (each record's CRCs) when first mapped
-        in a process, and a damaged one raises ShardError before anything is read.
-        DatasetBuilder(path, rows=False) or map_rows=False streams the TFRecords instead.
+        read_config (ReadConfig) says where and how to read and in what order, example_config
+        (ExampleConfig) what each example becomes; input_context (tf.distribute.InputContext) makes this
+        one of several input pipelines, each reading its part (sampler workers) at its per-replica batch.
+        Every order is a dancedata.sampler.Sampler's: the same batches from mapped shards, a cache,
+        streamed TFRecords or ExampleSource. Damaged shards raise ShardError naming the file before
+        anything is read (mapped), or tf.errors.InvalidArgumentError when reached (streamed:
+        `shard_error(error)` turns it into a ShardError); ReadConfig(skip_bad_shards=True) leaves them
+        out. Through a tf.data service (ReadConfig(data_service=...)) each shard is read by one worker
+        per epoch and the order is the workers' (their files in the sampler's order, windows permuted
+        within each worker's stream); the result's cardinality is unknown: repeat and steps_per_epoch.
+        The keyword arguments of earlier releases (shuffle=, seed=, seq_len=, ...) still work, with a
+        warning naming their new spelling.
         """
         import tensorflow as tf
 
+        read, example = from_keywords(deprecated, read_config, example_config)
         if batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
-        if seq_len is not None and not 0 < seq_len <= self.info.num_frames:
-            raise ConfigError(f"seq_len must be in 1..{self.info.num_frames} (the stored frames), got {seq_len}")
-        if not 0 <= holdout_fraction < 1:
-            raise ConfigError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
-        if holdout_by not in HOLDOUT_UNITS:
-            raise ConfigError(f"holdout_by must be one of {', '.join(HOLDOUT_UNITS)}, got {holdout_by!r}")
-        if data_service is not None:
+        if example.seq_len is not None and example.seq_len > self.info.num_frames:
+            raise ConfigError(f"seq_len must be in 1..{self.info.num_frames} (the stored frames), got {example.seq_len}")
+        if read.data_service and input_context is not None:
+            raise ConfigError("data_service cannot be combined with input_context: the service's workers read the shards")
+        if read.verify:
+            self.verify(split)
+        paths, counts = self.usable_files(split, read.skip_bad_shards)
+        worker, workers = (input_context.input_pipeline_id, input_context.num_input_pipelines) if input_context else (0, 1)
+        if input_context is not None:
+            batch_size = input_context.get_per_replica_batch_size(batch_size)
+        sampler = Sampler(counts, seed=read.seed, shuffle=read.shuffle, window=read.shuffle_buffer, worker=worker,
+                          workers=workers)
+        training = read.shuffle if example.training is None else example.training
+        windows = example.seq_len is not None and training
+        to_inputs = self._to_inputs(example.seq_len, training, example.with_metadata, example.cast)
+        table = None if read.data_service else self._table(split, paths, read, example.with_metadata)
+        if table is not None:
+            batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder,
+                                              self._kept(split, table.sequences(), read.holdout), windows)
+            decode = table.decoder()
+        else:
+            batches = self._streamed(split, paths, sampler, read, batch_size, windows, example.with_metadata)
+            keys = None if example.with_metadata else schema.TRAINING_KEYS
+
+            def decode(serialized):
+                return self.decode(serialized, keys, cast=False)
+
+        def prepare(batch, seed=None):  # one vectorised decode per batch
+            return to_inputs(decode(batch), seed)
+
+        batches = batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if read.data_service:
             from dancedata import data_service as service
 
-            if cache or input_context is not None:
-                raise ConfigError("data_service cannot be combined with cache or input_context: the service's workers read the shards")
-            data_service = service.check_reachable(data_service)
-        training = shuffle if training is None else training
-        if verify:
-            self.verify(split)
-        paths, counts = self.usable_files(split, skip_bad_shards)
-        shard_records = False
-        if input_context is not None:  # tf.distribute: each input pipeline reads its own part
-            pipelines, pipeline = input_context.num_input_pipelines, input_context.input_pipeline_id
-            if len(paths) >= pipelines:
-                paths, counts = paths[pipeline::pipelines], counts[pipeline::pipelines]
-            else:  # fewer files than pipelines: every pipeline reads all files, keeps every n-th record
-                shard_records = True
-            batch_size = input_context.get_per_replica_batch_size(batch_size)
-
-        if shuffle and data_service:  # the dispatcher hands out files in order (a shuffle here would defeat
-            # its splitting: every worker would read every file), so the order is shuffled once, seeded
-            order = np.random.default_rng(seed).permutation(len(paths))
-            paths, counts = [paths[i] for i in order], [counts[i] for i in order]
-        keys = None if with_metadata else schema.TRAINING_KEYS
-        reading = self._reading(split, paths, counts, keys, mapped=not data_service)  # the service ships pure graph ops
-        starts = [int(start) for start in np.cumsum([0] + counts[:-1])]
-        records = interleaved(paths, starts, counts, shuffle and not data_service, seed, reading.source, reading.parallel)
-        if shard_records:
-            records = records.shard(pipelines, pipeline)
-        if holdout_fraction:
-            held = self.holdout_part(split, holdout_fraction, holdout_by)[0] if holdout_by != "sequence" else None
-            records = reading.select(records, holdout_fraction, holdout, held)
-        if cache:
-            # Cache decoded examples in the stored dtype (no larger than the shards): later epochs skip
-            # parse_example and decode_raw, which cost more than reading the file (benchmarks/).
-            examples = records.batch(256).map(reading.decode, num_parallel_calls=tf.data.AUTOTUNE).unbatch().cache()
-        else:
-            examples = records
-        batches = batched(examples, batch_size, shuffle, seed, repeat and not data_service, shuffle_buffer, drop_remainder,
-                          seq_len is not None and training, epoch)  # through the service, each epoch is one job: repeated at the end
-        to_inputs = self._to_inputs(seq_len, training, with_metadata, cast)
-        if cache:
-            prepare = to_inputs
-        else:  # one vectorised decode per batch
-            def prepare(serialized, seed=None):
-                return to_inputs(reading.decode(serialized), seed)
-        batches = batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if data_service:
-            batches = service.distribute(batches, data_service)
-            if repeat:
-                batches = batches.repeat()
+            batches = service.distribute(batches, service.check_reachable(read.data_service))
+            batches = batches.repeat() if read.repeat else batches
         return batches.prefetch(tf.data.AUTOTUNE)
 
-    def _reading(self, split: str, paths: list, counts: list, keys, mapped: bool = True) -> record_files.Reading:
-        """How to read the examples of `paths` (holding `counts` examples): the training fields of local
-        schema-4 shards are gathered from the mapped files through their indexes (no protos to parse:
-        benchmarks/train_throughput.py); everything else streams the TFRecords."""
-        if keys == schema.TRAINING_KEYS and self.read_rows and mapped and self.map_rows:
-            shards = self._mappable(split, paths)
-            if shards is not None:
-                return mapped_shards.MappedShards(self.path, self.manifest, shards).reading()
-        return record_files.reading(self.decode, keys)
+    def _streamed(self, split: str, paths: list, sampler: Sampler, read: ReadConfig, batch_size: int, windows: bool,
+                  metadata: bool):
+        """Batches of serialized records (windows: with their seeds) in the sampler's order, epoch after
+        epoch; through a service, one epoch (the service's job), repeated by the caller."""
+        import tensorflow as tf
+
+        held = None
+        if read.holdout is not None and read.holdout.by != "sequence":
+            held = self.holdout_part(split, read.holdout.fraction, read.holdout.by)[0]
+
+        def one_epoch(epoch):
+            records = pipelines.streamed_records(sampler, paths, epoch)
+            if read.holdout is not None:
+                records = record_files.select(records, read.holdout.fraction, read.holdout.part == "held", held)
+            batches = records.batch(batch_size, drop_remainder=read.drop_remainder)
+            return tf.data.Dataset.zip((batches, pipelines.batch_seeds(sampler, epoch))) if windows else batches
+
+        if read.data_service:
+            return one_epoch(tf.constant(read.epoch, tf.int64))
+        return pipelines.epochs(read.epoch, read.repeat).flat_map(one_epoch)
+
+    def _table(self, split: str, paths: list, read: ReadConfig, metadata: bool):
+        """The examples of `paths` as a table gathered by index (mapped_shards.MappedShards, or with
+        cache a copy in memory), or None to stream them."""
+        if metadata:  # every field: the records themselves
+            from dancedata.device_table import RecordTable
+
+            return RecordTable(self, paths) if read.cache else None
+        source = self._default_source if read.source == "auto" else read.source
+        shards = self._mappable(split, paths) if source != "stream" else None
+        if source == "mapped" and shards is None:
+            raise ConfigError(f"source='mapped' needs local schema-4 shards on a little-endian host, and at most "
+                              f"{_mappable_files()} of them: {self.path} cannot be mapped; use source='auto'")
+        mapped = mapped_shards.MappedShards(self.path, self.manifest, shards) if shards is not None else None
+        if not read.cache:
+            return mapped
+        from dancedata.device_table import Table, load_paths
+
+        if mapped is None:
+            return load_paths(self, paths)
+        return Table(mapped.gather(np.arange(len(mapped.labels))), mapped.masks, mapped.labels.astype(np.int32),
+                     mapped.sequences(), {})
 
     def _mappable(self, split: str, paths: list):
         """The manifest entries of `paths` when they can be mapped (schema 4, local, a little-endian
@@ -333,6 +273,15 @@ class DatasetBuilder:
                 or any("index" not in shard for shard in shards)):
             return None
         return shards
+
+    def _kept(self, split: str, sequences: np.ndarray, holdout: Holdout | None):
+        """Which examples (in table order) a holdout keeps, or None for all."""
+        if holdout is None:
+            return None
+        held_sequences = self.holdout_part(split, holdout.fraction, holdout.by)[0] if holdout.by != "sequence" else None
+        held = schema.held_out(np.asarray(sequences).astype(bytes), holdout.fraction, schema.holdout_table(held_sequences))
+        held = np.asarray(held)
+        return held if holdout.part == "held" else ~held
 
     def holdout_part(self, split: str, fraction: float, by: str = "dancer") -> tuple:
         """(held-out sequence ids, what the held-out part shares with the rest) when a part of `split`

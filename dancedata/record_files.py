@@ -2,12 +2,10 @@
 and the error that names a damaged file.
 
 `DatasetBuilder` streams them where its mapped reader cannot serve (metadata wanted, builds before
-schema 4, object storage, tf.data service, rows=False); `device_table.load_table` reads them too.
+schema 4, object storage, tf.data service, ReadConfig(source="stream")); `device_table.load_table` reads them too.
 TFRecordDataset checks both CRCs of every record it reads. TFDS and plain tf.data read the same files.
 """
 from __future__ import annotations
-
-from typing import Callable, NamedTuple
 
 from dancedata import schema
 from dancedata.errors import ShardError
@@ -53,37 +51,17 @@ def checked_records(path, expected):
     return records.scan(tf.constant(0, tf.int64), count).filter(lambda keep, _: keep).map(lambda _, record: record)
 
 
-class Reading(NamedTuple):
-    """How DatasetBuilder reads a split's examples; this module gives it for streamed TFRecords,
-    mapped_shards.MappedShards for mapped ones, with the same examples once decoded."""
-
-    source: Callable  # (shard path, start, count) -> dataset of the shard's elements (start: its first example's index)
-    decode: Callable  # a batch of elements -> dict of tensors (schema.decode_batch's, features in the stored dtype)
-    select: Callable  # (elements, fraction, holdout, held) -> those outside (holdout: inside) the held-out part
-    # (held: None for the hash of each sequence id, or the set of held-out sequence ids)
-    parallel: bool  # whether sources wait on I/O, so several are read at once
-
-
-def reading(decode_batch, keys) -> Reading:
-    """The TFRecords' Reading. `decode_batch(serialized, keys, cast)` is DatasetBuilder.decode."""
+def select(records, fraction: float, holdout: bool, held_sequences=None):
+    """The serialized records outside (holdout: inside) the held-out part: `fraction` of the hash
+    buckets of each sequence id, or with `held_sequences`, those sequence ids."""
     import tensorflow as tf
 
     spec = {schema.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string)}
+    table = schema.holdout_table(held_sequences)
 
-    def source(path, start, count):
-        return checked_records(path, count)
+    def wanted(serialized):
+        sequence = tf.io.parse_single_example(serialized, spec)[schema.SEQUENCE_ID]
+        held = schema.held_out(tf.reshape(sequence, [1]), fraction, table)[0]
+        return held if holdout else tf.logical_not(held)
 
-    def decode(serialized):
-        return decode_batch(serialized, keys, cast=False)
-
-    def select(records, fraction, holdout, held_sequences=None):
-        table = schema.holdout_table(held_sequences)
-
-        def wanted(serialized):
-            sequence = tf.io.parse_single_example(serialized, spec)[schema.SEQUENCE_ID]
-            held = schema.held_out(tf.reshape(sequence, [1]), fraction, table)[0]
-            return held if holdout else tf.logical_not(held)
-
-        return records.filter(wanted)
-
-    return Reading(source, decode, select, parallel=True)
+    return records.filter(wanted)

@@ -65,9 +65,12 @@ def test_missing_file(tmp_path):
 
 
 def test_centre_square_crop():
+    import av
+
     frame = np.zeros((40, 80, 3), np.uint8)
     frame[:, 20:60] = 255  # the centre square of a 40x80 frame
-    assert decode.to_square_rgb(frame, 10).min() == 255
+    square = decode.frame_to_square(av.VideoFrame.from_ndarray(frame, format="rgb24"), 10)
+    assert square.shape == (10, 10, 3) and square.min() == 255
 
 
 def test_keyframes_mode_decodes_only_key_frames(tmp_path):
@@ -98,10 +101,15 @@ def test_keyframes_mode_reports_bad_files_like_the_default_path(tmp_path, conten
         decode.read_clip(str(path), SamplingConfig(keyframes=True), size=32)
 
 
-def test_any_decoder_failure_becomes_a_recorded_reason(tmp_path, monkeypatch):
-    def broken(*args):
-        raise RuntimeError("avcodec exploded")
+def explodes(path, config, size):
+    """A decoder for the worker below (imported there by name): FFmpeg and OpenCV raise assorted types."""
+    raise RuntimeError("avcodec exploded")
 
-    monkeypatch.setattr(decode, "read_clip", broken)
-    error = decode.read_clip_or_error(str(tmp_path / "x.mp4"), SamplingConfig(), 32)
-    assert isinstance(error, DecodeError) and str(error) == "RuntimeError: avcodec exploded"
+
+def test_any_decoder_failure_becomes_a_recorded_reason():
+    from dancedata.decode_pool import DecodePool
+
+    with DecodePool(1, SamplingConfig(), 32, timeout=60, decoder="test_decode:explodes") as pool:
+        [(row, error)] = list(pool.imap([{"path": "x.mp4"}]))
+    assert row == {"path": "x.mp4"} and isinstance(error, DecodeError)
+    assert str(error) == "RuntimeError: avcodec exploded"

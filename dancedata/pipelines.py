@@ -1,0 +1,109 @@
+"""tf.data pipelines in a `dancedata.sampler.Sampler`'s order: batches of example indices for readers
+that gather by index (mapped shards, tables in memory or on a device), and streamed TFRecords that read
+the sampler's shards in its order and permute its windows with graph ops that compute the sampler's
+permutations (`draw` here equals sampler.draw, tested), so every reader gives the same batches.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dancedata import sampler as sampler_lib
+from dancedata.record_files import checked_records
+
+GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _splitmix64(z):
+    import tensorflow as tf
+
+    def shifted(value, bits):
+        return tf.bitwise.bitwise_xor(value, tf.bitwise.right_shift(value, tf.constant(bits, tf.uint64)))
+
+    z = shifted(z, 30) * tf.constant(0xBF58476D1CE4E5B9, tf.uint64)
+    z = shifted(z, 27) * tf.constant(0x94D049BB133111EB, tf.uint64)
+    return shifted(z, 31)
+
+
+def draw(seed, epoch, run, count):
+    """sampler.draw in graph ops: a permutation of range(count) (int64) for (seed, epoch, run)."""
+    import tensorflow as tf
+
+    golden = tf.constant(GOLDEN, tf.uint64)
+    base = tf.constant(0, tf.uint64)
+    for number in (seed, epoch, run):
+        base = _splitmix64(tf.bitwise.bitwise_xor(base, tf.cast(number, tf.uint64)) + golden)
+    positions = tf.range(1, tf.cast(count, tf.int64) + 1, dtype=tf.int64)
+    keys = _splitmix64(base + golden * tf.cast(positions, tf.uint64))
+    return tf.cast(tf.argsort(keys, stable=True), tf.int64)
+
+
+def epochs(first: int, repeat: bool):
+    """Epoch numbers: first, first + 1, ... (repeat), or one per iteration of the dataset, counting from
+    `first` (so fit(..., epochs=N) over a dataset without repeat takes a new order each epoch)."""
+    import tensorflow as tf
+
+    if repeat:
+        return tf.data.Dataset.range(first, 2**62)
+    counter = tf.Variable(first, dtype=tf.int64, trainable=False)
+    return tf.data.Dataset.range(1).map(lambda _: counter.assign_add(1) - 1)
+
+
+def index_batches(sampler: sampler_lib.Sampler, first: int, repeat: bool, batch_size: int, drop_remainder: bool,
+                  keep: np.ndarray | None = None, seeds: bool = False):
+    """Batches of example indices [B] int64 in the sampler's order (seeds: (indices, window seed [2]))."""
+    import tensorflow as tf
+
+    def numbers(epoch):
+        order = sampler.order(int(epoch), keep)
+        return order, sampler.batch_seeds(int(epoch), -(-len(order) // batch_size))
+
+    def one_epoch(epoch):
+        order, batch_seeds = tf.numpy_function(numbers, [epoch], (tf.int64, tf.int64), stateful=False)
+        batches = tf.data.Dataset.from_tensor_slices(tf.ensure_shape(order, [None])).batch(batch_size, drop_remainder)
+        if not seeds:
+            return batches
+        return tf.data.Dataset.zip((batches, tf.data.Dataset.from_tensor_slices(tf.ensure_shape(batch_seeds, [None, 2]))))
+
+    return epochs(first, repeat).flat_map(one_epoch)
+
+
+def streamed_records(sampler: sampler_lib.Sampler, paths: list, epoch):
+    """The records of one epoch (an int64 scalar tensor) in the sampler's order, read shard after shard,
+    each shard's record count checked (record_files.checked_records). Graph ops only: the tf.data
+    service can run it."""
+    import tensorflow as tf
+
+    count = len(sampler.counts)
+    shards = tf.range(count, dtype=tf.int64)
+    if sampler.shuffle:
+        shards = tf.gather(shards, draw(sampler.seed, epoch, sampler_lib.SHARD_RUN, count))
+    if count >= sampler.workers:
+        shards = shards[sampler.worker::sampler.workers]
+    files = tf.data.Dataset.from_tensor_slices((tf.gather(tf.constant(paths), shards),
+                                                tf.gather(tf.constant(sampler.counts, tf.int64), shards)))
+    records = files.flat_map(checked_records)
+    if count < sampler.workers:
+        records = records.shard(sampler.workers, sampler.worker)
+    if not sampler.shuffle:
+        return records
+
+    def permute(run, window):
+        return tf.gather(window, draw(sampler.seed, epoch, run, tf.shape(window, tf.int64)[0]))
+
+    return records.batch(sampler.window).enumerate().map(permute).unbatch()
+
+
+def batch_seeds(sampler: sampler_lib.Sampler, epoch):
+    """sampler.batch_seeds(epoch, ...) as an endless dataset of [2] int64 seeds, batch after batch."""
+    import tensorflow as tf
+
+    golden = tf.constant(GOLDEN, tf.uint64)
+    base = tf.constant(0, tf.uint64)
+    for number in (sampler.seed, epoch, sampler_lib.SEED_RUN):
+        base = _splitmix64(tf.bitwise.bitwise_xor(base, tf.cast(number, tf.uint64)) + golden)
+
+    def seed(batch):
+        positions = tf.cast(2 * batch + tf.constant([1, 2], tf.int64), tf.uint64)
+        return tf.cast(tf.bitwise.right_shift(_splitmix64(base + golden * positions), tf.constant(1, tf.uint64)), tf.int64)
+
+    return tf.data.Dataset.range(2**62).map(seed)

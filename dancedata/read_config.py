@@ -1,0 +1,144 @@
+"""How `DatasetBuilder.as_dataset` reads a split (ReadConfig) and shapes its examples (ExampleConfig):
+frozen, validated when made, so a combination that cannot work is refused where it is written.
+
+    train = builder.as_dataset("train", batch_size=64, read_config=ReadConfig(shuffle=True, seed=0, repeat=True),
+                               example_config=ExampleConfig(seq_len=16))
+    val = builder.as_dataset("train", batch_size=64, read_config=ReadConfig(holdout=Holdout(0.1, part="held")))
+
+The keyword arguments as_dataset took before these (shuffle=, seed=, seq_len=, ...) still work for one
+release, each with a warning that names its new spelling (`from_keywords`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+from dancedata.errors import ConfigError
+
+HOLDOUT_UNITS = ("sequence", "dancer")
+SOURCES = ("auto", "mapped", "stream")
+
+
+class DanceDataDeprecationWarning(FutureWarning):
+    """A spelling that still works and will go: shown by default (a FutureWarning), unlike DeprecationWarning."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Holdout:
+    """A part of a split held out by hashing `by` units: "sequence" (each performance with all its camera
+    views) or "dancer" (dancer groups: dancers who appear together go together; for builds split by
+    dancer). part="rest" reads the split without it (train), part="held" only it (validation)."""
+
+    fraction: float
+    by: str = "sequence"
+    part: str = "rest"
+
+    def __post_init__(self):
+        if not 0 < self.fraction < 1:
+            raise ConfigError(f"holdout fraction must be in (0, 1), got {self.fraction}")
+        if self.by not in HOLDOUT_UNITS:
+            raise ConfigError(f"holdout by must be one of {', '.join(HOLDOUT_UNITS)}, got {self.by!r}")
+        if self.part not in ("rest", "held"):
+            raise ConfigError(f"holdout part must be rest or held, got {self.part!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadConfig:
+    """Where and how examples are read, and in what order (dancedata.sampler.Sampler gives it).
+
+    shuffle, seed: the order of each epoch, a pure function of (seed, epoch); seed=None draws one.
+    shuffle_buffer: the window of the stream within which examples are permuted (see sampler).
+    repeat: epochs `epoch`, epoch + 1, ... back to back (resumable training: start at the epoch to
+      continue from and pass steps_per_epoch); without it, one epoch, and each new iteration of the
+      dataset takes the next epoch's order (so fit(..., epochs=N) reshuffles).
+    cache: keep the split's examples in memory, read once (cache_bytes(split) of it).
+    verify: compare every shard's sha256 with the manifest first (reads stay CRC-checked regardless).
+    skip_bad_shards: leave out damaged shards, with one warning listing them, instead of stopping.
+    source: "mapped" memory-maps local schema-4 shards (fastest), "stream" reads TFRecords (any
+      filesystem), "auto" maps what it can.
+    data_service: "grpc://HOST:PORT" of a tf.data service dispatcher whose workers read and batch.
+    holdout: a Holdout, or None for the whole split.
+    """
+
+    shuffle: bool = False
+    seed: int | None = None
+    shuffle_buffer: int = 256
+    repeat: bool = False
+    epoch: int = 0
+    cache: bool = False
+    drop_remainder: bool = False
+    verify: bool = False
+    skip_bad_shards: bool = False
+    source: str = "auto"
+    data_service: str | None = None
+    holdout: Holdout | None = None
+
+    def __post_init__(self):
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise ConfigError(f"seed must be in 0..2**63-1, got {self.seed}")
+        if self.shuffle_buffer < 1:
+            raise ConfigError(f"shuffle_buffer must be positive, got {self.shuffle_buffer}")
+        if self.epoch < 0:
+            raise ConfigError(f"epoch must be 0 or more, got {self.epoch}")
+        if self.source not in SOURCES:
+            raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.holdout is not None and not isinstance(self.holdout, Holdout):
+            raise ConfigError(f"holdout must be a dancedata.Holdout, got {type(self.holdout).__name__}")
+        if self.data_service:
+            if self.cache:
+                raise ConfigError("data_service and cache exclude each other: the service's workers read the shards")
+            if self.source == "mapped":
+                raise ConfigError("data_service reads TFRecords on the service's workers: use source='auto' or 'stream'")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleConfig:
+    """What each example becomes: seq_len frames of it (None: all stored), a random window in training
+    and a centred one otherwise (training=None: random when the read config shuffles), features as float32
+    (cast=False: in the stored dtype, half the bytes; the model casts), and with_metadata adds a dict of
+    string fields (video id, genre, dancer, ...) read from the TFRecords."""
+
+    seq_len: int | None = None
+    training: bool | None = None
+    cast: bool = True
+    with_metadata: bool = False
+
+    def __post_init__(self):
+        if self.seq_len is not None and self.seq_len < 1:
+            raise ConfigError(f"seq_len must be positive, got {self.seq_len}")
+
+
+_READ = {field.name for field in dataclasses.fields(ReadConfig)} - {"holdout"}
+_EXAMPLE = {field.name for field in dataclasses.fields(ExampleConfig)}
+_HOLDOUT = {"holdout_fraction": "fraction", "holdout_by": "by", "holdout": "part"}
+
+
+def from_keywords(keywords: dict, read_config: ReadConfig | None, example_config: ExampleConfig | None,
+                  stacklevel: int = 3) -> tuple:
+    """(read_config, example_config) with the old keyword arguments of as_dataset folded in, each named
+    with its new spelling in one warning. Mixing a config with old keywords for its fields is refused."""
+    unknown = set(keywords) - _READ - _EXAMPLE - set(_HOLDOUT)
+    if unknown:
+        raise TypeError(f"as_dataset() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    if not keywords:
+        return read_config or ReadConfig(), example_config or ExampleConfig()
+    spelled = []
+    read = {k: v for k, v in keywords.items() if k in _READ}
+    example = {k: v for k, v in keywords.items() if k in _EXAMPLE}
+    holdout = {_HOLDOUT[k]: v for k, v in keywords.items() if k in _HOLDOUT}
+    if (read or holdout) and read_config is not None or example and example_config is not None:
+        raise ConfigError("pass either read_config/example_config or the old keyword arguments, not both")
+    if holdout.get("fraction"):
+        holdout["part"] = "held" if holdout.get("part") else "rest"
+        read["holdout"] = Holdout(**holdout)
+        spelled.append(f"holdout=Holdout({holdout['fraction']!r}, by={holdout.get('by', 'sequence')!r}, part={holdout['part']!r})")
+    spelled += [f"{k}={v!r}" for k, v in read.items() if k != "holdout"]
+    message = []
+    if read or holdout:
+        message.append(f"read_config=ReadConfig({', '.join(spelled)})")
+    if example:
+        message.append(f"example_config=ExampleConfig({', '.join(f'{k}={v!r}' for k, v in example.items())})")
+    warnings.warn(f"as_dataset keyword arguments {', '.join(sorted(keywords))} are deprecated; pass "
+                  f"{' and '.join(message)}", DanceDataDeprecationWarning, stacklevel=stacklevel)
+    return ReadConfig(**read) if (read or holdout) else (read_config or ReadConfig()), \
+        ExampleConfig(**example) if example else (example_config or ExampleConfig())

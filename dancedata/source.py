@@ -1,0 +1,122 @@
+"""A split of a build as a random-access source, with no TensorFlow: for grain, PyTorch, JAX or a plain
+NumPy loop over the same shards, in the same order as `DatasetBuilder.as_dataset`.
+
+    source = ExampleSource("tfrecords/", "train")
+    len(source); source[0]                    # {"features": [T, D] float16, "mask": [T] bool, "label": int}
+    for indices in source.batches(64, seed=0, epoch=0):
+        batch = source.batch(indices)          # {"features": [B, T, D], "mask": [B, T], "label": [B]}
+
+`__len__`, `__getitem__` and the batched `_getitems` are grain's data-source protocol:
+`grain.python.DataLoader(data_source=source, sampler=source.grain_sampler(seed=0, num_epochs=2),
+shard_options=grain.python.NoSharding(), ...)`: the order is this build's, one process's whole split.
+The shards are memory-mapped and each checked whole (every record's CRCs, against its index) when first
+opened in a process, as the tf.data reader does; a source pickles as its folder and split, so loader
+worker processes open their own mappings.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from dancedata import fs, manifest as manifest_lib
+from dancedata.errors import ConfigError
+from dancedata.sampler import Sampler
+
+
+class ExampleSource:
+    """The examples of `split` in `folder` (a local schema-4 build), example i being the i-th in
+    manifest shard order (the order a Sampler's indices refer to)."""
+
+    def __init__(self, folder: str, split: str):
+        self.folder, self.split = folder.rstrip("/"), split
+        if fs.is_remote(self.folder):
+            raise ConfigError(f"ExampleSource maps local shards; {self.folder} is remote: copy it, or use DatasetBuilder")
+        self.manifest = manifest_lib.load(self.folder)
+        if split not in self.manifest["splits"]:
+            raise ConfigError(f"unknown split {split!r}; {self.folder} has: {', '.join(self.manifest['splits']) or 'none'}")
+        self.shards = self.manifest["splits"][split]["shards"]
+        if any("index" not in shard for shard in self.shards):
+            raise ConfigError(f"{self.folder} was built before schema 4 (no shard indexes): rebuild it to read it without TensorFlow")
+        self.counts = tuple(shard["num_examples"] for shard in self.shards)
+        self._table = None
+
+    @property
+    def table(self):
+        """The mapped shards (mapped_shards.MappedShards), opened and checked on first use in a process."""
+        if self._table is None:
+            from dancedata.mapped_shards import MappedShards
+
+            self._table = MappedShards(self.folder, self.manifest, self.shards)
+        return self._table
+
+    def __getstate__(self):
+        return {**self.__dict__, "_table": None}
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def __getitem__(self, key: int) -> dict:
+        key = int(key)
+        if not -len(self) <= key < len(self):
+            raise IndexError(f"example {key} of {self.split}, which has {len(self)}")
+        key %= len(self)
+        batch = self.batch([key])
+        return {name: (value[0] if name != "label" else int(value[0])) for name, value in batch.items()}
+
+    def _getitems(self, keys) -> list:
+        batch = self.batch(keys)
+        return [{"features": batch["features"][k], "mask": batch["mask"][k], "label": int(batch["label"][k])}
+                for k in range(len(batch["label"]))]
+
+    def batch(self, keys) -> dict:
+        """{"features": [B, T, D] (stored dtype), "mask": [B, T] bool, "label": [B] int64} of examples `keys`."""
+        keys = np.asarray(keys, np.int64).reshape(-1)
+        if len(keys) and (keys.min() < 0 or keys.max() >= len(self)):
+            raise IndexError(f"examples must be in 0..{len(self) - 1} for {self.split}")
+        table = self.table
+        return {"features": table.gather(keys), "mask": table.masks[keys], "label": table.labels[keys]}
+
+    def sampler(self, *, seed: int | None = None, shuffle: bool = True, window: int = 256, worker: int = 0,
+                workers: int = 1) -> Sampler:
+        """The Sampler as_dataset uses with ReadConfig(shuffle, seed, shuffle_buffer=window) for this split."""
+        return Sampler(self.counts, seed=seed, shuffle=shuffle, window=window, worker=worker, workers=workers)
+
+    def batches(self, batch_size: int, *, seed: int | None = None, epoch: int = 0, shuffle: bool = True,
+                drop_remainder: bool = False, window: int = 256):
+        """The example indices of each batch of `epoch`, as as_dataset batches them."""
+        order = self.sampler(seed=seed, shuffle=shuffle, window=window).order(epoch)
+        stop = len(order) - len(order) % batch_size if drop_remainder else len(order)
+        for start in range(0, stop, batch_size):
+            yield order[start:start + batch_size]
+
+    def grain_sampler(self, *, seed: int | None = None, shuffle: bool = True, num_epochs: int = 1, first_epoch: int = 0,
+                      window: int = 256):
+        """A sampler for grain's DataLoader giving epochs first_epoch .. first_epoch + num_epochs - 1 in
+        this build's order (grain's own IndexSampler draws another)."""
+        return GrainSampler(self.sampler(seed=seed, shuffle=shuffle, window=window), num_epochs, first_epoch)
+
+
+@dataclasses.dataclass
+class GrainSampler:
+    """grain's sampler protocol (`__getitem__(index) -> RecordMetadata`, IndexError at the end) over a
+    dancedata Sampler's epochs. Needs grain installed (pip install grain)."""
+
+    sampler: Sampler
+    num_epochs: int = 1
+    first_epoch: int = 0
+
+    def __post_init__(self):
+        self._orders: dict = {}
+        self._length = sum(self.sampler.counts)
+
+    def __getitem__(self, index: int):
+        from grain.python import RecordMetadata
+
+        epoch, position = divmod(int(index), self._length or 1)
+        if index < 0 or not self._length or epoch >= self.num_epochs:
+            raise IndexError(index)
+        epoch += self.first_epoch
+        if epoch not in self._orders:
+            self._orders = {epoch: self.sampler.order(epoch)}  # one epoch at a time in memory
+        return RecordMetadata(index=int(index), record_key=int(self._orders[epoch][position]))
