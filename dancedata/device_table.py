@@ -131,7 +131,8 @@ def index_dataset(builder, split: str, table: Table, *, batch_size: int = 32, re
     training = read.shuffle if example.training is None else example.training
     keep = builder._kept(split, table.sequence_ids[offset:offset + sum(counts)], read.holdout)
     windows = example.seq_len is not None and training
-    batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder, keep, windows)
+    batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder, keep, windows,
+                                      read.steps_per_epoch)
     masks, labels = tf.constant(table.masks), tf.constant(table.labels)
     frames = builder.info.num_frames
     length = example.seq_len if example.seq_len is not None else frames

@@ -48,9 +48,15 @@ def epochs(first: int, repeat: bool):
     return tf.data.Dataset.range(1).map(lambda _: counter.assign_add(1) - 1)
 
 
+def exactly(batches, steps: int | None):
+    """One epoch's batches as exactly `steps` of them (None: as they are): cycled when fewer, cut when more."""
+    return batches if steps is None else batches.repeat().take(steps)
+
+
 def index_batches(sampler: sampler_lib.Sampler, first: int, repeat: bool, batch_size: int, drop_remainder: bool,
-                  keep: np.ndarray | None = None, seeds: bool = False):
-    """Batches of example indices [B] int64 in the sampler's order (seeds: (indices, window seed [2]))."""
+                  keep: np.ndarray | None = None, seeds: bool = False, steps: int | None = None):
+    """Batches of example indices [B] int64 in the sampler's order (seeds: (indices, window seed [2])),
+    each epoch `steps` batches when given (see exactly)."""
     import tensorflow as tf
 
     def numbers(epoch):
@@ -60,17 +66,18 @@ def index_batches(sampler: sampler_lib.Sampler, first: int, repeat: bool, batch_
     def one_epoch(epoch):
         order, batch_seeds = tf.numpy_function(numbers, [epoch], (tf.int64, tf.int64), stateful=False)
         batches = tf.data.Dataset.from_tensor_slices(tf.ensure_shape(order, [None])).batch(batch_size, drop_remainder)
-        if not seeds:
-            return batches
-        return tf.data.Dataset.zip((batches, tf.data.Dataset.from_tensor_slices(tf.ensure_shape(batch_seeds, [None, 2]))))
+        if seeds:
+            batches = tf.data.Dataset.zip((batches, tf.data.Dataset.from_tensor_slices(tf.ensure_shape(batch_seeds, [None, 2]))))
+        return exactly(batches, steps)
 
     return epochs(first, repeat).flat_map(one_epoch)
 
 
-def streamed_records(sampler: sampler_lib.Sampler, paths: list, epoch):
+def streamed_records(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: bool = False):
     """The records of one epoch (an int64 scalar tensor) in the sampler's order, read shard after shard,
     each shard's record count checked (record_files.checked_records). Graph ops only: the tf.data
-    service can run it."""
+    service can run it. afresh: windows permuted by a random draw each time they are read instead (a
+    service job is the same graph every epoch; without it every epoch would repeat one order)."""
     import tensorflow as tf
 
     count = len(sampler.counts)
@@ -88,6 +95,8 @@ def streamed_records(sampler: sampler_lib.Sampler, paths: list, epoch):
         return records
 
     def permute(run, window):
+        if afresh:
+            run = tf.random.uniform([], 0, 2**62, dtype=tf.int64)
         return tf.gather(window, draw(sampler.seed, epoch, run, tf.shape(window, tf.int64)[0]))
 
     return records.batch(sampler.window).enumerate().map(permute).unbatch()

@@ -66,7 +66,7 @@ def expand_inputs(paths: list) -> list:
     return videos
 
 
-def iter_predict(videos, run_dir: str, top_k: int = 3, batch_size: int = 64, workers: int = 2, video_timeout: float = 300.0):
+def iter_predict(videos, run_dir: str, *, top_k: int = 3, batch_size: int = 64, workers: int = 2, video_timeout: float = 300.0):
     """Yields one dict per video, in input order: {"video", "top": [{"genre", "name", "probability"}]}
     or {"video", "error"}. `videos` may be any iterable (it is read as decoding goes)."""
     from dancedata.decode_pool import DecodePool
@@ -133,9 +133,9 @@ def _classifier(model, dataset: dict, top_k: int, batch_size: int):
     return classify
 
 
-def predict(videos: list, run_dir: str, top_k: int = 3, batch_size: int = 64, workers: int = 2) -> list:
+def predict(videos: list, run_dir: str, *, top_k: int = 3, batch_size: int = 64, workers: int = 2) -> list:
     """iter_predict as a list (for a few videos; stream with iter_predict for many)."""
-    return list(iter_predict(videos, run_dir, top_k, batch_size=batch_size, workers=workers))
+    return list(iter_predict(videos, run_dir, top_k=top_k, batch_size=batch_size, workers=workers))
 
 
 def _csv_row(result: dict, top_k: int) -> list:
@@ -167,7 +167,8 @@ def main(argv=None) -> int:
         writer = csv.writer(table) if table else None
         if writer:
             writer.writerow(["video"] + [f"{kind}_{k + 1}" for k in range(args.top_k) for kind in ("genre", "probability")] + ["error"])
-        for result in iter_predict(videos, args.model, args.top_k, args.batch_size, args.workers, args.video_timeout):
+        for result in iter_predict(videos, args.model, top_k=args.top_k, batch_size=args.batch_size, workers=args.workers,
+                                   video_timeout=args.video_timeout):
             failed += "error" in result
             if writer:
                 writer.writerow(_csv_row(result, args.top_k))

@@ -76,7 +76,7 @@ def window(features, mask, seq_len: int, training: bool = False, seed=None):
 class DatasetBuilder:
     """A shard folder's manifest, and tf.data pipelines over its splits."""
 
-    def __init__(self, path: str, rows: bool = True, map_rows: bool = True):
+    def __init__(self, path: str, *, rows: bool = True, map_rows: bool = True):
         """rows/map_rows=False (deprecated: ReadConfig(source="stream")) stream the TFRecords instead of
         mapping local schema-4 shards."""
         if not (rows and map_rows):
@@ -173,8 +173,9 @@ class DatasetBuilder:
         anything is read (mapped), or tf.errors.InvalidArgumentError when reached (streamed:
         `shard_error(error)` turns it into a ShardError); ReadConfig(skip_bad_shards=True) leaves them
         out. Through a tf.data service (ReadConfig(data_service=...)) each shard is read by one worker
-        per epoch and the order is the workers' (their files in the sampler's order, windows permuted
-        within each worker's stream); the result's cardinality is unknown: repeat and steps_per_epoch.
+        per epoch and the order is the workers' (files handed out in the sampler's order, windows of
+        each worker's stream permuted afresh every epoch: not reproducible); the result's cardinality is
+        unknown: repeat and give fit steps_per_epoch.
         The keyword arguments of earlier releases (shuffle=, seed=, seq_len=, ...) still work, with a
         warning naming their new spelling.
         """
@@ -195,13 +196,17 @@ class DatasetBuilder:
             batch_size = input_context.get_per_replica_batch_size(batch_size)
         sampler = Sampler(counts, seed=read.seed, shuffle=read.shuffle, window=read.shuffle_buffer, worker=worker,
                           workers=workers)
+
         training = read.shuffle if example.training is None else example.training
         windows = example.seq_len is not None and training
         to_inputs = self._to_inputs(example.seq_len, training, example.with_metadata, example.cast)
         table = None if read.data_service else self._table(split, paths, read, example.with_metadata)
         if table is not None:
-            batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder,
-                                              self._kept(split, table.sequences(), read.holdout), windows)
+            keep = self._kept(split, table.sequences(), read.holdout)
+            if read.steps_per_epoch and not len(sampler.order(0, keep)):  # its epochs would be cycled without end
+                raise ConfigError(f"input pipeline {worker} of {workers} has no example of {split} to read")
+            batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder, keep,
+                                              windows, read.steps_per_epoch)
             decode = table.decoder()
         else:
             batches = self._streamed(split, paths, sampler, read, batch_size, windows, example.with_metadata)
@@ -232,11 +237,12 @@ class DatasetBuilder:
             held = self.holdout_part(split, read.holdout.fraction, read.holdout.by)[0]
 
         def one_epoch(epoch):
-            records = pipelines.streamed_records(sampler, paths, epoch)
+            records = pipelines.streamed_records(sampler, paths, epoch, afresh=bool(read.data_service))
             if read.holdout is not None:
                 records = record_files.select(records, read.holdout.fraction, read.holdout.part == "held", held)
             batches = records.batch(batch_size, drop_remainder=read.drop_remainder)
-            return tf.data.Dataset.zip((batches, pipelines.batch_seeds(sampler, epoch))) if windows else batches
+            batches = tf.data.Dataset.zip((batches, pipelines.batch_seeds(sampler, epoch))) if windows else batches
+            return batches if read.data_service else pipelines.exactly(batches, read.steps_per_epoch)
 
         if read.data_service:
             return one_epoch(tf.constant(read.epoch, tf.int64))

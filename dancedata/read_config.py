@@ -30,6 +30,7 @@ class Holdout:
     dancer). part="rest" reads the split without it (train), part="held" only it (validation)."""
 
     fraction: float
+    _: dataclasses.KW_ONLY
     by: str = "sequence"
     part: str = "rest"
 
@@ -42,7 +43,7 @@ class Holdout:
             raise ConfigError(f"holdout part must be rest or held, got {self.part!r}")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ReadConfig:
     """Where and how examples are read, and in what order (dancedata.sampler.Sampler gives it).
 
@@ -51,6 +52,10 @@ class ReadConfig:
     repeat: epochs `epoch`, epoch + 1, ... back to back (resumable training: start at the epoch to
       continue from and pass steps_per_epoch); without it, one epoch, and each new iteration of the
       dataset takes the next epoch's order (so fit(..., epochs=N) reshuffles).
+    steps_per_epoch: with repeat, every epoch is exactly this many batches: a shorter one starts its own
+      order again, a longer one is cut. Several input pipelines (tf.distribute workers, whose shares of
+      an epoch differ) then stay in step with the training loop's epochs, so a resumed run sees the
+      batches an uninterrupted one does.
     cache: keep the split's examples in memory, read once (cache_bytes(split) of it).
     verify: compare every shard's sha256 with the manifest first (reads stay CRC-checked regardless).
     skip_bad_shards: leave out damaged shards, with one warning listing them, instead of stopping.
@@ -65,6 +70,7 @@ class ReadConfig:
     shuffle_buffer: int = 256
     repeat: bool = False
     epoch: int = 0
+    steps_per_epoch: int | None = None
     cache: bool = False
     drop_remainder: bool = False
     verify: bool = False
@@ -80,6 +86,9 @@ class ReadConfig:
             raise ConfigError(f"shuffle_buffer must be positive, got {self.shuffle_buffer}")
         if self.epoch < 0:
             raise ConfigError(f"epoch must be 0 or more, got {self.epoch}")
+        if self.steps_per_epoch is not None and (self.steps_per_epoch < 1 or not self.repeat):
+            raise ConfigError(f"steps_per_epoch must be positive and comes with repeat=True, got {self.steps_per_epoch}"
+                              f"{'' if self.repeat else ' without repeat'}")
         if self.source not in SOURCES:
             raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.holdout is not None and not isinstance(self.holdout, Holdout):
@@ -91,7 +100,7 @@ class ReadConfig:
                 raise ConfigError("data_service reads TFRecords on the service's workers: use source='auto' or 'stream'")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ExampleConfig:
     """What each example becomes: seq_len frames of it (None: all stored), a random window in training
     and a centred one otherwise (training=None: random when the read config shuffles), features as float32

@@ -66,6 +66,7 @@ class Sampler:
     sampler's orders are then fixed, but differ from run to run)."""
 
     counts: tuple
+    _: dataclasses.KW_ONLY
     seed: int | None = None
     shuffle: bool = False
     window: int = 256

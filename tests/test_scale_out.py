@@ -12,7 +12,7 @@ import pytest
 from conftest import LEARNING_TRAIN_FLAGS, cli_env
 
 from dancedata import train as train_script
-from dancedata import DatasetBuilder, cli
+from dancedata import DatasetBuilder, ExampleConfig, ReadConfig, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,9 +37,13 @@ def test_an_epoch_through_the_service_reads_every_example_once(learning_run, ser
     base, _ = learning_run
     builder = DatasetBuilder(str(base / "shards"))
     assert len(builder.files("train")) >= 4  # several files for the dispatcher to hand out
-    local = _video_ids(builder.as_dataset("train", batch_size=4, shuffle=True, seed=1, with_metadata=True))
-    served = _video_ids(builder.as_dataset("train", batch_size=4, shuffle=True, seed=1, with_metadata=True, data_service=service))
-    assert served == local and set(served.values()) == {1}
+    metadata = ExampleConfig(with_metadata=True)
+    local = _video_ids(builder.as_dataset("train", batch_size=4, read_config=ReadConfig(shuffle=True, seed=1), example_config=metadata))
+    through = builder.as_dataset("train", batch_size=4, read_config=ReadConfig(shuffle=True, seed=1, data_service=service),
+                                 example_config=metadata)
+    epochs = [[v.decode() for *_, m in through for v in m["video_id"].numpy()] for _ in range(2)]  # a job each
+    assert collections.Counter(epochs[0]) == collections.Counter(epochs[1]) == local and set(local.values()) == {1}
+    assert epochs[0] != epochs[1]  # windows permuted afresh each epoch: one order repeated would train worse
 
 
 def test_training_through_the_service_learns_as_well_as_without(learning_run, service, tmp_path):
@@ -205,3 +209,44 @@ def test_a_killed_multi_worker_peer_ends_the_others_with_one_line(learning_run, 
             if worker.poll() is None:
                 worker.kill()
             worker.wait()
+
+
+def test_a_multi_worker_run_killed_mid_run_continues_to_the_same_result(learning_run, tmp_path):
+    """Both workers killed after the chief committed epoch 2, then the same commands again: the run goes on
+    from the chief's checkpoint (every worker takes the chief's state) and ends with the history and
+    weights of a run never stopped."""
+    import signal
+    import time
+
+    import keras
+    import numpy as np
+
+    base, _ = learning_run
+    flags = ["--shards", str(base / "shards"), "--epochs", "5", "--batch-size", "8", "--learning-rate", "0.01", "--seed", "0",
+             "--strategy", "multi-worker"]
+
+    def finish(workers):
+        for worker in workers:
+            _, err = worker.communicate(timeout=600)
+            assert worker.returncode == 0, err[-3000:]
+        return err
+
+    finish(_two_workers(flags, tmp_path / "whole"))
+    stopped = _two_workers(flags, tmp_path / "stopped")
+    state = tmp_path / "stopped" / "run0" / "checkpoints" / "state.json"
+    deadline = time.monotonic() + 300
+    while not (state.exists() and json.loads(state.read_text())["epoch"] >= 2):
+        assert time.monotonic() < deadline and stopped[0].poll() is None, stopped[0].stderr.read()[-3000:]
+        time.sleep(0.05)
+    for worker in stopped:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    resumed = _two_workers(flags, tmp_path / "stopped")
+    (chief_out, _), _ = resumed[0].communicate(timeout=600), finish(resumed[1:])
+    assert resumed[0].returncode == 0 and "resuming the run in " in chief_out, chief_out[-3000:]
+    whole, again = tmp_path / "whole" / "run0", tmp_path / "stopped" / "run0"
+    assert (again / "history.csv").read_text() == (whole / "history.csv").read_text()
+    assert len((whole / "history.csv").read_text().splitlines()) == 1 + 5
+    assert json.loads((again / "metrics.json").read_text())["test_accuracy"] == json.loads((whole / "metrics.json").read_text())["test_accuracy"]
+    for a, b in zip(keras.models.load_model(whole / "model.keras").get_weights(), keras.models.load_model(again / "model.keras").get_weights()):
+        np.testing.assert_array_equal(a, b)

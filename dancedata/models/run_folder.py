@@ -9,7 +9,7 @@ import os
 from dancedata.errors import ConfigError
 
 RUN_FILES = ("model.keras", "metrics.json", "history.csv", "labels.json", "dataset.json", "train_config.json")
-RESUME_FREE = ("out", "overwrite")  # the flags a resumed run may change: neither changes what it computes
+RESUME_FREE = ("out", "overwrite", "data_service_timeout")  # the flags a resumed run may change: neither changes what it computes
 
 
 def run_config(cfg) -> dict:
@@ -30,7 +30,7 @@ def prepare(cfg) -> tuple:
         raise ConfigError(f"--out {out} is a file; pass a folder for the run")
     earlier = [name for name in RUN_FILES + ("logs", "checkpoints") if os.path.exists(os.path.join(out, name))]
     state = training.read_state(os.path.join(out, "checkpoints"))
-    if earlier and not cfg.overwrite and cfg.strategy != "multi-worker":
+    if earlier and not cfg.overwrite:
         if state is None:
             raise ConfigError(f"{out} already holds a run ({', '.join(earlier[:3])}) that cannot be resumed; "
                               "pass --overwrite to replace it, or another --out")
@@ -43,8 +43,6 @@ def prepare(cfg) -> tuple:
             raise ConfigError(f"{out} holds an interrupted run with other flags ({'; '.join(changed)}); run it with its "
                               "own flags to resume it, or pass --overwrite to start over, or another --out")
         return out, state
-    if earlier and not cfg.overwrite:
-        raise ConfigError(f"{out} already holds a run ({', '.join(earlier[:3])}); pass --overwrite to replace it, or another --out")
     for name in earlier:
         path = os.path.join(out, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)

@@ -1,19 +1,15 @@
 """Training helpers train.py uses beyond Keras' fit: a model that gathers its batches from a table on
-the device (--cache device), the synchronous loop for MultiWorkerMirroredStrategy (under which Keras
-3.15's fit fails), and what makes a run resumable: a checkpoint of everything it needs after each
+the device (--cache device), where this process sits in a cluster (the multi-worker loop itself is
+models/multi_worker.py), and what makes a run resumable: a checkpoint of everything it needs after each
 epoch, and the callback that writes it with the best weights and early stopping."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import re
-import types
 
 import keras
 import tensorflow as tf
-
-from dancedata.errors import DanceDataError
 
 
 def on_device_table(model, table, seq_len: int | None, compile_model):
@@ -85,113 +81,11 @@ def say_who_can_reach() -> None:
           f"{user}; keep the cluster on a private network (docs/servers.md)", file=sys.stderr)
 
 
-class PeerLost(DanceDataError):
-    """A worker of a multi-worker run stopped answering: every worker stops (exit status 1)."""
-
-    exit_status = 1
-
-
-def fit_in_step(strategy, model, train, val, steps: int, epochs: int, batch_size: int, learning_rate: float, patience: int,
-                out: str, best: str | None):
-    """The multi-worker training loop: Keras 3.15's fit fails under MultiWorkerMirroredStrategy (it
-    reduces a first batch, then the loss, across workers: keras-team/keras#20585), so each step runs
-    the replicas with strategy.run, averages the loss over the global batch and lets the optimizer
-    all-reduce the gradients.
-
-    Every decision is made once, from the same numbers on every worker: each worker evaluates its own
-    share of the validation batches, and the sums are all-reduced, so the best epoch, patience and
-    stopping agree by construction (no worker can stop while another waits in the next all-reduce).
-    A worker that dies makes the others' next collective fail (the strategy's collective timeout
-    bounds it): PeerLost, one line, on every survivor. Returns a Keras-like history; history.csv and
-    the best weights are written where `best` is given (the chief)."""
-    import tensorflow as tf
-
-    workers, index = worker_position(strategy)
-    local = max(1, strategy.num_replicas_in_sync // workers)  # replicas per worker
-    with strategy.scope():
-        optimizer = keras.optimizers.Adam(learning_rate)
-        optimizer.build(model.trainable_variables)
-
-    @tf.function
-    def train_step(iterator):
-        def replica_step(batch):
-            (features, mask), label = batch
-            with tf.GradientTape() as tape:
-                probabilities = model((features, mask), training=True)
-                losses = keras.losses.sparse_categorical_crossentropy(label, probabilities)
-                loss = tf.nn.compute_average_loss(losses, global_batch_size=batch_size)
-            optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
-            correct = tf.reduce_sum(tf.cast(tf.equal(tf.cast(tf.argmax(probabilities, -1), label.dtype), label), tf.float32))
-            return tf.reduce_sum(losses), correct, tf.cast(tf.size(label), tf.float32)
-
-        totals = strategy.run(replica_step, args=(next(iterator),))
-        return [strategy.reduce("SUM", value, axis=None) for value in totals]
-
-    @tf.function
-    def all_sum(values):
-        def replica(values):  # one replica per worker contributes the worker's sums
-            first = tf.equal(tf.distribute.get_replica_context().replica_id_in_sync_group % local, 0)
-            return tf.where(first, values, tf.zeros_like(values))
-
-        return strategy.reduce("SUM", strategy.run(replica, args=(values,)), axis=None)
-
-    shard = val.shard(workers, index) if val is not None else None
-
-    def evaluate():
-        sums = tf.zeros([3], tf.float32)
-        for (features, mask), label in shard:
-            probabilities = model((features, mask), training=False)
-            sums += tf.stack([tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(label, probabilities)),
-                              tf.reduce_sum(tf.cast(tf.argmax(probabilities, -1) == tf.cast(label, tf.int64), tf.float32)),
-                              tf.cast(tf.size(label), tf.float32)])
-        losses, correct, count = (float(v) for v in all_sum(sums))
-        return losses / max(count, 1), correct / max(count, 1)
-
-    history = {"accuracy": [], "loss": []} | ({"val_accuracy": [], "val_loss": []} if val is not None else {})
-    iterator, best_accuracy, since_best = iter(train), float("-inf"), 0
-    try:
-        for epoch in range(epochs):
-            sums = [0.0, 0.0, 0.0]
-            for _ in range(steps):
-                sums = [total + float(value) for total, value in zip(sums, train_step(iterator))]
-            history["loss"].append(sums[0] / sums[2])
-            history["accuracy"].append(sums[1] / sums[2])
-            line = f"epoch {epoch + 1}/{epochs} - accuracy: {history['accuracy'][-1]:.4f} - loss: {history['loss'][-1]:.4f}"
-            if val is not None:
-                val_loss, val_accuracy = evaluate()
-                history["val_loss"].append(val_loss)
-                history["val_accuracy"].append(val_accuracy)
-                line += f" - val_accuracy: {val_accuracy:.4f} - val_loss: {val_loss:.4f}"
-                if val_accuracy > best_accuracy:
-                    best_accuracy, since_best = val_accuracy, 0
-                    if best:
-                        model.save_weights(best)
-                else:
-                    since_best += 1
-            if best:
-                print(line, flush=True)
-            if patience and since_best >= patience:  # the same all-reduced numbers on every worker: all stop here
-                break
-    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.CancelledError,
-            tf.errors.AbortedError, tf.errors.InternalError) as error:
-        first = (getattr(error, "message", "") or str(error)).strip().splitlines()[0][:200]
-        raise PeerLost(f"a worker of this multi-worker run stopped answering during epoch {epoch + 1} ({first}); every "
-                       "worker stops. Start all workers again (with --overwrite on the chief: multi-worker runs do not "
-                       "resume yet)") from None
-    if best:
-        with open(os.path.join(out, "history.csv"), "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["epoch", *sorted(history)])
-            for epoch in range(len(history["loss"])):
-                writer.writerow([epoch, *(history[key][epoch] for key in sorted(history))])
-    return types.SimpleNamespace(history=history)  # what fit returns, as far as train.py reads it
-
-
 # --- Resuming a run ------------------------------------------------------------------------------------
 # Keras' BackupAndRestore keeps the weights, the optimizer and the epoch counter, but not what else a run
 # needs to continue as if never stopped: the random state of dropout (Keras' seed generators are not in
 # a weights file; measured: without them a resumed run's weights differ), the best-so-far and patience,
-# and the data order (the reader gives each epoch's order from (seed, epoch): read.batched). So a run
+# and the data order (the reader gives each epoch's order from (seed, epoch): dancedata.sampler). So a run
 # keeps one checkpoint of all of it per epoch, committed by one rename of state.json.
 
 STATE = "state.json"
@@ -201,9 +95,10 @@ def _seed_states(model) -> list:
     return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
-def _saved_variables(classifier, fitted) -> dict:
-    """Everything a resumed run restores, by kind, in a fixed order (the same code builds the same model)."""
-    return {"weights": list(classifier.weights), "optimizer": list(fitted.optimizer.variables),
+def _saved_variables(classifier, fitted, optimizer=None) -> dict:
+    """Everything a resumed run restores, by kind, in a fixed order (the same code builds the same model);
+    `optimizer`: the one that trains it when it is not fit's (the multi-worker loop's)."""
+    return {"weights": list(classifier.weights), "optimizer": list((optimizer or fitted.optimizer).variables),
             "seeds": _seed_states(fitted)}
 
 
@@ -236,14 +131,14 @@ def write_state(folder: str, state: dict) -> None:
     os.replace(temporary, os.path.join(folder, STATE))
 
 
-def save_checkpoint(folder: str, state: dict, classifier, fitted) -> dict:
+def save_checkpoint(folder: str, state: dict, classifier, fitted, optimizer=None) -> dict:
     """Writes the variables after epoch state["epoch"], then commits `state` pointing at them; drops
     the previous checkpoint. Returns the committed state."""
     import numpy as np
 
     name = f"epoch-{state['epoch']:05d}.npz"
     temporary = os.path.join(folder, f".{name}.{os.getpid()}")
-    arrays = {f"{kind}/{i}": np.asarray(v.numpy()) for kind, values in _saved_variables(classifier, fitted).items()
+    arrays = {f"{kind}/{i}": np.asarray(v.numpy()) for kind, values in _saved_variables(classifier, fitted, optimizer).items()
               for i, v in enumerate(values)}
     with open(temporary, "wb") as handle:
         np.savez(handle, **arrays)
@@ -259,14 +154,15 @@ def save_checkpoint(folder: str, state: dict, classifier, fitted) -> dict:
     return state
 
 
-def load_checkpoint(folder: str, state: dict, classifier, fitted) -> None:
+def load_checkpoint(folder: str, state: dict, classifier, fitted, optimizer=None) -> None:
     """Restores what save_checkpoint wrote into the freshly built `classifier` / `fitted`."""
     import numpy as np
 
-    if not fitted.optimizer.built:
-        fitted.optimizer.build(fitted.trainable_variables)
+    optimizer = optimizer or fitted.optimizer
+    if not optimizer.built:
+        optimizer.build(fitted.trainable_variables)
     with np.load(os.path.join(folder, state["checkpoint"])) as saved:
-        for kind, values in _saved_variables(classifier, fitted).items():
+        for kind, values in _saved_variables(classifier, fitted, optimizer).items():
             count = sum(1 for key in saved.files if key.startswith(kind + "/"))
             if count != len(values):
                 raise ValueError(f"the checkpoint holds {count} {kind} variables, the model {len(values)}")
