@@ -45,6 +45,11 @@ class TrainConfig:
         "(python -m dancedata.data_service); validation and evaluation stay local",
         default="",
     )
+    data_service_timeout: float = config.flag(
+        "with --data-service: seconds training waits for its next batch (a lost worker or dispatcher) before it stops "
+        "with one line; the same command then continues the run",
+        default=120.0,
+    )
     collective_timeout: float = config.flag(
         "with --strategy multi-worker: seconds any all-reduce may wait for the other workers before the run stops "
         "with an error (a worker died or hangs); long enough for the slowest worker's start-up",
@@ -76,6 +81,8 @@ class TrainConfig:
         config.check_choice("strategy", self.strategy, STRATEGIES)
         if self.collective_timeout <= 0:
             raise ConfigError(f"collective_timeout must be positive, got {self.collective_timeout!r}")
+        if self.data_service_timeout <= 0:
+            raise ConfigError(f"data_service_timeout must be positive, got {self.data_service_timeout!r}")
         if self.data_service:
             from dancedata import data_service
 
@@ -122,8 +129,7 @@ def _train_size(builder, cfg: TrainConfig) -> int:
     """Examples in the training part of train (all of it, or what the held-out validation leaves)."""
     if not _holdout(builder, cfg):
         return builder.info.splits["train"]
-    kept = builder.as_dataset("train", batch_size=256, holdout_fraction=_holdout(builder, cfg), holdout_by=_holdout_by(builder),
-                                skip_bad_shards=cfg.skip_bad_shards)
+    kept = builder.as_dataset("train", batch_size=256, read_config=_unordered(_reading(builder, cfg, False)[0]))
     return sum(int(label.shape[0]) for _, label in kept)
 
 
@@ -147,28 +153,40 @@ def _datasets(builder, cfg: TrainConfig, strategy, epoch: int = 0):
         if not cache:
             print(f"train and validation ({nbytes / 1e9:.1f} GB decoded) are over a quarter of the available "
                   "memory: reading them from the shards every epoch (--cache keeps them anyway)", file=sys.stderr)
-    # Features stay float16 to the model, which casts them on its device: half the bytes on the host.
-    common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, cache=cache, skip_bad_shards=cfg.skip_bad_shards, cast=False)
-    train_options = dict(shuffle=True, seed=cfg.seed, holdout_fraction=holdout, holdout_by=_holdout_by(builder), **common)
-    if cfg.data_service:
-        train = builder.as_dataset("train", repeat=True, data_service=cfg.data_service, **train_options)
-    elif cfg.strategy != "default":  # each worker reads its share of the files, per-replica batches
-        train = strategy.distribute_datasets_from_function(
-            lambda context: _for_strategy(cfg, builder.as_dataset("train", repeat=True, input_context=context, epoch=epoch,
-                                                                  **train_options))
-        )
-    else:
-        train = builder.as_dataset("train", repeat=True, epoch=epoch, **train_options)
     steps = max(1, -(-_train_size(builder, cfg) // cfg.batch_size))
-    if "val" in usable:
-        val = _sized(builder.as_dataset("val", **common))
+    train_read, val_read, example = _reading(builder, cfg, cache, epoch, None if cfg.data_service else steps)
+    if cfg.strategy != "default" and not cfg.data_service:  # each worker reads its share of the files, per-replica batches
+        train = strategy.distribute_datasets_from_function(
+            lambda context: _for_strategy(cfg, builder.as_dataset("train", batch_size=cfg.batch_size, read_config=train_read,
+                                                                  example_config=example, input_context=context)))
     else:
-        val = _sized(builder.as_dataset("train", holdout_fraction=holdout, holdout=True, holdout_by=_holdout_by(builder), **common))
-        if val is None:
-            print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
+        train = builder.as_dataset("train", batch_size=cfg.batch_size, read_config=train_read, example_config=example)
+    val = _sized(builder.as_dataset("val" if "val" in usable else "train", batch_size=cfg.batch_size, read_config=val_read,
+                                    example_config=example))
+    if val is None and "val" not in usable:
+        print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
     if val is not None and cfg.strategy != "default":
         val = _for_strategy(cfg, val)
     return train, val, steps, None
+
+
+def _reading(builder, cfg: TrainConfig, cache: bool, epoch: int = 0, steps: int | None = None) -> tuple:
+    """(train ReadConfig, validation ReadConfig, ExampleConfig) of a run: train shuffled from `epoch` on;
+    validation is the val split, or without one the part of train held out by the split's unit. Features
+    stay float16 to the model, which casts them on its device: half the bytes on the host."""
+    from dancedata import ExampleConfig, Holdout, ReadConfig
+
+    fraction, by = _holdout(builder, cfg), _holdout_by(builder)
+    rest, held = (Holdout(fraction, by=by), Holdout(fraction, by=by, part="held")) if fraction else (None, None)
+    train = ReadConfig(shuffle=True, seed=cfg.seed, repeat=True, epoch=epoch, steps_per_epoch=steps, cache=cache,
+                       skip_bad_shards=cfg.skip_bad_shards, data_service=cfg.data_service or None, holdout=rest)
+    val = ReadConfig(cache=cache, skip_bad_shards=cfg.skip_bad_shards, holdout=None if "val" in _usable_splits(builder) else held)
+    return train, val, ExampleConfig(seq_len=cfg.seq_len or None, cast=False)
+
+
+def _unordered(read):
+    """The training part of train read once, in stored order, locally: for counting and statistics."""
+    return dataclasses.replace(read, shuffle=False, repeat=False, epoch=0, steps_per_epoch=None, data_service=None)
 
 
 def _sized(dataset):
@@ -188,17 +206,14 @@ def _device_datasets(builder, cfg: TrainConfig, usable: set, holdout: float, epo
     table = load_table(builder, ["train"] + (["val"] if "val" in usable else []), cfg.skip_bad_shards)
     print(f"--cache device: {table.features.nbytes / 1e9:.2f} GB of features on the accelerator "
           f"({len(table.labels)} examples)", file=sys.stderr)
-    common = dict(batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, skip_bad_shards=cfg.skip_bad_shards)
-    train = index_dataset(builder, "train", table, shuffle=True, seed=cfg.seed, holdout_fraction=holdout, repeat=True,
-                          epoch=epoch, holdout_by=_holdout_by(builder), **common)
-    if "val" in usable:
-        val = _sized(index_dataset(builder, "val", table, **common))
-    else:
-        val = _sized(index_dataset(builder, "train", table, holdout_fraction=holdout, holdout=True,
-                                   holdout_by=_holdout_by(builder), **common))
-        if val is None:
-            print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
-    return train, val, max(1, -(-_train_size(builder, cfg) // cfg.batch_size)), table
+    steps = max(1, -(-_train_size(builder, cfg) // cfg.batch_size))
+    train_read, val_read, example = _reading(builder, cfg, False, epoch, steps)
+    train = index_dataset(builder, "train", table, batch_size=cfg.batch_size, read_config=train_read, example_config=example)
+    val = _sized(index_dataset(builder, "val" if "val" in usable else "train", table, batch_size=cfg.batch_size,
+                               read_config=val_read, example_config=example))
+    if val is None and "val" not in usable:
+        print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
+    return train, val, steps, table
 
 
 def _for_strategy(cfg: TrainConfig, dataset):
@@ -242,7 +257,10 @@ def _evaluation(builder, cfg: TrainConfig, val_ds):
     usable = _usable_splits(builder)
     for split in ("test", "val"):
         if split in usable:
-            return split, builder.as_dataset(split, batch_size=cfg.batch_size, seq_len=cfg.seq_len or None, skip_bad_shards=cfg.skip_bad_shards)
+            from dancedata import ExampleConfig, ReadConfig
+
+            return split, builder.as_dataset(split, batch_size=cfg.batch_size, read_config=ReadConfig(skip_bad_shards=cfg.skip_bad_shards),
+                                             example_config=ExampleConfig(seq_len=cfg.seq_len or None))
     return ("train-holdout", val_ds) if val_ds is not None else (None, None)
 
 
@@ -272,12 +290,13 @@ def train(cfg: TrainConfig) -> dict:
     """Trains, evaluates and saves; a damaged shard stops it with a ShardError naming the file."""
     import tensorflow as tf
 
+    from dancedata import data_service
     from dancedata.read import shard_error
 
     try:
         return _train(cfg)
     except tf.errors.OpError as error:
-        named = shard_error(error)
+        named = shard_error(error) or data_service.lost_job(error, cfg.data_service)
         if named is None:
             raise
         raise named from None
@@ -286,10 +305,10 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig) -> dict:
     import keras
 
-    from dancedata import models
+    from dancedata import data_service, models
     from dancedata import naming
     from dancedata.read import DatasetBuilder, build_moments, feature_moments
-    from dancedata.models import report, run_folder, training
+    from dancedata.models import multi_worker, report, run_folder, training
 
     builder = DatasetBuilder(cfg.shards)
     info = builder.info
@@ -316,18 +335,17 @@ def _train(cfg: TrainConfig) -> dict:
               f"{cfg.shards}`): left out", file=sys.stderr)
     keras.utils.set_random_seed(cfg.seed)
     checkpoints = os.path.join(out, "checkpoints")
-    start = state["epoch"] if state else 0
-    if state is None and cfg.strategy != "multi-worker":
+    if state is None and chief:
         state = {"epoch": 0, "status": "training", "best": None, "since_best": 0, "config": run_folder.run_config(cfg)}
         training.write_state(checkpoints, state)
+    if cfg.strategy == "multi-worker":  # every worker starts where the chief's run folder says
+        state = multi_worker.shared_state(strategy, state)
+    start = state["epoch"]
 
     train_ds, val_ds, steps_per_epoch, table = _datasets(builder, cfg, strategy, start)
     moments = build_moments(builder) if not _holdout(builder, cfg) and not cfg.skip_bad_shards else None
     if moments is None:  # an older build, or train is not the whole train split: read it once
-        moments = feature_moments(
-            builder.as_dataset("train", batch_size=256, holdout_fraction=_holdout(builder, cfg), holdout_by=_holdout_by(builder),
-                                skip_bad_shards=cfg.skip_bad_shards)
-        )
+        moments = feature_moments(builder.as_dataset("train", batch_size=256, read_config=_unordered(_reading(builder, cfg, False)[0])))
     mean, variance = moments
     num_frames = cfg.seq_len or info.num_frames
 
@@ -341,20 +359,28 @@ def _train(cfg: TrainConfig) -> dict:
     with strategy.scope():
         model = compiled_model()
         fitted = training.on_device_table(model, table, cfg.seq_len, compile_model) if table is not None else model
-        if state and state.get("checkpoint"):
+        if state.get("checkpoint") and cfg.strategy != "multi-worker":  # (the multi-worker loop restores its own)
             training.load_checkpoint(checkpoints, state, model, fitted)
     best = os.path.join(checkpoints, "best.weights.h5")
     os.makedirs(checkpoints, exist_ok=True)
-    if cfg.strategy == "multi-worker":  # its own loop keeps history.csv, best weights and patience
-        history = training.fit_in_step(strategy, model, train_ds, val_ds, steps_per_epoch, cfg.epochs, cfg.batch_size,
-                                       cfg.learning_rate, cfg.patience, out, best if chief else None).history
+    if cfg.strategy == "multi-worker":  # its own loop keeps history.csv, best weights, patience and checkpoints
+        if chief:
+            run_folder.history(out, start)  # rows of an epoch that did not commit its checkpoint go
+        multi_worker.fit_in_step(strategy, model, train_ds, val_ds, steps_per_epoch, cfg.epochs, cfg.batch_size,
+                                 cfg.learning_rate, cfg.patience, out, best if chief else None, state,
+                                 checkpoints if chief else None)
+        if chief:
+            training.write_state(checkpoints, {**training.read_state(checkpoints), "status": "trained"})
+        history = run_folder.history(out)
     else:  # the dataset is already shuffled (files, then a buffer), seeded; Keras must not try again
         if start:
             said = f"; best val_accuracy so far {state['best']:.4f}" if state.get("best") is not None else ""
             print(f"resuming the run in {out} after epoch {start} of {cfg.epochs} ({state['status']}{said})", file=sys.stderr)
         run_folder.history(out, start)  # rows of an epoch that did not commit its checkpoint go
         if state["status"] == "training" and start < cfg.epochs:
-            callbacks = [keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=start > 0),
+            # The service's watchdog first: it pauses before RunProgress writes the epoch's checkpoint.
+            callbacks = [*data_service.watchdogs(cfg.data_service, steps_per_epoch, cfg.data_service_timeout),
+                         keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=start > 0),
                          keras.callbacks.TensorBoard(os.path.join(out, "logs")),
                          training.RunProgress(model, checkpoints, state, cfg.patience, best if val_ds is not None else None)]
             fitted.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=start,
@@ -401,8 +427,7 @@ def _train(cfg: TrainConfig) -> dict:
     )
     report.write_json(os.path.join(out, "train_config.json"), dataclasses.asdict(cfg) | {"out": out})
     report.write_all(out, metrics, info.classes, history)
-    if cfg.strategy != "multi-worker":
-        training.write_state(checkpoints, {**training.read_state(checkpoints), "status": "done"})
+    training.write_state(checkpoints, {**training.read_state(checkpoints), "status": "done"})
     print(f"run saved in {out}")
     if evaluation is None:
         print("no test split, val split or held-out sequences to evaluate on", file=sys.stderr)

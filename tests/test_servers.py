@@ -93,11 +93,26 @@ def test_the_dispatcher_creates_its_work_dir_for_its_user_only(dispatcher):
     assert stat.S_IMODE(os.stat(work_dir).st_mode) == 0o700
 
 
-def test_a_worker_says_who_can_reach_it(dispatcher):
+def test_a_worker_says_who_can_reach_it_and_the_dispatcher_lists_it(dispatcher):
+    """The dispatcher's GetWorkers answer (what a trainer's watchdog reads) names the worker's port."""
+    from dancedata.data_service import answers, registered_workers
+
     dispatcher_port, port = dispatcher[0], _free_port()
     server = _start("worker", "--dispatcher", f"127.0.0.1:{dispatcher_port}", "--port", str(port))
     try:
         _assert_warns(_start_line(server), "worker", port)
+        assert f"localhost:{port}" in registered_workers(f"127.0.0.1:{dispatcher_port}")
+        assert answers(f"localhost:{port}")
+    finally:
+        _stop(server)
+    assert not answers(f"localhost:{port}")  # killed: its port refuses connections
+
+
+def test_a_timeout_that_is_not_positive_is_one_line(dispatcher):
+    server = _start("worker", "--dispatcher", f"127.0.0.1:{dispatcher[0]}", "--heartbeat", "0")
+    try:
+        assert server.wait(timeout=START_TIMEOUT) == 2
+        assert _rest(server) == ["data_service: error: heartbeat must be positive, got 0.0\n"]
     finally:
         _stop(server)
 
