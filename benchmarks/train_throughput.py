@@ -195,7 +195,7 @@ def consumption(args, builder, options, features, labels, cached16):
     passes()): what the model consumes, fed five ways."""
     import keras
 
-    from dancedata import models
+    from dancedata import ReadConfig, models
     from dancedata.device_table import index_dataset, load_table
 
     table = load_table(builder, ["train"])

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from dancedata import DatasetBuilder, manifest, scan
+from dancedata import DatasetBuilder, Holdout, ReadConfig, manifest, scan
 from dancedata.config import BuildConfig, ExtractorConfig
 from dancedata.errors import ConfigError, InputError, ManifestError
 
@@ -48,8 +48,8 @@ def test_reader_argument_errors(built):
     builder = DatasetBuilder(str(built["out"]))
     with pytest.raises(ConfigError, match="batch_size must be positive, got 0"):
         builder.as_dataset("train", batch_size=0)
-    with pytest.raises(ConfigError, match=r"holdout_fraction must be in \[0, 1\), got 1.5"):
-        builder.as_dataset("train", holdout_fraction=1.5)
+    with pytest.raises(ConfigError, match=r"holdout fraction must be in \(0, 1\), got 1.5"):
+        builder.as_dataset("train", read_config=ReadConfig(holdout=Holdout(1.5)))
 
 
 def test_output_path_that_is_a_file_is_one_line(tmp_path, capsys):

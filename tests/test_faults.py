@@ -179,15 +179,17 @@ def test_a_corrupted_shard_is_named_by_as_dataset_and_train(reference, tmp_path,
     shards = tmp_path / "shards"
     shutil.copytree(reference, shards)
     bad = damage(shards)
-    builder = dancedata.DatasetBuilder(str(shards), rows=False)  # streamed: TFRecordDataset's own checks
+    builder = dancedata.DatasetBuilder(str(shards))
+    stream = dancedata.ReadConfig(source="stream")  # streamed: TFRecordDataset's own checks
     with pytest.raises(tf.errors.InvalidArgumentError) as caught:
-        for _ in builder.as_dataset("train", batch_size=4):
+        for _ in builder.as_dataset("train", batch_size=4, read_config=stream):
             pass
     assert str(bad) in str(shard_error(caught.value))
     with pytest.raises(dancedata.ManifestError, match="does not match its sha256"):
-        builder.as_dataset("train", verify=True)
+        builder.as_dataset("train", read_config=dancedata.ReadConfig(source="stream", verify=True))
     with pytest.warns(UserWarning, match=f"skipping 1 damaged shard.*{bad.name}"):
-        kept = sum(len(label) for _, label in builder.as_dataset("train", batch_size=4, skip_bad_shards=True))
+        skipping = dancedata.ReadConfig(source="stream", skip_bad_shards=True)
+        kept = sum(len(label) for _, label in builder.as_dataset("train", batch_size=4, read_config=skipping))
     assert kept < builder.info.splits["train"]
 
     # train.py maps the shard and checks it whole before training: the same shard, named, exit 2.
@@ -209,7 +211,7 @@ def test_a_truncated_shard_is_named_too(reference, tmp_path):
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) - 100])
     with pytest.raises(tf.errors.InvalidArgumentError) as caught:
-        list(dancedata.DatasetBuilder(str(shards), rows=False).as_dataset("val", batch_size=4))
+        list(dancedata.DatasetBuilder(str(shards)).as_dataset("val", batch_size=4, read_config=dancedata.ReadConfig(source="stream")))
     assert f"shard {shard} is corrupted or truncated" in str(shard_error(caught.value))
 
 

@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dancedata import DatasetBuilder, schema
+from dancedata import DatasetBuilder, ExampleConfig, Holdout, ReadConfig, schema
 from dancedata.errors import ConfigError, ManifestError
+
+METADATA = ExampleConfig(with_metadata=True)
 
 
 def test_element_spec_is_what_fit_takes(built):
@@ -36,7 +38,8 @@ def test_same_seed_same_batches_other_seed_other_order(built):
     builder = DatasetBuilder(str(built["out"]))
 
     def ids(seed):
-        ds = builder.as_dataset("train", batch_size=3, shuffle=True, seed=seed, with_metadata=True, seq_len=5)
+        ds = builder.as_dataset("train", batch_size=3, read_config=ReadConfig(shuffle=True, seed=seed),
+                                example_config=ExampleConfig(seq_len=5, with_metadata=True))
         return [(tuple(m["video_id"].numpy()), f.numpy().tobytes()) for (f, _), _, m in ds]
 
     assert ids(7) == ids(7)
@@ -48,7 +51,8 @@ def test_shuffling_and_batching_keep_labels_with_their_videos(built):
     classes = builder.info.classes
     seen = 0
     for split in builder.info.splits:
-        ds = builder.as_dataset(split, batch_size=5, shuffle=True, seed=1, with_metadata=True, shuffle_buffer=64)
+        ds = builder.as_dataset(split, batch_size=5, read_config=ReadConfig(shuffle=True, seed=1, shuffle_buffer=64),
+                                example_config=METADATA)
         for (features, mask), label, metadata in ds:
             for i, video_id in enumerate(metadata["video_id"].numpy()):
                 assert classes[label[i]] == built["videos"][video_id.decode()] == metadata["genre"][i].numpy().decode()
@@ -58,9 +62,10 @@ def test_shuffling_and_batching_keep_labels_with_their_videos(built):
 
 def test_seq_len_windows_and_masks(built):
     builder = DatasetBuilder(str(built["out"]))
-    full = {m.decode(): (f, k) for (fs, ks), _, ms in builder.as_dataset("train", batch_size=64, with_metadata=True)
+    full = {m.decode(): (f, k) for (fs, ks), _, ms in builder.as_dataset("train", batch_size=64, example_config=METADATA)
             for f, k, m in zip(fs.numpy(), ks.numpy(), ms["video_id"].numpy())}
-    evaluation = builder.as_dataset("train", batch_size=64, seq_len=4, with_metadata=True)
+    windows = ExampleConfig(seq_len=4, with_metadata=True)
+    evaluation = builder.as_dataset("train", batch_size=64, example_config=windows)
     for (features, mask), _, metadata in evaluation:
         for f, k, video in zip(features.numpy(), mask.numpy(), metadata["video_id"].numpy()):
             stored, stored_mask = full[video.decode()]
@@ -68,7 +73,7 @@ def test_seq_len_windows_and_masks(built):
             start = max(real - 4, 0) // 2  # centred within the real frames
             np.testing.assert_array_equal(f, stored[start : start + 4])
             np.testing.assert_array_equal(k, stored_mask[start : start + 4])
-    training = builder.as_dataset("train", batch_size=64, seq_len=4, shuffle=True, seed=0, with_metadata=True)
+    training = builder.as_dataset("train", batch_size=64, read_config=ReadConfig(shuffle=True, seed=0), example_config=windows)
     starts = set()
     for (features, mask), _, metadata in training:
         for f, k, video in zip(features.numpy(), mask.numpy(), metadata["video_id"].numpy()):
@@ -86,17 +91,20 @@ def test_cache_keeps_every_example_exact_and_reshuffles_each_epoch(built):
         return {m.decode(): (f.tobytes(), k.tobytes(), int(y)) for (fs, ks), ys, ms in ds
                 for f, k, y, m in zip(fs.numpy(), ks.numpy(), ys.numpy(), ms["video_id"].numpy())}
 
-    plain = by_video(builder.as_dataset("train", batch_size=4, with_metadata=True))
-    cached = builder.as_dataset("train", batch_size=4, shuffle=True, seed=3, cache=True, with_metadata=True)
+    plain = by_video(builder.as_dataset("train", batch_size=4, example_config=METADATA))
+    cached = builder.as_dataset("train", batch_size=4, read_config=ReadConfig(shuffle=True, seed=3, cache=True),
+                                example_config=METADATA)
     first, second = by_video(cached), by_video(cached)  # the second epoch reads the cache
     assert first == plain and second == plain
 
-    def order(**kwargs):
-        ds = builder.as_dataset("train", batch_size=4, shuffle=True, seed=3, seq_len=5, with_metadata=True, **kwargs)
+    def order(cache):
+        ds = builder.as_dataset("train", batch_size=4, read_config=ReadConfig(shuffle=True, seed=3, cache=cache),
+                                example_config=ExampleConfig(seq_len=5, with_metadata=True))
         return [(tuple(m["video_id"].numpy()), f.numpy().tobytes()) for (f, _), _, m in ds]
 
     assert order(cache=True) == order(cache=False)  # same seed: same batches and windows, cached or not
-    cached = builder.as_dataset("train", batch_size=64, shuffle=True, seed=3, cache=True, with_metadata=True)
+    cached = builder.as_dataset("train", batch_size=64, read_config=ReadConfig(shuffle=True, seed=3, cache=True),
+                                example_config=METADATA)
     epochs = [[m.decode() for _, _, ms in cached for m in ms["video_id"].numpy()] for _ in range(3)]
     assert all(sorted(epoch) == sorted(plain) for epoch in epochs)
     assert epochs[1] != epochs[2]  # epochs served from the cache are still reshuffled
@@ -105,11 +113,12 @@ def test_cache_keeps_every_example_exact_and_reshuffles_each_epoch(built):
 def test_holdout_by_sequence_is_disjoint_and_complete(built):
     builder = DatasetBuilder(str(built["out"]))
 
-    def sequences(**kwargs):
-        ds = builder.as_dataset("train", batch_size=64, with_metadata=True, holdout_fraction=0.5, **kwargs)
+    def sequences(part):
+        ds = builder.as_dataset("train", batch_size=64, read_config=ReadConfig(holdout=Holdout(0.5, part=part)),
+                                example_config=METADATA)
         return [s.decode() for _, _, m in ds for s in m["sequence_id"].numpy()]
 
-    kept, held = sequences(), sequences(holdout=True)
+    kept, held = sequences("rest"), sequences("held")
     assert kept and held and not set(kept) & set(held)
     assert len(kept) + len(held) == builder.info.splits["train"]
 
@@ -124,7 +133,7 @@ def test_verify_catches_a_changed_shard(built, tmp_path):
     shard = copy / builder.manifest["splits"]["train"]["shards"][0]["file"]
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(ManifestError, match="does not match its sha256"):
-        builder.as_dataset("train", verify=True)
+        builder.as_dataset("train", read_config=ReadConfig(verify=True))
 
 
 def test_clear_errors(built, tmp_path):
@@ -137,7 +146,7 @@ def test_clear_errors(built, tmp_path):
     with pytest.raises(ManifestError, match="schema version 99; this dancedata reads versions 1, 2, 3, 4. Upgrade dancedata"):
         DatasetBuilder(str(tmp_path))
     with pytest.raises(ConfigError, match="seq_len must be in 1..8"):
-        DatasetBuilder(str(built["out"])).as_dataset("train", seq_len=9)
+        DatasetBuilder(str(built["out"])).as_dataset("train", example_config=ExampleConfig(seq_len=9))
 
 
 def test_works_under_a_distribution_strategy(built):
@@ -156,7 +165,8 @@ def test_plain_parse_spec_matches_schema_keys(built):
 
 def test_windows_cut_frame_indices_with_the_features(built):
     builder = DatasetBuilder(str(built["out"]))
-    for (features, mask), _, metadata in builder.as_dataset("train", batch_size=64, seq_len=3, with_metadata=True):
+    windows = ExampleConfig(seq_len=3, with_metadata=True)
+    for (features, mask), _, metadata in builder.as_dataset("train", batch_size=64, example_config=windows):
         indices = metadata["frame_indices"].numpy()
         assert indices.shape == (len(features), 3)
         assert ((indices >= 0) == mask.numpy()).all()
@@ -168,7 +178,7 @@ def test_input_pipelines_split_the_data_without_overlap(built, pipelines):
     seen = []
     for pipeline in range(pipelines):
         context = tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=pipeline, num_replicas_in_sync=pipelines)
-        ds = builder.as_dataset("train", batch_size=6, with_metadata=True, input_context=context)
+        ds = builder.as_dataset("train", batch_size=6, example_config=METADATA, input_context=context)
         seen += [v.decode() for _, _, m in ds for v in m["video_id"].numpy()]
     assert len(seen) == len(set(seen)) == builder.info.splits["train"]
 
@@ -212,10 +222,10 @@ def test_preview_shows_the_frames_the_build_samples(built, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("options", [
-    dict(shuffle=True, seed=3, batch_size=5),
-    dict(shuffle=True, seed=4, batch_size=4, seq_len=5, repeat=True),
-    dict(shuffle=True, seed=5, batch_size=6, holdout_fraction=0.3),
-    dict(batch_size=6, holdout_fraction=0.3, holdout=True),
+    dict(batch_size=5, read_config=ReadConfig(shuffle=True, seed=3)),
+    dict(batch_size=4, read_config=ReadConfig(shuffle=True, seed=4, repeat=True), example_config=ExampleConfig(seq_len=5)),
+    dict(batch_size=6, read_config=ReadConfig(shuffle=True, seed=5, holdout=Holdout(0.3))),
+    dict(batch_size=6, read_config=ReadConfig(holdout=Holdout(0.3, part="held"))),
 ])
 def test_index_batches_are_the_batches_as_dataset_gives(built, options):
     """Device-resident training gathers batches from a table by index: the same examples in the same
@@ -226,7 +236,7 @@ def test_index_batches_are_the_batches_as_dataset_gives(built, options):
     table = load_table(builder, ["train", "val"])
     assert table.offsets == {"train": 0, "val": builder.info.splits["train"]}
     assert len(table.labels) == builder.info.splits["train"] + builder.info.splits["val"]
-    steps = 7 if options.get("repeat") else None
+    steps = 7 if options["read_config"].repeat else None
     read = builder.as_dataset("train", **options)
     indexed = index_dataset(builder, "train", table, **options)
     pairs = list(zip(read.take(steps) if steps else read, indexed.take(steps) if steps else indexed))

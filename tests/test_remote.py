@@ -51,13 +51,14 @@ def served(built):
 def test_reader_over_http_matches_local(built, served):
     import numpy as np
 
-    from dancedata import DatasetBuilder
+    from dancedata import DatasetBuilder, ExampleConfig, ReadConfig
 
     remote, local = DatasetBuilder(served), DatasetBuilder(str(built["out"]))
     assert remote.info.splits == local.info.splits
     for split in local.info.splits:
-        a = list(remote.as_dataset(split, batch_size=64, verify=True, with_metadata=True))
-        b = list(local.as_dataset(split, batch_size=64, with_metadata=True))
+        metadata = ExampleConfig(with_metadata=True)
+        a = list(remote.as_dataset(split, batch_size=64, read_config=ReadConfig(verify=True), example_config=metadata))
+        b = list(local.as_dataset(split, batch_size=64, example_config=metadata))
         for ((fa, ma), la, mda), ((fb, mb), lb, mdb) in zip(a, b):
             np.testing.assert_array_equal(fa.numpy(), fb.numpy())
             np.testing.assert_array_equal(la.numpy(), lb.numpy())

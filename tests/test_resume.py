@@ -106,12 +106,12 @@ def test_a_corrupted_shard_is_rebuilt_not_trusted(videos, reference, tmp_path):
 
 
 def split_of(manifest_folder):
-    from dancedata import DatasetBuilder
+    from dancedata import DatasetBuilder, ExampleConfig
 
     builder = DatasetBuilder(str(manifest_folder))
     found = {}
     for name in builder.info.splits:
-        for _, _, metadata in builder.as_dataset(name, batch_size=64, with_metadata=True):
+        for _, _, metadata in builder.as_dataset(name, batch_size=64, example_config=ExampleConfig(with_metadata=True)):
             for video_id in metadata["video_id"].numpy():
                 found[video_id.decode()] = name
     return found

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import dancedata
 from dancedata import train as train_script
-from dancedata import DatasetBuilder, cli, inspect, read, shard_index
+from dancedata import DatasetBuilder, ExampleConfig, Holdout, ReadConfig, cli, inspect, read, shard_index
 from dancedata.errors import InputError, ShardError
 from conftest import FAST_EXTRACTOR, build_outputs
 
@@ -30,9 +30,9 @@ def _copy(built, tmp_path):
     return copy
 
 
-def _batches(builder, split="train", **options):
+def _batches(builder, split="train", holdout=None):
     return [(f.numpy().tobytes(), k.numpy().tobytes(), y.numpy().tobytes())
-            for (f, k), y in builder.as_dataset(split, batch_size=4, shuffle=True, seed=1, **options)]
+            for (f, k), y in builder.as_dataset(split, batch_size=4, read_config=ReadConfig(shuffle=True, seed=1, holdout=holdout))]
 
 
 def _framing(data: bytes) -> list:
@@ -84,17 +84,20 @@ def test_the_writer_writes_the_bytes_tensorflow_writes(built, tmp_path):
     assert ours.read_bytes() == theirs.read_bytes() == (built["out"] / shard["file"]).read_bytes()
 
 
-@pytest.mark.parametrize("options", [
-    dict(),
-    dict(seq_len=5, repeat=True),
-    dict(holdout_fraction=0.3, cast=False),
-    dict(holdout_fraction=0.3, holdout=True),
-    dict(cache=True),
+@pytest.mark.parametrize("read_options, example_config", [
+    (dict(), ExampleConfig()),
+    (dict(repeat=True), ExampleConfig(seq_len=5)),
+    (dict(holdout=Holdout(0.3)), ExampleConfig(cast=False)),
+    (dict(holdout=Holdout(0.3, part="held")), ExampleConfig()),
+    (dict(cache=True), ExampleConfig()),
 ])
-def test_mapped_shards_give_the_batches_tfrecorddataset_gives(built, options):
-    steps = 9 if options.get("repeat") else None
-    mapped = DatasetBuilder(str(built["out"])).as_dataset("train", batch_size=5, shuffle=True, seed=3, **options)
-    streamed = DatasetBuilder(str(built["out"]), rows=False).as_dataset("train", batch_size=5, shuffle=True, seed=3, **options)
+def test_mapped_shards_give_the_batches_tfrecorddataset_gives(built, read_options, example_config):
+    steps = 9 if read_options.get("repeat") else None
+    mapped = DatasetBuilder(str(built["out"])).as_dataset(
+        "train", batch_size=5, read_config=ReadConfig(shuffle=True, seed=3, **read_options), example_config=example_config)
+    streamed = DatasetBuilder(str(built["out"])).as_dataset(
+        "train", batch_size=5, read_config=ReadConfig(shuffle=True, seed=3, source="stream", **read_options),
+        example_config=example_config)
     pairs = list(zip(mapped.take(steps) if steps else mapped, streamed.take(steps) if steps else streamed))
     assert pairs and len(pairs) == (steps or sum(1 for _ in streamed))
     for ((features, mask), label), ((features_s, mask_s), label_s) in pairs:
@@ -106,12 +109,12 @@ def test_mapped_shards_give_the_batches_tfrecorddataset_gives(built, options):
 
 def test_the_mapped_reader_is_the_one_training_uses(built, monkeypatch):
     builder = DatasetBuilder(str(built["out"]))
-    paths, counts = builder.usable_files("train", False)
-    assert builder._reading("train", paths, counts, read.schema.TRAINING_KEYS).parallel is False  # index ranges
-    expected = _batches(builder, holdout_fraction=0.3)
+    paths, _ = builder.usable_files("train", False)
+    assert isinstance(builder._table("train", paths, ReadConfig(), False), read.mapped_shards.MappedShards)  # gathered by index
+    expected = _batches(builder, holdout=Holdout(0.3))
     monkeypatch.setattr(read, "_mappable_files", lambda: len(paths) - 1)  # too many files to map: streamed
-    assert builder._reading("train", paths, counts, read.schema.TRAINING_KEYS).parallel is True
-    assert _batches(builder, holdout_fraction=0.3) == expected
+    assert builder._table("train", paths, ReadConfig(), False) is None  # streamed
+    assert _batches(builder, holdout=Holdout(0.3)) == expected
 
 
 def _flip(path, at):
@@ -168,7 +171,7 @@ def test_any_damage_is_named_and_nothing_trains_on_it(built, tmp_path, capsys, k
     assert err[-1].startswith("train.py: error: ") and shard["file"] in err[-1]
     assert not any("Traceback" in line or "error" in line for line in err[:-1]), err
     with pytest.warns(UserWarning, match=f"skipping 1 damaged shard.*{shard['file']}"):
-        kept = DatasetBuilder(str(folder)).as_dataset("train", batch_size=64, skip_bad_shards=True)
+        kept = DatasetBuilder(str(folder)).as_dataset("train", batch_size=64, read_config=ReadConfig(skip_bad_shards=True))
     assert sum(len(y) for _, y in kept) == built["manifest"]["splits"]["train"]["num_examples"] - shard["num_examples"]
 
 
@@ -311,7 +314,7 @@ def test_many_datasets_share_one_mapping_per_shard(built):
     gc.collect()
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(10):
-        next(iter(builder.as_dataset("train", batch_size=4, shuffle=True, seed=0)))
+        next(iter(builder.as_dataset("train", batch_size=4, read_config=ReadConfig(shuffle=True, seed=0))))
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) - before < shards
 

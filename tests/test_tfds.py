@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from dancedata import DatasetBuilder
+from dancedata import DatasetBuilder, ExampleConfig
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -21,7 +21,7 @@ def test_tfds_reads_every_split_as_dancedata_does(built):
     for split in builder.info.splits:
         theirs = {ex["video_id"].decode(): ex for ex in tfds.as_numpy(builder.as_dataset(split=split))}
         mine = {}
-        for (features, mask), label, metadata in ours.as_dataset(split, batch_size=64, with_metadata=True):
+        for (features, mask), label, metadata in ours.as_dataset(split, batch_size=64, example_config=ExampleConfig(with_metadata=True)):
             for i, video_id in enumerate(metadata["video_id"].numpy()):
                 mine[video_id.decode()] = (features[i].numpy(), mask[i].numpy(), int(label[i]))
         assert theirs.keys() == mine.keys() and len(mine) == ours.info.splits[split]

@@ -142,13 +142,15 @@ def test_a_held_out_validation_follows_the_split_strategy(tmp_path):
     held, shared = builder.holdout_part("train", 0.4, "dancer")
     assert held and shared["dancers"]["shared"] == 0
     assert builder.holdout_part("train", 0.4, "sequence")[1]["dancers"]["shared"] > 0  # what the old rule did
-    options = dict(batch_size=4, holdout_fraction=0.4, holdout=True, holdout_by="dancer", with_metadata=True)
+    validation = dancedata.ReadConfig(holdout=dancedata.Holdout(0.4, by="dancer", part="held"))
+    options = dict(batch_size=4, read_config=validation, example_config=dancedata.ExampleConfig(with_metadata=True))
     seen = {s.decode() for _, _, meta in builder.as_dataset("train", **options) for s in meta["sequence_id"].numpy()}
     assert seen == {s.decode() for s in held}
-    mapped = [y.numpy().tolist() for _, y in builder.as_dataset("train", batch_size=4, shuffle=True, seed=1, holdout_fraction=0.4,
-                                                                  holdout_by="dancer")]
-    streamed = [y.numpy().tolist() for _, y in dancedata.DatasetBuilder(str(out), rows=False).as_dataset(
-        "train", batch_size=4, shuffle=True, seed=1, holdout_fraction=0.4, holdout_by="dancer")]
+    rest = dancedata.Holdout(0.4, by="dancer")
+    mapped = [y.numpy().tolist() for _, y in builder.as_dataset(
+        "train", batch_size=4, read_config=dancedata.ReadConfig(shuffle=True, seed=1, holdout=rest))]
+    streamed = [y.numpy().tolist() for _, y in dancedata.DatasetBuilder(str(out)).as_dataset(
+        "train", batch_size=4, read_config=dancedata.ReadConfig(shuffle=True, seed=1, holdout=rest, source="stream"))]
     assert mapped == streamed and sum(map(len, mapped)) == builder.info.splits["train"] - len(seen) * 1
     run = _train(out, tmp_path / "run", "--epochs", "2", "--val-fraction", "0.4")
     assert run.returncode == 0, run.stderr[-2000:]
