@@ -243,9 +243,8 @@ def check(view, header: dict, table: np.ndarray, path: str, frames: int, feature
     the records tile the file, every record's two CRCs hold and equal the index's, and every field
     lies inside its record. Raises ShardError naming `path` and the first bad record."""
     size = len(view)
-    if size != header["shard_bytes"]:
-        raise ShardError(f"shard {path} holds {size} bytes, not the {header['shard_bytes']} it was built with: "
-                         f"truncated or replaced. {REBUILD}")
+    if problem := size_problem(path, size, header["shard_bytes"]):
+        raise ShardError(f"shard {path} {problem}. {REBUILD}")
     offset, length, crc = table[:, 0], table[:, 1], table[:, 2]
     ends = offset + length + 16
     if len(table) and (offset[0] != 0 or ends[-1] != size or np.any(offset[1:] != ends[:-1])):
@@ -335,6 +334,13 @@ def empty(path: str) -> np.ndarray:
     """The check of a shard of no example: an empty file, present."""
     if not fs.exists(path):
         raise ShardError(f"shard {path} is missing. {REBUILD}")
-    if fs.size(path):
-        raise ShardError(f"shard {path} holds {fs.size(path)} bytes, not the 0 it was built with: replaced. {REBUILD}")
+    if problem := size_problem(path, fs.size(path), 0):
+        raise ShardError(f"shard {path} {problem}. {REBUILD}")
     return np.zeros(0, np.uint8)
+
+
+def size_problem(path: str, size: int, built: int) -> str | None:
+    """"holds N bytes, not the M it was built with: ..." when a file's size is not the recorded one."""
+    if size == built:
+        return None
+    return f"holds {size} bytes, not the {built} it was built with: {'truncated or replaced' if built else 'replaced'}"

@@ -336,3 +336,14 @@ def test_a_shard_whose_every_video_failed_is_empty_not_damaged(tmp_path):
     name, shard = empty[0]
     (tmp_path / "out" / shard["file"]).unlink()
     assert [p for p, _ in DatasetBuilder(str(tmp_path / "out")).bad_shards(name)] == [f"{tmp_path / 'out'}/{shard['file']}"]
+
+
+def test_a_damaged_shard_of_a_schema_3_build_is_named_with_its_readable_records(built, tmp_path):
+    folder = _copy(built, tmp_path)
+    _as_schema_3(folder)
+    shard = DatasetBuilder(str(folder)).manifest["splits"]["train"]["shards"][1]
+    path = folder / shard["file"]
+    path.write_bytes(path.read_bytes()[: -100])  # the last record cut
+    (bad,) = DatasetBuilder(str(folder)).bad_shards("train")
+    assert bad == (str(path), f"shard {path} is corrupted or truncated: {shard['num_examples'] - 1} of its "
+                              f"{shard['num_examples']} records are readable")
