@@ -47,13 +47,13 @@ class BuildUnits:
         self.out, self.sampling, self.extractor_config, self.build = out, sampling, extractor_config, build
 
     def setup(self):
-        from dancedata import build_folder, work_unit
-        from dancedata.decode_pool import DecodePool
+        from dancedata import build_folder, runners, work_unit
         from dancedata.extract import Extractor
 
         self.extractor = Extractor(self.extractor_config, frames_per_video=self.sampling.frames)
-        # One decoder process per Beam worker process: Beam already runs one of these per core.
-        self.pool = DecodePool(1, self.sampling, self.extractor_config.image_size, self.build.video_timeout)
+        # One decoder process per Beam worker process (Beam already runs one of these per core), or the
+        # stored frames of the build --from-frames names.
+        self.pool = runners.source(self.build, self.sampling, self.extractor_config.image_size, 1)
         self.folder = build_folder.OutputFolder(self.out)
         self.reuse = work_unit.Reuse(self.folder.reuse_records())
         self.fresh = True

@@ -33,7 +33,8 @@ import socket
 
 from dancedata import fs, manifest, plan as plan_lib, shard_index, tfds_metadata, work_unit
 from dancedata.errors import InputError
-from dancedata.write import STATE_DIR, PARTIAL, output_errors, read_json, sha256, write_json
+from dancedata.fs import sha256
+from dancedata.write import STATE_DIR, PARTIAL, output_errors, read_json, write_json
 
 PLAN_FILE = "plan.json"
 REUSE_DIR = "reuse"

@@ -2,7 +2,8 @@
 
 scan -> plan (split and shard of every video) -> lock and prepare the output folder (refuse to mix,
 resume, update: build_folder) -> run the work units still missing -> manifest. Run the same command again after a kill and
-it continues where it stopped; the result is byte-identical to an uninterrupted build.
+it continues where it stopped; the result is byte-identical to an uninterrupted build. With --from-frames OLD the
+videos, plan and clips come from the frames an earlier build kept instead (from_frames.py): no video is opened.
 """
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ import contextlib
 import sys
 import time
 
-from dancedata import build_folder, cli, config, folder_lock, fs, manifest, plan as plan_lib, runners, scan
+from dancedata import build_folder, cli, config, folder_lock, fs, from_frames, manifest, plan as plan_lib, runners, scan
 from dancedata.config import BuildConfig, ExtractorConfig, SamplingConfig
-from dancedata.decode_pool import DecodePool
-from dancedata.errors import InputError
+from dancedata.errors import ConfigError, InputError
 
 
-def build_shards(input_path: str, out: str = "tfrecords", **options) -> dict:
+def build_shards(input_path: str | None, out: str = "tfrecords", **options) -> dict:
     """Builds shards of `input_path` into `out`; returns the manifest. Options are the CLI flags'
-    names (frames=20, sampling="uniform", weights="none", split="sequence", update=True, ...)."""
+    names (frames=20, sampling="uniform", weights="none", split="sequence", update=True, ...).
+    With from_frames="OLD" (and input_path None) the build reads OLD's stored frames instead of videos."""
     sampling, extractor, build = config.split_options({"out": out, **options}, SamplingConfig, ExtractorConfig, BuildConfig)
     return build_from_configs(input_path, sampling, extractor, build)
 
@@ -38,9 +39,9 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
 
     started = time.time()
     fs.check(build.out)  # s3:// without a loadable tensorflow-io: one line before any work
-    found = scan.scan(input_path, build.layout)
-    if found.videos.empty:
-        raise InputError(build_folder.nothing_usable(input_path, found.skipped))
+    found, earlier = _inputs(input_path, build)
+    if earlier is not None:
+        sampling, build = from_frames.configs(earlier, sampling, build)
     build_folder.check_path(build.out)
     setup_started = time.time()
     if build.runner == "beam":
@@ -52,7 +53,8 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
     else:
         # The decode workers start (about a second: a forkserver importing the decoder) while the backbone loads.
         with concurrent.futures.ThreadPoolExecutor(1) as starter:
-            starting = starter.submit(DecodePool, min(build.workers, len(found.videos)), sampling, extractor_config.image_size, build.video_timeout)
+            workers = min(build.workers, len(found.videos)) if found is not None else build.workers
+            starting = starter.submit(runners.source, build, sampling, extractor_config.image_size, workers)
             try:
                 extractor = Extractor(extractor_config, frames_per_video=sampling.frames)  # before touching --out
             except BaseException:
@@ -62,8 +64,7 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
     setup_s = time.time() - setup_started
     info = {}
     with pool, folder_lock.owned(build.out, build.num_workers, build.worker_index):
-        plan = plan_lib.make_plan(found, sampling, extractor.manifest_entry(), extractor.feature_dim, build)
-        planned = manifest.planned(input_path, plan, extractor.manifest_entry(), extractor.feature_dim, sampling, build)
+        plan, planned = _plan(input_path, found, earlier, sampling, extractor, build)
         with folder_lock.briefly(build.out, f"part {build.worker_index + 1} of {build.num_workers} preparing", build.partitioned):
             folder = build_folder.OutputFolder(build.out)  # read under the lock: the state no one else changes now
             prepared = build_folder.prepare(plan, folder, overwrite=build.overwrite, update=build.update, planned=planned,
@@ -83,6 +84,29 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
         if build.partitioned:
             return _after_part(build, plan, prepared, info)
         return build_folder.finalize(build_folder.OutputFolder(build.out), info)
+
+
+def _inputs(input_path: str | None, build: BuildConfig) -> tuple:
+    """(the scanned videos, None), or (None, the earlier build) for a build --from-frames."""
+    if build.from_frames:
+        if input_path:
+            raise ConfigError(f"give the input folder or from_frames, not both (got {input_path!r} and {build.from_frames!r})")
+        return None, from_frames.Earlier(build.from_frames)
+    if not input_path:
+        raise ConfigError("the input folder is required (or from_frames: an earlier build's folder with stored frames)")
+    found = scan.scan(input_path, build.layout)
+    if found.videos.empty:
+        raise InputError(build_folder.nothing_usable(input_path, found.skipped))
+    return found, None
+
+
+def _plan(input_path, found, earlier, sampling, extractor, build) -> tuple:
+    """(the plan, the manifest's planned part): of the scanned videos, or of the earlier build's."""
+    entry, dim = extractor.manifest_entry(), extractor.feature_dim
+    if earlier is not None:
+        return from_frames.make_plan(earlier, sampling, entry, dim, build), from_frames.planned(earlier, entry, dim, sampling, build)
+    plan = plan_lib.make_plan(found, sampling, entry, dim, build)
+    return plan, manifest.planned(input_path, plan, entry, dim, sampling, build)
 
 
 def _after_part(build: BuildConfig, plan, prepared, info: dict) -> dict | None:
@@ -139,8 +163,11 @@ def main(argv=None) -> int:
             parser.error("give the input folder or --finalize OUT, not both")
         print(inspect.summary(finalize(args.finalize), info_file=inspect.build_info(args.finalize)))
         return 0
-    if not args.input:
-        parser.error("the input folder is required (or --finalize OUT to finish a partitioned build)")
+    if args.input and args.from_frames:
+        parser.error("give the input folder or --from-frames OLD_OUT, not both")
+    if not args.input and not args.from_frames:
+        parser.error("the input folder is required (or --finalize OUT to finish a partitioned build, or --from-frames OLD_OUT "
+                     "to build from the frames an earlier build kept)")
     configs = [config.from_flags(args, cls) for cls in (SamplingConfig, ExtractorConfig, BuildConfig)]
     if beam_args and configs[2].runner != "beam":
         parser.error("options after `--` are Beam pipeline options: they need --runner beam")

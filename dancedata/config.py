@@ -14,6 +14,7 @@ SPLITS = ("sequence", "dancer", "random", "crossmodal")
 LAYOUTS = ("auto", "aist", "folders", "csv")
 DTYPES = ("float16", "float32")
 RUNNERS = ("local", "beam")
+FRAME_FORMATS = ("jpeg", "png")  # frames.FORMATS (config imports nothing heavy)
 
 
 def flag(text: str, custom: bool = False, **kwargs):
@@ -72,8 +73,8 @@ class ExtractorConfig:
     )
     image_size: int = flag("square input size in pixels (frames are centre-cropped, then resized)", default=224)
     batch_size: int = flag(
-        "frames per extraction batch; full batches share one shape, so nothing retraces "
-        "(0: auto, 8 on CPU where small batches measured fastest, 64 on GPU)",
+        "frames per extraction batch, rounded down to whole videos (a multiple of --frames); full batches share "
+        "one shape, so nothing retraces (0: auto, one video on CPU, 64 frames' worth of videos on GPU)",
         default=0,
     )
     weights_seed: int = flag("seed of the random weights used with --weights none", default=0)
@@ -111,6 +112,18 @@ class BuildConfig:
         default=300.0,
     )
     shard_mb: float = flag("target shard size in MB", default=100.0)
+    keep_frames: str = flag(
+        "also store each example's sampled frames (after crop and resize) as jpeg or png images, so a later build "
+        "re-extracts any backbone with --from-frames without decoding a video (png: lossless, so re-extracted "
+        "features are byte-identical; jpeg: half the size or less, lossy); empty: no frames",
+        default="",
+    )
+    jpeg_quality: int = flag("JPEG quality of frames kept with --keep-frames jpeg (1-100)", default=90)
+    from_frames: str = flag(
+        "build from the frames an earlier build kept (its --out folder) instead of a video folder: no video is opened; "
+        "the sampling, split and layout are that build's",
+        default="",
+    )
     overwrite: bool = flag("start over: delete what earlier builds wrote in --out (other files stay)", default=False)
     update: bool = flag(
         "bring an earlier build in --out up to date with new, removed or modified videos: unchanged videos are "
@@ -146,6 +159,10 @@ class BuildConfig:
         _positive("workers", self.workers)
         _positive("video_timeout", self.video_timeout)
         _positive("shard_mb", self.shard_mb)
+        if self.keep_frames:
+            check_choice("keep_frames", self.keep_frames, FRAME_FORMATS)
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality!r}")
         check_choice("runner", self.runner, RUNNERS)
         if self.beam_options and self.runner != "beam":
             raise ConfigError(f"beam_options need runner 'beam', got runner {self.runner!r}")

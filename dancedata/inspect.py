@@ -75,6 +75,12 @@ def summary(info: dict, show_paths: int = 5, info_file: dict | None = None) -> s
     elif info.get("schema_version") in (2, 3):
         lines.append(f"schema v{info['schema_version']}: training streams the TFRecords (slower); the build command with "
                      "--update brings it to v4 without decoding any video")
+    frames = info.get("frames")
+    if frames:  # kept with --keep-frames: what they take of the shards above
+        examples = sum(split["num_examples"] for split in info["splits"].values())
+        quality = f" quality {frames['jpeg_quality']}" if "jpeg_quality" in frames else ""
+        lines.append(f"frames: {frames['format']}{quality} at {frames['image_size']}px, {frames['bytes'] / 1e6:.1f} MB "
+                     f"({frames['bytes'] / max(examples, 1) / 1e6:.3f} MB a video); re-extract with build_shards --from-frames")
     skipped = info["skipped"]
     lines.append(f"skipped: {len(skipped)} file(s)")
     by_reason = collections.defaultdict(list)
@@ -122,11 +128,8 @@ def damaged(folder: str, info: dict, verify: bool = False) -> list:
         for split in info["splits"]:
             bad = dict(builder.bad_shards(split))
             for shard, path in zip(info["splits"][split]["shards"], builder.files(split)):
-                if path not in bad:
-                    try:
-                        builder_verify_one(builder, shard, path)
-                    except ShardError as error:
-                        bad[path] = str(error)
+                if path not in bad and (problem := builder.sha256_problem(shard, path)):
+                    bad[path] = problem
             found += sorted(bad.items())
         return found
     found = []
@@ -135,22 +138,14 @@ def damaged(folder: str, info: dict, verify: bool = False) -> list:
             path = fs.join(folder, shard["file"])
             if not fs.exists(path):
                 found.append((path, "missing"))
-            elif "bytes" in shard and fs.size(path) != shard["bytes"]:
-                found.append((path, f"holds {fs.size(path)} bytes, not the {shard['bytes']} it was built with: truncated or replaced"))
+            elif "bytes" in shard and (problem := shard_index.size_problem(path, fs.size(path), shard["bytes"])):
+                found.append((path, problem))
             elif "index" in shard:
                 try:
                     shard_index.load(folder, shard)
                 except ShardError as error:
                     found.append((path, str(error).split(". Rebuild it")[0]))
     return found
-
-
-def builder_verify_one(builder, shard: dict, path: str) -> None:
-    """One shard's (and its index's) sha256 against the manifest; raises ShardError."""
-    if fs.sha256(path) != shard["sha256"]:
-        raise ShardError("does not match its sha256 in the manifest: it changed or is corrupt")
-    if "index" in shard and fs.sha256(shard_index.index_path(builder.path, shard)) != shard["index"]["sha256"]:
-        raise ShardError("its index does not match its sha256 in the manifest")
 
 
 def preview(info: dict, video: str, out: str, columns: int = 5) -> str:

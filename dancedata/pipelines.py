@@ -88,7 +88,10 @@ def streamed_records(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: b
         shards = shards[sampler.worker::sampler.workers]
     files = tf.data.Dataset.from_tensor_slices((tf.gather(tf.constant(paths), shards),
                                                 tf.gather(tf.constant(sampler.counts, tf.int64), shards)))
-    records = files.flat_map(checked_records)
+    # Shard after shard, whole: a block as long as the longest shard takes each one out before the next, while the
+    # parallel interleave reads the following shards ahead (remote latency, parsing on several cores).
+    records = files.interleave(checked_records, cycle_length=max(1, min(count, 4)), block_length=max(max(sampler.counts, default=1), 1),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if count < sampler.workers:
         records = records.shard(sampler.workers, sampler.worker)
     if not sampler.shuffle:

@@ -78,8 +78,9 @@ class Plan:
 
 
 def identity(sampling: SamplingConfig, extractor_entry: dict, build: BuildConfig, layout: str) -> dict:
-    """The options that decide a build's bytes (not --workers, --out, --quiet, ...)."""
-    return {
+    """The options that decide a build's bytes (not --workers, --out, --quiet, ...). Stored frames add
+    their encoding; a build without them has the identity it had before frames existed."""
+    found = {
         "schema_version": schema.SCHEMA_VERSION,
         "sampling": config.asdict(sampling),
         "extractor": extractor_entry,
@@ -91,6 +92,19 @@ def identity(sampling: SamplingConfig, extractor_entry: dict, build: BuildConfig
         "seed": build.seed,
         "shard_mb": build.shard_mb,
     }
+    if build.keep_frames:
+        from dancedata import frames
+
+        found["keep_frames"] = frames.entry(build.keep_frames, build.jpeg_quality)
+    return found
+
+
+def example_bytes(sampling: SamplingConfig, image_size: int, feature_dim: int, build: BuildConfig) -> int:
+    """What one example is planned to take: its features, its stored frames (estimated), the rest."""
+    from dancedata import frames
+
+    kept = frames.estimated_bytes(build.keep_frames, image_size, sampling.frames) if build.keep_frames else 0
+    return sampling.frames * feature_dim * np.dtype(build.dtype).itemsize + kept + EXAMPLE_OVERHEAD
 
 
 def _order_key(seed: int, video_id: str) -> tuple:
@@ -109,19 +123,9 @@ def make_plan(found: scan.Scan, sampling: SamplingConfig, extractor_entry: dict,
     skipped += [{"path": p, "reason": "excluded by the crossmodal split rule"} for p in videos.path[videos.split == split.EXCLUDED]]
 
     ident = identity(sampling, extractor_entry, build, found.layout)
-    ident_digest = digest(ident)
-    example_bytes = sampling.frames * feature_dim * np.dtype(build.dtype).itemsize + EXAMPLE_OVERHEAD
-    units = []
-    for name in split.SPLITS:
-        rows = [{key: _plain(row[key]) for key in ROW_FIELDS} for row in videos[videos.split == name].to_dict("records")]
-        if not rows:
-            continue
-        rows.sort(key=lambda row: _order_key(build.seed, row["video_id"]))
-        count = max(1, math.ceil(len(rows) * example_bytes / (build.shard_mb * 1e6)))
-        for index in range(count):
-            members = tuple(rows[len(rows) * index // count : len(rows) * (index + 1) // count])
-            key = digest({"identity": ident_digest, "split": name, "index": index, "count": count, "videos": members})
-            units.append(WorkUnit(name, index, count, members, key))
+    rows = {name: [{key: _plain(row[key]) for key in ROW_FIELDS} for row in videos[videos.split == name].to_dict("records")]
+            for name in split.SPLITS}
+    units = cut(rows, ident, example_bytes(sampling, extractor_entry["image_size"], feature_dim, build), build)
 
     counts = split.group_counts(videos, build.split)
     warnings = split.warnings_for(videos, counts, build.split)
@@ -131,6 +135,23 @@ def make_plan(found: scan.Scan, sampling: SamplingConfig, extractor_entry: dict,
             "column), so camera views or clips of one performance may land in different splits"
         )
     return Plan(ident, units, videos, classes, found.layout, skipped, leaked, counts, split.shared_with_train(videos), warnings)
+
+
+def cut(rows: dict, ident: dict, per_example: int, build: BuildConfig) -> list:
+    """{split: rows} -> the work units: each split's rows in their stable order, cut into contiguous
+    shards of about `shard_mb` (`per_example` bytes each), each keyed by everything in its bytes."""
+    ident_digest = digest(ident)
+    units = []
+    for name in split.SPLITS:
+        members_of = sorted(rows.get(name, []), key=lambda row: _order_key(build.seed, row["video_id"]))
+        if not members_of:
+            continue
+        count = max(1, math.ceil(len(members_of) * per_example / (build.shard_mb * 1e6)))
+        for index in range(count):
+            members = tuple(members_of[len(members_of) * index // count : len(members_of) * (index + 1) // count])
+            key = digest({"identity": ident_digest, "split": name, "index": index, "count": count, "videos": members})
+            units.append(WorkUnit(name, index, count, members, key))
+    return units
 
 
 def _plain(value):

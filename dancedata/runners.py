@@ -1,6 +1,7 @@
 """Runners execute a plan's work units once `build_folder.prepare` has said which are still missing:
-`run_local` builds them in this process, with decoding in worker processes (`decode_pool`); the Beam
-runner (`beam_runner`) calls the same `build_units`. Every runner writes the same bytes for the same
+`run_local` builds them in this process, with decoding in worker processes (`decode_pool`), or, for a
+build --from-frames, from an earlier build's stored frames (`from_frames`); the Beam runner
+(`beam_runner`) calls the same `source` and `build_units`. Every runner writes the same bytes for the same
 plan, because each unit's bytes depend only on its videos and the build's identity.
 """
 from __future__ import annotations
@@ -14,6 +15,16 @@ from dancedata.decode_pool import DecodePool
 def say(message: str) -> None:
     """One line on stderr, even with --quiet (which only hides the progress bar): what a rerun keeps."""
     print(message, file=sys.stderr, flush=True)
+
+
+def source(build, sampling, image_size: int, workers: int):
+    """Where a build's clips come from (`imap(rows)` -> (row, clip or DecodeError) in row order, `close`):
+    decoding processes over the videos, or the frames an earlier build kept (no video opened)."""
+    if build.from_frames:
+        from dancedata.from_frames import FrameSource
+
+        return FrameSource(build.from_frames, image_size)
+    return DecodePool(workers, sampling, image_size, build.video_timeout)
 
 
 def run_local(plan, folder, prepared, extractor, sampling, build, progress=None, pool=None) -> dict:
@@ -33,7 +44,7 @@ def run_local(plan, folder, prepared, extractor, sampling, build, progress=None,
     records = dict(prepared.done)
     own = pool is None
     if own:
-        pool = DecodePool(min(build.workers, max(len(to_decode), 1)), sampling, extractor.config.image_size, build.video_timeout)
+        pool = source(build, sampling, extractor.config.image_size, min(build.workers, max(len(to_decode), 1)))
     try:
         records.update(build_units(pending, folder, reuse, extractor, sampling, build, pool,
                                    on_video=progress.update if progress is not None else None))
@@ -49,11 +60,17 @@ def build_units(units: list, folder, reuse, extractor, sampling, build, pool, on
     from dancedata.extract import VideoBatcher
 
     batcher = VideoBatcher(extractor)
+    encoder = None
+    if build.keep_frames:
+        from dancedata.frames import Encoder
+
+        encoder = Encoder(build.keep_frames, build.jpeg_quality, extractor.config.image_size)
     decoded = pool.imap([row for unit in units for row in unit.videos if not reuse.has(row)])
     records = {}
     for unit in units:
         records[unit.name] = work_unit.run(
             unit, folder, decoded, batcher, reuse, sampling.frames, extractor.feature_dim, build.dtype, on_video=on_video,
+            encoder=encoder,
         )
     decoded.close()
     return records

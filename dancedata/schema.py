@@ -27,11 +27,14 @@ CLAIMED_FRAMES = "claimed_frames"  # int64 the frame count the container states 
 DECODED_FRAMES = "decoded_frames"  # int64 frames the decoder went through to reach the last kept one
 TRUNCATED = "truncated"  # int64 1 when the stream ended before a frame the sampling asked for
 SEQUENCE_ID = "sequence_id"  # every camera view of one performance shares it
-METADATA = ("video_id", SEQUENCE_ID, "genre", "dancer", "camera", "music", "choreography", "situation")
+FRAMES = "frames"  # [T] encoded images (frames.py), only in builds with --keep-frames: TFDS's Video layout
+VIDEO_ID = "video_id"  # the file name without extension: what resume, --update and --from-frames match videos by
+METADATA = (VIDEO_ID, SEQUENCE_ID, "genre", "dancer", "camera", "music", "choreography", "situation")
 
 
-def feature_spec(num_frames: int, feature_dim: int, feature_dtype: str) -> dict:
-    """JSON description of every key in an example; stored in manifest.json."""
+def feature_spec(num_frames: int, feature_dim: int, feature_dtype: str, frames: dict | None = None) -> dict:
+    """JSON description of every key in an example; stored in manifest.json. `frames` (the manifest's
+    "frames" entry: format, image_size, ...) adds the stored frames' key."""
     spec = {
         FEATURES: {
             "dtype": "string",
@@ -48,6 +51,11 @@ def feature_spec(num_frames: int, feature_dim: int, feature_dtype: str) -> dict:
         TRUNCATED: {"dtype": "int64", "shape": []},
     }
     spec.update({key: {"dtype": "string", "shape": []} for key in METADATA})
+    if frames:
+        size = frames["image_size"]
+        spec[FRAMES] = {"dtype": "string", "shape": [num_frames],
+                        "encoding": f"{frames['format']} images [{size}, {size}, 3] uint8 RGB, one per frame slot; "
+                                    "padding slots (mask 0) black"}
     return spec
 
 
@@ -59,10 +67,12 @@ def parse_spec(spec: dict) -> dict:
 
 
 def to_example(
-    features: np.ndarray, mask: np.ndarray, frame_indices: np.ndarray, label: int, metadata: dict, dtype: str, report: dict | None = None
+    features: np.ndarray, mask: np.ndarray, frame_indices: np.ndarray, label: int, metadata: dict, dtype: str, report: dict | None = None,
+    frames: list | None = None,
 ):
     """One video -> tf.train.Example. `features` is [T, D]; rows where mask is 0 should be zeros.
-    `report` holds the decode report (FRAME_TIMES, FPS, CLAIMED_FRAMES, DECODED_FRAMES, TRUNCATED)."""
+    `report` holds the decode report (FRAME_TIMES, FPS, CLAIMED_FRAMES, DECODED_FRAMES, TRUNCATED);
+    `frames` the T encoded images of a build that keeps them."""
     import tensorflow as tf
 
     def ints(values):
@@ -90,6 +100,8 @@ def to_example(
         TRUNCATED: ints([report.get(TRUNCATED, 0)]),
     })
     feature.update({key: text(metadata.get(key, "")) for key in METADATA})
+    if frames is not None:
+        feature[FRAMES] = tf.train.Feature(bytes_list=tf.train.BytesList(value=list(frames)))
     return tf.train.Example(features=tf.train.Features(feature=feature))
 
 

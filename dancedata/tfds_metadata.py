@@ -6,7 +6,7 @@
 
 dataset_info.json (name, version, per-split shard lengths, the file template of our shard names),
 features.json (the example's features as TFDS feature classes: the raw feature bytes are a
-Tensor(shape=(T, D), dtype, encoding="bytes")) and label.labels.txt (the class names). Written as plain
+Tensor(shape=(T, D), dtype, encoding="bytes"); stored frames a Video) and label.labels.txt (the class names). Written as plain
 JSON in TFDS's own layout, so a build needs no TFDS; TFDS parses one example at a time, so it is for
 interoperability, not for training speed (`DatasetBuilder.as_dataset` is).
 """
@@ -20,6 +20,7 @@ LABELS = f"{schema.LABEL}.labels.txt"
 FILES = (DATASET_INFO, FEATURES, LABELS)
 TEMPLATE = "{SPLIT}-{SHARD_X_OF_Y}.tfrecord"  # train-00000-of-00004.tfrecord, as plan.shard_name writes
 _TENSOR = "tensorflow_datasets.core.features.tensor_feature.Tensor"
+_VIDEO = "tensorflow_datasets.core.features.video_feature.Video"  # a sequence of encoded images, as frames.py stores
 
 
 def _tensor(shape: list, dtype: str, encoding: str = "none") -> dict:
@@ -33,6 +34,11 @@ def features(manifest: dict) -> dict:
     for key, entry in manifest["feature_spec"].items():
         if key == schema.FEATURES:
             content[key] = _tensor([manifest["num_frames"], manifest["feature_dim"]], manifest["feature_dtype"], "bytes")
+        elif key == schema.FRAMES:  # stored frames: TFDS decodes them to [T, S, S, 3] uint8
+            size = str(manifest["frames"]["image_size"])
+            content[key] = {"pythonClassName": _VIDEO,
+                            "video": {"shape": {"dimensions": [str(manifest["num_frames"]), size, size, "3"]},
+                                      "dtype": "uint8", "encodingFormat": manifest["frames"]["format"]}}
         elif key == schema.LABEL:
             content[key] = {"pythonClassName": "tensorflow_datasets.core.features.class_label_feature.ClassLabel",
                             "classLabel": {"numClasses": str(len(manifest["classes"]))}}

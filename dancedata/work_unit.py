@@ -84,11 +84,13 @@ def _facts(example) -> dict:
     }
 
 
-def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: int, dtype: str, on_video=None) -> dict:
+def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: int, dtype: str, on_video=None,
+        encoder=None) -> dict:
     """Builds `unit` into `folder` (a build_folder.OutputFolder) and returns its committed record.
 
     `decoded` yields (row, Clip or DecodeError) for this unit's videos that `reuse` cannot supply,
     in unit order (the runner decodes ahead, across units). `on_video` is called once per video.
+    `encoder` (a frames.Encoder) keeps each example's frames; the record then counts their bytes.
     """
     import tensorflow as tf
 
@@ -97,6 +99,8 @@ def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: 
     writer = ShardWriter(folder.out, unit.name, frames, frames * feature_dim * np.dtype(dtype).itemsize)
     record = {"key": unit.key, "split": unit.split, "genres": {}, "videos": [], "skipped": [], "truncated": [],
               "short_examples": 0, "values_lost": 0, "values_seen": 0}
+    if encoder is not None:
+        record["frame_bytes"] = 0
     moments = Moments(feature_dim)
     empty = np.empty((0,), np.uint8)
 
@@ -104,7 +108,10 @@ def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: 
         entry_key = {"video_id": row["video_id"], "size": int(row["size"]), "mtime_ns": int(row["mtime_ns"])}
         if isinstance(outcome, DecodeError) or (isinstance(outcome, tuple) and outcome[0] == "skipped"):
             reason = str(outcome) if isinstance(outcome, DecodeError) else outcome[1]
-            record["skipped"].append({"path": row["path"], "reason": reason, **entry_key})
+            entry = {"path": row["path"], "reason": reason, **entry_key}
+            if encoder is not None:  # what a build --from-frames needs to plan this video as a build from the videos does
+                entry.update({"label": int(row["label"]), **{key: str(row.get(key, "")) for key in schema.METADATA}})
+            record["skipped"].append(entry)
         else:
             if isinstance(outcome, tuple):  # reused: ("example", proto, values lost)
                 example, lost = outcome[1], outcome[2]
@@ -114,11 +121,15 @@ def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: 
                 clip = outcome
                 full = np.zeros((frames, feature_dim), np.float32)
                 full[clip.mask] = features
-                example = schema.to_example(full, clip.mask, clip.indices, row["label"], row, dtype, clip.report())
+                encoded = encoder.for_clip(clip) if encoder is not None else None
+                example = schema.to_example(full, clip.mask, clip.indices, row["label"], row, dtype, clip.report(), encoded)
                 serialized = schema.serialize(example)
                 lost = schema.values_lost(features, dtype)
                 moments.add(full.astype(dtype)[clip.mask])
-            facts = _facts(example if isinstance(example, tf.train.Example) else tf.train.Example.FromString(serialized))
+            example = example if isinstance(example, tf.train.Example) else tf.train.Example.FromString(serialized)
+            facts = _facts(example)
+            if encoder is not None:
+                record["frame_bytes"] += sum(len(image) for image in example.features.feature[schema.FRAMES].bytes_list.value)
             writer.write(serialized)
             record["genres"][row["genre"]] = record["genres"].get(row["genre"], 0) + 1
             record["videos"].append([row["video_id"], int(row["size"]), int(row["mtime_ns"]), int(lost)])

@@ -18,7 +18,6 @@ from dancedata.plan import shard_name  # noqa: F401  (re-exported: the name ever
 STATE_DIR = ".build"
 PARTIAL = ".incomplete"
 
-sha256 = fs.sha256
 
 
 def write_json(path: str, document: dict) -> None:
