@@ -3,7 +3,8 @@ of videos: files, folders (every video inside) or list files (one path per line)
 
 Frames are sampled and features extracted as the run's shards were (dataset.json in the run), with
 decoding in the build's worker processes (a hung or crashing decoder costs one video), extraction in
-the build's fixed batches, and the classifier in batches of --batch-size videos. Results stream out in
+the build's fixed batches, and the classifier in batches of --batch-size videos. A `train.py --finetune`
+run's model takes the frames themselves: they are decoded the same way and go to it whole. Results stream out in
 input order; memory stays bounded whatever the number of videos. An unreadable video gets its own
 error line (and the exit status is 1); the others go on.
 """
@@ -27,8 +28,9 @@ def load_run(run_dir: str):
     """(model, dataset.json dict) of a train.py run folder."""
     import keras
 
-    try:
-        from dancedata import models  # noqa: F401  registers the custom layers of dancedata.models for loading
+    try:  # registers the custom layers of dancedata.models (and of fine-tuned models) for loading
+        from dancedata import models  # noqa: F401
+        from dancedata.models import finetune  # noqa: F401
     except ImportError:
         pass
     fs.check(run_dir)  # gs://, or s3:// and others with tensorflow-io
@@ -75,6 +77,9 @@ def iter_predict(videos, run_dir: str, *, top_k: int = 3, batch_size: int = 64, 
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     model, dataset = load_run(run_dir)
+    if dataset.get("inputs") == "frames":  # a --finetune run: the model takes the frames themselves
+        yield from _predict_frames(model, dataset, videos, top_k, batch_size, workers, video_timeout)
+        return
     recorded = dataset["extractor"]
     extractor_config = ExtractorConfig(
         backbone=recorded["backbone"],
@@ -104,20 +109,39 @@ def iter_predict(videos, run_dir: str, *, top_k: int = 3, batch_size: int = 64, 
             yield from classify(waiting[start : start + batch_size])
 
 
-def _classifier(model, dataset: dict, top_k: int, batch_size: int):
+def _predict_frames(model, dataset: dict, videos, top_k: int, batch_size: int, workers: int, video_timeout: float):
+    """iter_predict for a run that takes frames: each video decoded with the run's sampling, centre
+    crop and size (the frames its build stored), the model run on batches of batch_size videos."""
+    from dancedata.decode_pool import DecodePool
+
+    classify = _classifier(model, dataset, top_k, batch_size, frames=True)
+    waiting: list = []  # (video, Clip or DecodeError, frames) in input order, at most batch_size
+    with DecodePool(workers, SamplingConfig(**dataset["sampling"]), dataset["extractor"]["image_size"], video_timeout) as pool:
+        for row, clip in pool.imap({"path": str(video)} for video in videos):
+            waiting.append((row["path"], clip, None if isinstance(clip, DecodeError) else clip.frames))
+            if len(waiting) == batch_size:
+                yield from classify(waiting)
+                waiting = []
+        if waiting:
+            yield from classify(waiting)
+
+
+def _classifier(model, dataset: dict, top_k: int, batch_size: int, frames: bool = False):
     """A function: [(video, clip or error, features)] -> result dicts, one model call per batch, always
-    of `batch_size` rows (zeros pad the last), so the model is traced once."""
-    classes, frames, dtype = dataset["classes"], dataset["num_frames"], np.dtype(dataset["feature_dtype"])
+    of `batch_size` rows (zeros pad the last), so the model is traced once. frames: the rows are the
+    clips' frames [n, S, S, 3] uint8, not their features (a --finetune run)."""
+    classes, length, dtype = dataset["classes"], dataset["num_frames"], np.dtype(dataset["feature_dtype"])
     seq_len = dataset.get("seq_len")
 
     def classify(items: list) -> list:
         good = [(video, clip, rows) for video, clip, rows in items if not isinstance(clip, DecodeError)]
         results = {}
         if good:
-            features = np.zeros((max(batch_size, len(good)), frames, dataset["feature_dim"]), np.float32)
-            masks = np.zeros((len(features), frames), bool)
+            row_shape = good[0][2].shape[1:] if frames else (dataset["feature_dim"],)
+            features = np.zeros((max(batch_size, len(good)), length, *row_shape), np.uint8 if frames else np.float32)
+            masks = np.zeros((len(features), length), bool)
             for i, (_, clip, rows) in enumerate(good):
-                features[i, clip.mask] = rows.astype(dtype)  # the precision the model was trained on
+                features[i, clip.mask] = rows if frames else rows.astype(dtype)  # the precision the model was trained on
                 masks[i] = clip.mask
             if seq_len:
                 from dancedata.read import window

@@ -60,6 +60,15 @@ class TrainConfig:
         "split over them; multi-worker: the machines in TF_CONFIG, each running this command (task 0 writes --out)",
         default="default",
     )
+    finetune: bool = config.flag(
+        "train the build's backbone together with the sequence model, from the frames a build made with "
+        "--keep-frames stores (decoded and augmented every epoch); the saved model predicts from videos",
+        default=False,
+    )
+    backbone_lr_multiplier: float = config.flag("with --finetune: the backbone's learning rate as a fraction of "
+                                                "--learning-rate", default=0.1)
+    freeze_epochs: int = config.flag("with --finetune: first epochs that train the sequence model alone", default=0)
+    mixed_precision: str = config.flag("with --finetune: float16 compute in the backbone; auto: on a GPU only", default="auto")
 
     def __post_init__(self):
         from dancedata.models import ARCHITECTURES
@@ -93,6 +102,22 @@ class TrainConfig:
                 raise ConfigError("data_service works with strategy default only (one trainer consuming the service)")
         if self.model not in ARCHITECTURES:
             raise ConfigError(f"model must be one of {', '.join(ARCHITECTURES)}; got {self.model!r}")
+        self._check_finetune()
+
+    def _check_finetune(self):
+        config.check_choice("mixed_precision", self.mixed_precision, ("auto", "on", "off"))
+        if not 0 < self.backbone_lr_multiplier <= 1:
+            raise ConfigError(f"backbone_lr_multiplier must be in (0, 1], got {self.backbone_lr_multiplier!r}")
+        if not 0 <= self.freeze_epochs < self.epochs:
+            raise ConfigError(f"freeze_epochs must be in 0..epochs-1 ({self.epochs - 1}), got {self.freeze_epochs!r}")
+        if not self.finetune:
+            changed = [name for name in ("backbone_lr_multiplier", "freeze_epochs", "mixed_precision")
+                       if getattr(self, name) != TrainConfig.__dataclass_fields__[name].default]
+            if changed:
+                raise ConfigError(f"{', '.join(changed)} apply to finetune only: add --finetune, or leave them out")
+        elif self.strategy != "default" or self.data_service or self.cache in ("memory", "device"):
+            raise ConfigError("finetune trains on one device from the shards' frames: it takes no strategy other than "
+                              "default, no data_service and no cache (frames are decoded every epoch)")
 
 
 def _usable_splits(builder) -> set:
@@ -147,7 +172,7 @@ def _datasets(builder, cfg: TrainConfig, strategy, epoch: int = 0):
     if cfg.cache == "device":
         return _device_datasets(builder, cfg, usable, holdout, epoch)
     cache = cfg.cache == "memory"
-    if cfg.cache is None and not cfg.data_service:  # train and validation are read every epoch; a held-out val is a part of train
+    if cfg.cache is None and not cfg.data_service and not cfg.finetune:  # train and validation are read every epoch; a held-out val is a part of train
         nbytes = builder.cache_bytes("train") + (builder.cache_bytes("val") if "val" in usable else 0)
         cache = _fits_in_memory(nbytes)
         if not cache:
@@ -160,14 +185,35 @@ def _datasets(builder, cfg: TrainConfig, strategy, epoch: int = 0):
             lambda context: _for_strategy(cfg, builder.as_dataset("train", batch_size=cfg.batch_size, read_config=train_read,
                                                                   example_config=example, input_context=context)))
     else:
-        train = builder.as_dataset("train", batch_size=cfg.batch_size, read_config=train_read, example_config=example)
-    val = _sized(builder.as_dataset("val" if "val" in usable else "train", batch_size=cfg.batch_size, read_config=val_read,
-                                    example_config=example))
+        train = _reader(builder, cfg)("train", batch_size=cfg.batch_size, read_config=train_read, example_config=example)
+    val = _sized(_reader(builder, cfg)("val" if "val" in usable else "train", batch_size=cfg.batch_size, read_config=val_read,
+                                       example_config=example))
     if val is None and "val" not in usable:
         print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
     if val is not None and cfg.strategy != "default":
         val = _for_strategy(cfg, val)
     return train, val, steps, None
+
+
+def _phases(cfg: TrainConfig) -> list:
+    """[(train until epoch, what to do to the model first, or None)]: one phase, or with --finetune
+    --freeze-epochs the frozen epochs and then the rest (models/finetune.py)."""
+    if not cfg.finetune:
+        return [(cfg.epochs, None)]
+    from dancedata.models import finetune
+
+    return finetune.phases(cfg)
+
+
+def _reader(builder, cfg: TrainConfig):
+    """as_dataset of the run's inputs: the stored frames (--finetune), else the features."""
+    if cfg.finetune:
+        import functools
+
+        from dancedata import frames_input
+
+        return functools.partial(frames_input.as_dataset, builder)
+    return builder.as_dataset
 
 
 def _reading(builder, cfg: TrainConfig, cache: bool, epoch: int = 0, steps: int | None = None) -> tuple:
@@ -259,7 +305,7 @@ def _evaluation(builder, cfg: TrainConfig, val_ds):
         if split in usable:
             from dancedata import ExampleConfig, ReadConfig
 
-            return split, builder.as_dataset(split, batch_size=cfg.batch_size, read_config=ReadConfig(skip_bad_shards=cfg.skip_bad_shards),
+            return split, _reader(builder, cfg)(split, batch_size=cfg.batch_size, read_config=ReadConfig(skip_bad_shards=cfg.skip_bad_shards),
                                              example_config=ExampleConfig(seq_len=cfg.seq_len or None))
     return ("train-holdout", val_ds) if val_ds is not None else (None, None)
 
@@ -319,6 +365,10 @@ def _train(cfg: TrainConfig) -> dict:
         raise ConfigError(f"{cfg.shards}: the train split holds examples of {len(trained)} genre(s) "
                           f"({', '.join(trained) or 'none'}): nothing can learn to tell genres apart from it; "
                           "build with videos of at least two genres")
+    if cfg.finetune:
+        from dancedata import frames_input
+
+        frames_input.stored_frames(builder)  # a build without frames is refused before anything is written
     strategy = _strategy(cfg)
     chief = training.is_chief(strategy)
     state = None
@@ -354,6 +404,10 @@ def _train(cfg: TrainConfig) -> dict:
         return model
 
     def compiled_model():
+        if cfg.finetune:
+            from dancedata.models import finetune
+
+            return finetune.compiled_model(cfg, info, num_frames, mean, variance, start)
         return compile_model(models.build_model(cfg.model, len(info.classes), num_frames, info.feature_dim, mean, variance))
 
     with strategy.scope():
@@ -377,15 +431,22 @@ def _train(cfg: TrainConfig) -> dict:
             said = f"; best val_accuracy so far {state['best']:.4f}" if state.get("best") is not None else ""
             print(f"resuming the run in {out} after epoch {start} of {cfg.epochs} ({state['status']}{said})", file=sys.stderr)
         run_folder.history(out, start)  # rows of an epoch that did not commit its checkpoint go
-        if state["status"] == "training" and start < cfg.epochs:
+        for until, first in _phases(cfg):  # --finetune --freeze-epochs: the head alone, then with the backbone
+            if state["status"] != "training" or start >= until:
+                continue
+            if first is not None:  # a new phase: its compile, and the training data from its first epoch on
+                first(fitted)
+                read, _, example = _reading(builder, cfg, False, start, steps_per_epoch)
+                train_ds = _reader(builder, cfg)("train", batch_size=cfg.batch_size, read_config=read, example_config=example)
             # The service's watchdog first: it pauses before RunProgress writes the epoch's checkpoint.
             callbacks = [*data_service.watchdogs(cfg.data_service, steps_per_epoch, cfg.data_service_timeout),
                          keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=start > 0),
                          keras.callbacks.TensorBoard(os.path.join(out, "logs")),
                          training.RunProgress(model, checkpoints, state, cfg.patience, best if val_ds is not None else None)]
-            fitted.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, initial_epoch=start,
+            fitted.fit(train_ds, validation_data=val_ds, epochs=until, initial_epoch=start,
                        steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=2, shuffle=False)
             state = training.read_state(checkpoints)
+            start = state["epoch"]
         training.write_state(checkpoints, {**state, "status": "trained"})
         history = run_folder.history(out)
     if not chief:
@@ -423,7 +484,7 @@ def _train(cfg: TrainConfig) -> dict:
     report.write_json(
         os.path.join(out, "dataset.json"),
         {key: info.manifest[key] for key in ("classes", "num_frames", "feature_dim", "feature_dtype", "extractor", "sampling")}
-        | {"seq_len": cfg.seq_len or None, "shards": os.path.abspath(cfg.shards)},
+        | {"seq_len": cfg.seq_len or None, "shards": os.path.abspath(cfg.shards), "inputs": "frames" if cfg.finetune else "features"},
     )
     report.write_json(os.path.join(out, "train_config.json"), dataclasses.asdict(cfg) | {"out": out})
     report.write_all(out, metrics, info.classes, history)
