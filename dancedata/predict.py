@@ -39,7 +39,8 @@ def load_run(run_dir: str):
             raise InputError(f"{run_dir} is not a train.py run folder: {name} is missing")
     with fs.open_file(fs.join(run_dir, "dataset.json")) as handle:
         dataset = json.load(handle)
-    return keras.models.load_model(fs.join(run_dir, "model.keras")), dataset
+    # compile=False: predicting needs no optimizer (and Keras would warn that the unused one's state is skipped)
+    return keras.models.load_model(fs.join(run_dir, "model.keras"), compile=False), dataset
 
 
 def expand_inputs(paths: list) -> list:

@@ -74,7 +74,8 @@ def test_the_server_commands_serve_a_dataset(learning_run, tmp_path):
         servers.append(subprocess.Popen(command + ["worker", "--dispatcher", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, text=True, env=cli_env()))
         assert "worker serving" in servers[1].stdout.readline()
         builder = DatasetBuilder(str(base / "shards"))
-        served = _video_ids(builder.as_dataset("test", batch_size=4, with_metadata=True, data_service=f"grpc://127.0.0.1:{port}"))
+        served = _video_ids(builder.as_dataset("test", batch_size=4, example_config=ExampleConfig(with_metadata=True),
+                                               read_config=ReadConfig(data_service=f"grpc://127.0.0.1:{port}")))
         assert sum(served.values()) == builder.info.splits["test"] == len(served)
     finally:
         for server in servers:

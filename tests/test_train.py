@@ -9,6 +9,7 @@ from conftest import FAST_EXTRACTOR, cli_env, make_aist_folder
 
 import dancedata
 from dancedata import DatasetBuilder
+from dancedata import run_data
 from dancedata import train as train_script
 from dancedata import cli
 from dancedata import predict as predict_module
@@ -88,8 +89,8 @@ def test_cache_changes_speed_not_training(run, tmp_path, capsys, monkeypatch):
         assert cli.run(train_script.main, "train.py", argv) == 0
         histories.append((tmp_path / mode / "history.csv").read_text())
     assert histories[0] == histories[1]  # same seed, same batches: the cache is invisible to training
-    assert train_script._fits_in_memory(1 << 20) and not train_script._fits_in_memory(1 << 60)
-    monkeypatch.setattr(train_script, "_fits_in_memory", lambda nbytes: False)
+    assert run_data.fits_in_memory(1 << 20) and not run_data.fits_in_memory(1 << 60)
+    monkeypatch.setattr(run_data, "fits_in_memory", lambda nbytes: False)
     argv = ["--shards", str(base / "shards"), "--out", str(tmp_path / "auto"), "--epochs", "1"]
     assert cli.run(train_script.main, "train.py", argv) == 0
     assert "reading them from the shards every epoch (--cache keeps them anyway)" in capsys.readouterr().err

@@ -1,0 +1,204 @@
+"""The datasets, strategy and evaluation split of a training run (dancedata/train.py's `_train` takes
+them from here): which reader (features or stored frames), the two configs every reader of a run takes,
+validation held out by the build's split unit, the memory cache decision, and tf.distribute set-up."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import TYPE_CHECKING
+
+from dancedata.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dancedata.train import TrainConfig
+
+
+def usable_splits(builder) -> set:
+    """Splits with at least one example: a split whose every video failed to decode is left out (train() says so)."""
+    return {name for name, count in builder.info.splits.items() if count}
+
+
+def holdout_fraction(builder, cfg: TrainConfig) -> float:
+    """Without a val split, validation is a part of train chosen by sequence id (no shared performances)."""
+    return 0.0 if "val" in usable_splits(builder) else cfg.val_fraction
+
+
+def holdout_by(builder) -> str:
+    """The unit a held-out validation part is chosen by: the one the build's split held out (whole
+    dancer groups under --split dancer; performances otherwise)."""
+    return "dancer" if builder.manifest.get("split", {}).get("strategy") == "dancer" else "sequence"
+
+
+def fits_in_memory(nbytes: int) -> bool:
+    """True when nbytes is at most a quarter of the memory available now (Linux), else of all memory."""
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        try:
+            available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, OSError, ValueError):  # no sysconf (Windows): do not guess
+            return False
+    return nbytes <= available / 4
+
+
+def train_size(builder, cfg: TrainConfig) -> int:
+    """Examples in the training part of train (all of it, or what the held-out validation leaves)."""
+    if not holdout_fraction(builder, cfg):
+        return builder.info.splits["train"]
+    kept = builder.as_dataset("train", batch_size=256, read_config=unordered(reading(builder, cfg, False)[0]))
+    return sum(int(label.shape[0]) for _, label in kept)
+
+
+def datasets(builder, cfg: TrainConfig, strategy, epoch: int = 0):
+    """(train, validation or None, steps per epoch, device table or None); validation never shares a
+    performance with train. Train repeats from `epoch` on, each epoch's order a pure function of
+    (seed, epoch) (through a data service, the service's order), and an epoch is
+    steps_per_epoch = ceil(examples / global batch) steps: Keras keeps one iterator and never runs
+    out of data."""
+    if cfg.verify:  # once per split, before any dataset reads it
+        for split in builder.info.splits:
+            builder.verify(split)
+    usable = usable_splits(builder)
+    holdout = holdout_fraction(builder, cfg)
+    if cfg.cache == "device":
+        return device_datasets(builder, cfg, usable, holdout, epoch)
+    cache = cfg.cache == "memory"
+    if cfg.cache is None and not cfg.data_service and not cfg.finetune:  # train and validation are read every epoch; a held-out val is a part of train
+        nbytes = builder.cache_bytes("train") + (builder.cache_bytes("val") if "val" in usable else 0)
+        cache = fits_in_memory(nbytes)
+        if not cache:
+            print(f"train and validation ({nbytes / 1e9:.1f} GB decoded) are over a quarter of the available "
+                  "memory: reading them from the shards every epoch (--cache keeps them anyway)", file=sys.stderr)
+    steps = max(1, -(-train_size(builder, cfg) // cfg.batch_size))
+    train_read, val_read, example = reading(builder, cfg, cache, epoch, None if cfg.data_service else steps)
+    if cfg.strategy != "default" and not cfg.data_service:  # each worker reads its share of the files, per-replica batches
+        train = strategy.distribute_datasets_from_function(
+            lambda context: for_strategy(cfg, builder.as_dataset("train", batch_size=cfg.batch_size, read_config=train_read,
+                                                                  example_config=example, input_context=context)))
+    else:
+        train = reader(builder, cfg)("train", batch_size=cfg.batch_size, read_config=train_read, example_config=example)
+    val = sized(reader(builder, cfg)("val" if "val" in usable else "train", batch_size=cfg.batch_size, read_config=val_read,
+                                       example_config=example))
+    if val is None and "val" not in usable:
+        print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
+    if val is not None and cfg.strategy != "default":
+        val = for_strategy(cfg, val)
+    return train, val, steps, None
+
+
+def phases(cfg: TrainConfig) -> list:
+    """[(train until epoch, what to do to the model first, or None)]: one phase, or with --finetune
+    --freeze-epochs the frozen epochs and then the rest (models/finetune.py)."""
+    if not cfg.finetune:
+        return [(cfg.epochs, None)]
+    from dancedata.models import finetune
+
+    return finetune.phases(cfg)
+
+
+def reader(builder, cfg: TrainConfig):
+    """as_dataset of the run's inputs: the stored frames (--finetune), else the features."""
+    if cfg.finetune:
+        import functools
+
+        from dancedata import frames_input
+
+        return functools.partial(frames_input.as_dataset, builder)
+    return builder.as_dataset
+
+
+def reading(builder, cfg: TrainConfig, cache: bool, epoch: int = 0, steps: int | None = None) -> tuple:
+    """(train ReadConfig, validation ReadConfig, ExampleConfig) of a run: train shuffled from `epoch` on;
+    validation is the val split, or without one the part of train held out by the split's unit. Features
+    stay float16 to the model, which casts them on its device: half the bytes on the host."""
+    from dancedata import ExampleConfig, Holdout, ReadConfig
+
+    fraction, by = holdout_fraction(builder, cfg), holdout_by(builder)
+    rest, held = (Holdout(fraction, by=by), Holdout(fraction, by=by, part="held")) if fraction else (None, None)
+    train = ReadConfig(shuffle=True, seed=cfg.seed, repeat=True, epoch=epoch, steps_per_epoch=steps, cache=cache,
+                       skip_bad_shards=cfg.skip_bad_shards, data_service=cfg.data_service or None, holdout=rest)
+    val = ReadConfig(cache=cache, skip_bad_shards=cfg.skip_bad_shards, holdout=None if "val" in usable_splits(builder) else held)
+    return train, val, ExampleConfig(seq_len=cfg.seq_len or None, cast=False)
+
+
+def unordered(read):
+    """The training part of train read once, in stored order, locally: for counting and statistics."""
+    return dataclasses.replace(read, shuffle=False, repeat=False, epoch=0, steps_per_epoch=None, data_service=None)
+
+
+def sized(dataset):
+    """`dataset` with its number of batches declared (one pass: validation is small), so Keras knows
+    where an evaluation ends instead of warning that the input ran out; None when it is empty."""
+    import tensorflow as tf
+
+    batches = sum(1 for _ in dataset)
+    return dataset.apply(tf.data.experimental.assert_cardinality(batches)) if batches else None
+
+
+def device_datasets(builder, cfg: TrainConfig, usable: set, holdout: float, epoch: int = 0):
+    """--cache device: train (and val) examples in one table for the accelerator, and index batches
+    that are the batches the other cache modes read (same seed, same order, same windows)."""
+    from dancedata.device_table import index_dataset, load_table
+
+    table = load_table(builder, ["train"] + (["val"] if "val" in usable else []), cfg.skip_bad_shards)
+    print(f"--cache device: {table.features.nbytes / 1e9:.2f} GB of features on the accelerator "
+          f"({len(table.labels)} examples)", file=sys.stderr)
+    steps = max(1, -(-train_size(builder, cfg) // cfg.batch_size))
+    train_read, val_read, example = reading(builder, cfg, False, epoch, steps)
+    train = index_dataset(builder, "train", table, batch_size=cfg.batch_size, read_config=train_read, example_config=example)
+    val = sized(index_dataset(builder, "val" if "val" in usable else "train", table, batch_size=cfg.batch_size,
+                               read_config=val_read, example_config=example))
+    if val is None and "val" not in usable:
+        print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
+    return train, val, steps, table
+
+
+def for_strategy(cfg: TrainConfig, dataset):
+    """For fit under MirroredStrategy, the mask as uint8: fit reduces a first batch across replicas and
+    fails on a bool input ("AddN ... of bool", TF 2.21 + Keras 3.15); the model's bool input converts it
+    back. The multi-worker loop does no such reduce and keeps the dataset as it is."""
+    import tensorflow as tf
+
+    if cfg.strategy != "mirrored":
+        return dataset
+    return dataset.map(lambda inputs, label: ((inputs[0], tf.cast(inputs[1], tf.uint8)), label))
+
+
+def strategy_for(cfg: TrainConfig):
+    """The tf.distribute strategy for --strategy (created before any model or dataset)."""
+    import tensorflow as tf
+
+    if cfg.strategy == "default":
+        return tf.distribute.get_strategy()
+    if cfg.strategy == "multi-worker":
+        # The cluster from TF_CONFIG. A timeout on every collective: a worker that dies (or hangs) ends the
+        # others' next all-reduce with an error instead of a wait without end.
+        from dancedata.models.training import say_who_can_reach
+
+        say_who_can_reach()
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=cfg.collective_timeout)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        if cfg.batch_size % strategy.num_replicas_in_sync:
+            raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} replicas")
+        return strategy
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [device.name for device in gpus or tf.config.list_logical_devices("CPU")]
+    strategy = tf.distribute.MirroredStrategy(devices)
+    if cfg.batch_size % strategy.num_replicas_in_sync:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} replicas")
+    return strategy
+
+
+def evaluation(builder, cfg: TrainConfig, val_ds):
+    """(name, dataset) to report on: test, else val, else the held-out part of train (by sequence)."""
+    usable = usable_splits(builder)
+    for split in ("test", "val"):
+        if split in usable:
+            from dancedata import ExampleConfig, ReadConfig
+
+            return split, reader(builder, cfg)(split, batch_size=cfg.batch_size, read_config=ReadConfig(skip_bad_shards=cfg.skip_bad_shards),
+                                             example_config=ExampleConfig(seq_len=cfg.seq_len or None))
+    return ("train-holdout", val_ds) if val_ds is not None else (None, None)
