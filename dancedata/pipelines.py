@@ -5,6 +5,8 @@ permutations (`draw` here equals sampler.draw, tested), so every reader gives th
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from dancedata import sampler as sampler_lib
@@ -44,8 +46,10 @@ def epochs(first: int, repeat: bool):
 
     if repeat:
         return tf.data.Dataset.range(first, 2**62)
-    counter = tf.Variable(first, dtype=tf.int64, trainable=False)
-    return tf.data.Dataset.range(1).map(lambda _: counter.assign_add(1) - 1)
+    # A Python counter, read each time an iterator starts: no TensorFlow variable, so a dataset made under a
+    # tf.distribute strategy's scope does not get a distributed one.
+    counter = itertools.count(first)
+    return tf.data.Dataset.from_generator(lambda: iter([next(counter)]), output_signature=tf.TensorSpec([], tf.int64))
 
 
 def exactly(batches, steps: int | None):
