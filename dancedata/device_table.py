@@ -17,7 +17,6 @@ from dancedata.errors import ConfigError
 from dancedata.read import window_positions
 from dancedata.read_config import ExampleConfig, ReadConfig, from_keywords
 from dancedata.record_files import checked_records
-from dancedata.sampler import Sampler
 
 
 @dataclasses.dataclass
@@ -54,6 +53,13 @@ class Table:
         return decode
 
 
+def _counts(builder, paths: list) -> list:
+    """The manifest's example count of each shard file in `paths`."""
+    entries = {f"{builder.path}/{shard['file']}": shard["num_examples"]
+               for split in builder.manifest["splits"].values() for shard in split["shards"]}
+    return [entries[path] for path in paths]
+
+
 class RecordTable:
     """The serialized records of some shard files in memory, gathered by index and parsed per batch: the
     cache of a reader that wants every field (ExampleConfig(with_metadata=True) with ReadConfig(cache=True))."""
@@ -61,11 +67,9 @@ class RecordTable:
     def __init__(self, builder, paths: list):
         import tensorflow as tf
 
-        entries = {f"{builder.path}/{shard['file']}": shard["num_examples"]
-                   for split in builder.manifest["splits"].values() for shard in split["shards"]}
-        counts = tf.constant([entries[path] for path in paths], tf.int64)
-        records = tf.data.Dataset.from_tensor_slices((paths, counts)).flat_map(checked_records)
-        self.records = tf.constant(list(records.as_numpy_iterator()) or [b""])[: int(tf.reduce_sum(counts))]
+        counts = _counts(builder, paths)
+        records = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64))).flat_map(checked_records)
+        self.records = tf.constant(list(records.as_numpy_iterator()) or [b""])[: sum(counts)]
         self.builder = builder
 
     def sequences(self) -> np.ndarray:
@@ -87,9 +91,7 @@ def load_paths(builder, paths: list, counts: list | None = None) -> Table:
     """The examples of the shard files `paths` in that order (record counts checked as everywhere)."""
     import tensorflow as tf
 
-    entries = {f"{builder.path}/{shard['file']}": shard["num_examples"]
-               for split in builder.manifest["splits"].values() for shard in split["shards"]}
-    counts = [entries[path] for path in paths] if counts is None else counts
+    counts = _counts(builder, paths) if counts is None else counts
     keys = schema.TRAINING_KEYS + (schema.SEQUENCE_ID,)
     records = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64))).flat_map(checked_records)
     parts = [{key: value.numpy() for key, value in batch.items()}
@@ -125,9 +127,8 @@ def index_dataset(builder, split: str, table: Table, *, batch_size: int = 32, re
     import tensorflow as tf
 
     read, example = from_keywords(deprecated, read_config, example_config)
-    paths, counts = builder.usable_files(split, read.skip_bad_shards)
-    offset = table.offsets[split]
-    sampler = Sampler(counts, seed=read.seed, shuffle=read.shuffle, window=read.shuffle_buffer)
+    _, sampler = builder.ordered_files(split, read)
+    offset, counts = table.offsets[split], sampler.counts
     training = read.shuffle if example.training is None else example.training
     keep = builder._kept(split, table.sequence_ids[offset:offset + sum(counts)], read.holdout)
     windows = example.seq_len is not None and training

@@ -19,10 +19,9 @@ frames stay as stored, the centre square of the video, which is what `predict` d
 from __future__ import annotations
 
 from dancedata import frames as frames_lib
-from dancedata import pipelines, record_files, schema
+from dancedata import schema
 from dancedata.errors import ConfigError
 from dancedata.read_config import ExampleConfig, ReadConfig
-from dancedata.sampler import Sampler
 
 CROP_SCALE = (0.9, 1.0)  # a training crop's side as a fraction of the frame's: mild, the subject fills AIST frames
 KEYS = (schema.FRAMES, schema.MASK, schema.LABEL)
@@ -51,25 +50,11 @@ def as_dataset(builder, split: str, *, batch_size: int = 32, read_config: ReadCo
     if batch_size <= 0:
         raise ConfigError(f"batch_size must be positive, got {batch_size}")
     stored = stored_frames(builder)
-    if read.verify:
-        builder.verify(split)
-    paths, counts = builder.usable_files(split, read.skip_bad_shards)
-    sampler = Sampler(counts, seed=read.seed, shuffle=read.shuffle, window=read.shuffle_buffer)
-    held = None
-    if read.holdout is not None and read.holdout.by != "sequence":
-        held = builder.holdout_part(split, read.holdout.fraction, read.holdout.by)[0]
-
-    def one_epoch(epoch):
-        records = pipelines.streamed_records(sampler, paths, epoch)
-        if read.holdout is not None:
-            records = record_files.select(records, read.holdout.fraction, read.holdout.part == "held", held)
-        batches = records.batch(batch_size, drop_remainder=read.drop_remainder)
-        return pipelines.exactly(tf.data.Dataset.zip((batches, pipelines.batch_seeds(sampler, epoch))), read.steps_per_epoch)
-
+    paths, sampler = builder.ordered_files(split, read)
+    batches = builder.streamed_batches(split, paths, sampler, read, batch_size, windows=True)  # a seed per batch
     training = read.shuffle if example.training is None else example.training
     size = image_size or builder.info.extractor.get("image_size") or stored["image_size"]
     prepare = _preparer(builder.manifest, stored, example.seq_len, training, size)
-    batches = pipelines.epochs(read.epoch, read.repeat).flat_map(one_epoch)
     # The images are decoded here, several batches at once; deterministic keeps the sampler's order.
     batches = batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return batches.prefetch(tf.data.AUTOTUNE)

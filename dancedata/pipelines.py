@@ -26,16 +26,22 @@ def _splitmix64(z):
     return shifted(z, 31)
 
 
+def _base(seed, epoch, run):
+    """sampler.hashes' starting value for (seed, epoch, run), as a uint64 tensor."""
+    import tensorflow as tf
+
+    base = tf.constant(0, tf.uint64)
+    for number in (seed, epoch, run):
+        base = _splitmix64(tf.bitwise.bitwise_xor(base, tf.cast(number, tf.uint64)) + tf.constant(GOLDEN, tf.uint64))
+    return base
+
+
 def draw(seed, epoch, run, count):
     """sampler.draw in graph ops: a permutation of range(count) (int64) for (seed, epoch, run)."""
     import tensorflow as tf
 
-    golden = tf.constant(GOLDEN, tf.uint64)
-    base = tf.constant(0, tf.uint64)
-    for number in (seed, epoch, run):
-        base = _splitmix64(tf.bitwise.bitwise_xor(base, tf.cast(number, tf.uint64)) + golden)
     positions = tf.range(1, tf.cast(count, tf.int64) + 1, dtype=tf.int64)
-    keys = _splitmix64(base + golden * tf.cast(positions, tf.uint64))
+    keys = _splitmix64(_base(seed, epoch, run) + tf.constant(GOLDEN, tf.uint64) * tf.cast(positions, tf.uint64))
     return tf.cast(tf.argsort(keys, stable=True), tf.int64)
 
 
@@ -113,10 +119,7 @@ def batch_seeds(sampler: sampler_lib.Sampler, epoch):
     """sampler.batch_seeds(epoch, ...) as an endless dataset of [2] int64 seeds, batch after batch."""
     import tensorflow as tf
 
-    golden = tf.constant(GOLDEN, tf.uint64)
-    base = tf.constant(0, tf.uint64)
-    for number in (sampler.seed, epoch, sampler_lib.SEED_RUN):
-        base = _splitmix64(tf.bitwise.bitwise_xor(base, tf.cast(number, tf.uint64)) + golden)
+    golden, base = tf.constant(GOLDEN, tf.uint64), _base(sampler.seed, epoch, sampler_lib.SEED_RUN)
 
     def seed(batch):
         positions = tf.cast(2 * batch + tf.constant([1, 2], tf.int64), tf.uint64)

@@ -87,6 +87,7 @@ class DatasetBuilder:
         self.path = path.rstrip("/")
         self._default_source = "auto" if rows and map_rows else "stream"
         self._holdout_parts: dict = {}
+        self._said: set = set()
         self.manifest = manifest_lib.load(self.path)
         m = self.manifest
         self.info = DatasetInfo(
@@ -190,14 +191,10 @@ class DatasetBuilder:
             raise ConfigError(f"seq_len must be in 1..{self.info.num_frames} (the stored frames), got {example.seq_len}")
         if read.data_service and input_context is not None:
             raise ConfigError("data_service cannot be combined with input_context: the service's workers read the shards")
-        if read.verify:
-            self.verify(split)
-        paths, counts = self.usable_files(split, read.skip_bad_shards)
         worker, workers = (input_context.input_pipeline_id, input_context.num_input_pipelines) if input_context else (0, 1)
         if input_context is not None:
             batch_size = input_context.get_per_replica_batch_size(batch_size)
-        sampler = Sampler(counts, seed=read.seed, shuffle=read.shuffle, window=read.shuffle_buffer, worker=worker,
-                          workers=workers)
+        paths, sampler = self.ordered_files(split, read, worker, workers)
 
         training = read.shuffle if example.training is None else example.training
         windows = example.seq_len is not None and training
@@ -211,7 +208,7 @@ class DatasetBuilder:
                                               windows, read.steps_per_epoch)
             decode = table.decoder()
         else:
-            batches = self._streamed(split, paths, sampler, read, batch_size, windows, example.with_metadata)
+            batches = self.streamed_batches(split, paths, sampler, read, batch_size, windows)
             keys = None if example.with_metadata else schema.TRAINING_KEYS
 
             def decode(serialized):
@@ -228,10 +225,20 @@ class DatasetBuilder:
             batches = batches.repeat() if read.repeat else batches
         return batches.prefetch(tf.data.AUTOTUNE)
 
-    def _streamed(self, split: str, paths: list, sampler: Sampler, read: ReadConfig, batch_size: int, windows: bool,
-                  metadata: bool):
+    def ordered_files(self, split: str, read: ReadConfig, worker: int = 0, workers: int = 1) -> tuple:
+        """(shard paths, Sampler) of `split` as `read` reads it: shards checked first with read.verify,
+        damaged ones left out with read.skip_bad_shards; the sampler of input pipeline `worker`."""
+        if read.verify:
+            self.verify(split)
+        paths, counts = self.usable_files(split, read.skip_bad_shards)
+        return paths, Sampler(counts, seed=read.seed, shuffle=read.shuffle, window=read.shuffle_buffer, worker=worker,
+                              workers=workers)
+
+    def streamed_batches(self, split: str, paths: list, sampler: Sampler, read: ReadConfig, batch_size: int,
+                         windows: bool):
         """Batches of serialized records (windows: with their seeds) in the sampler's order, epoch after
-        epoch; through a service, one epoch (the service's job), repeated by the caller."""
+        epoch, each read.steps_per_epoch batches when set; through a service, one epoch (the service's
+        job), repeated by the caller. The reader of every field and of stored frames (frames_input)."""
         import tensorflow as tf
 
         held = None
@@ -328,7 +335,10 @@ class DatasetBuilder:
                 import warnings
 
                 listed = "; ".join(f"{path} ({reason})" for path, reason in bad.items())
-                warnings.warn(f"skipping {len(bad)} damaged shard(s) of {split}: {listed}", stacklevel=3)
+                message = f"skipping {len(bad)} damaged shard(s) of {split}: {listed}"
+                if message not in self._said:  # once per builder: a run reads train for its data and statistics
+                    self._said.add(message)
+                    warnings.warn(message, stacklevel=3)
                 kept = [(p, c) for p, c in zip(paths, counts) if p not in bad]
                 paths, counts = [p for p, _ in kept], [c for _, c in kept]
             if not paths:

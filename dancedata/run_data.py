@@ -62,9 +62,8 @@ def datasets(builder, cfg: TrainConfig, strategy, epoch: int = 0):
         for split in builder.info.splits:
             builder.verify(split)
     usable = usable_splits(builder)
-    holdout = holdout_fraction(builder, cfg)
     if cfg.cache == "device":
-        return device_datasets(builder, cfg, usable, holdout, epoch)
+        return device_datasets(builder, cfg, usable, epoch)
     cache = cfg.cache == "memory"
     if cfg.cache is None and not cfg.data_service and not cfg.finetune:  # train and validation are read every epoch; a held-out val is a part of train
         nbytes = builder.cache_bytes("train") + (builder.cache_bytes("val") if "val" in usable else 0)
@@ -138,7 +137,7 @@ def sized(dataset):
     return dataset.apply(tf.data.experimental.assert_cardinality(batches)) if batches else None
 
 
-def device_datasets(builder, cfg: TrainConfig, usable: set, holdout: float, epoch: int = 0):
+def device_datasets(builder, cfg: TrainConfig, usable: set, epoch: int = 0):
     """--cache device: train (and val) examples in one table for the accelerator, and index batches
     that are the batches the other cache modes read (same seed, same order, same windows)."""
     from dancedata.device_table import index_dataset, load_table

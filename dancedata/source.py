@@ -107,16 +107,17 @@ class GrainSampler:
     first_epoch: int = 0
 
     def __post_init__(self):
+        from grain.python import RecordMetadata  # once: grain asks for every record
+
+        self._record = RecordMetadata
         self._orders: dict = {}
         self._length = sum(self.sampler.counts)
 
     def __getitem__(self, index: int):
-        from grain.python import RecordMetadata
-
         epoch, position = divmod(int(index), self._length or 1)
         if index < 0 or not self._length or epoch >= self.num_epochs:
             raise IndexError(index)
         epoch += self.first_epoch
         if epoch not in self._orders:
             self._orders = {epoch: self.sampler.order(epoch)}  # one epoch at a time in memory
-        return RecordMetadata(index=int(index), record_key=int(self._orders[epoch][position]))
+        return self._record(index=int(index), record_key=int(self._orders[epoch][position]))

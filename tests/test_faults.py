@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import pytest
 from conftest import BUILD_FLAGS as FLAGS
@@ -197,7 +198,10 @@ def test_a_corrupted_shard_is_named_by_as_dataset_and_train(reference, tmp_path,
     assert cli.run(train_script.main, "train.py", argv) == 2
     [line] = capsys.readouterr().err.strip().splitlines()[-1:]
     assert line.startswith(f"train.py: error: shard {bad} is corrupted: record ") and "fails its checksum" in line
-    assert cli.run(train_script.main, "train.py", argv + ["--skip-bad-shards", "--overwrite"]) == 0
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert cli.run(train_script.main, "train.py", argv + ["--skip-bad-shards", "--overwrite"]) == 0
+    assert [str(w.message) for w in said].count(next(str(w.message) for w in said if "damaged shard" in str(w.message))) == 1
 
 
 def test_a_truncated_shard_is_named_too(reference, tmp_path):

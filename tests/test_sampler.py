@@ -152,5 +152,7 @@ def test_invalid_configs_are_refused_when_made(make, message):
 
 
 def test_a_config_is_frozen():
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         ReadConfig().shuffle = True
