@@ -32,9 +32,9 @@ import re
 import socket
 
 from dancedata import fs, manifest, plan as plan_lib, shard_index, tfds_metadata, work_unit
-from dancedata.errors import InputError
+from dancedata.errors import InputError, ManifestError, ShardError
 from dancedata.fs import sha256
-from dancedata.write import STATE_DIR, PARTIAL, output_errors, read_json, write_json
+from dancedata.write import STATE_DIR, PARTIAL, output_errors, write_json
 
 PLAN_FILE = "plan.json"
 REUSE_DIR = "reuse"
@@ -45,6 +45,9 @@ COMPANIONS = (shard_index.SUFFIX, ROWS_SUFFIX)  # files that live and die with t
 FOLDER_FILES = (manifest.FILENAME, BUILD_INFO, manifest.STATISTICS, *tfds_metadata.FILES)
 SHARD_NAME = re.compile(r"^(train|val|test)-\d{5}-of-\d{5}\.tfrecord(\.index|\.rows)?$")  # a shard or a companion
 WRITER_PARTIAL = re.compile(r"^(.+)\.\d+\.[0-9a-f]+\.incomplete$")  # shard_index.partial_name, fs.write_text
+
+
+_ABSENT = object()  # no such file, or one already found damaged: unlike a file holding JSON null
 
 
 def _shard_of(name: str) -> str:
@@ -61,27 +64,56 @@ class OutputFolder:
         self.out = out
         self.state = fs.join(out, STATE_DIR)
         self.reuse = fs.join(self.state, REUSE_DIR)
-        self.plan = read_json(fs.join(self.state, PLAN_FILE))
-        self.manifest = read_json(fs.join(out, manifest.FILENAME))
+        # What an earlier build left is read whole and checked before anything here is moved or deleted:
+        # names first (a hostile name is refused even with --overwrite), then everything else, whose
+        # damage `prepare` reports in one line, or, under --overwrite, starts over from.
+        self.damage: list = []
+        plan_path, manifest_path = fs.join(self.state, PLAN_FILE), fs.join(out, manifest.FILENAME)
+        self._raw: dict = {}
+        self.plan, self.manifest = self._read(plan_path), self._read(manifest_path)
         self._check_names()
+        self.plan = self._checked(self.plan, plan_path, manifest.build_plan)
+        self.manifest = self._checked(self.manifest, manifest_path, manifest.checked)
+
+    def _read(self, path: str):
+        if not fs.exists(path):
+            return _ABSENT
+        try:
+            self._raw[path] = manifest.read_bytes(path)
+            return manifest.parse_document(self._raw[path], path)
+        except ManifestError as error:
+            self.damage.append((path, error))
+            return _ABSENT
+
+    def _checked(self, document, path: str, check):
+        if document is _ABSENT:
+            return None
+        try:
+            return check(document, path, self._raw.get(path))
+        except ManifestError as error:
+            self.damage.append((path, error))
+            return None
 
     def _check_names(self) -> None:
         """Every name this folder's metadata hands on (plan files and units, manifest shards) is a plain
         shard name, checked before anything is read, moved or deleted: a folder that travelled between
         people could otherwise name `../victim.txt` and have a build delete it."""
+        def listed(document, key):
+            value = document.get(key, [])
+            return value if isinstance(value, list) else []
+
         plan, found = self.plan if isinstance(self.plan, dict) else {}, self.manifest if isinstance(self.manifest, dict) else {}
-        named = [(f".build/{PLAN_FILE} files", name) for name in plan.get("files", [])]
+        named = [(f".build/{PLAN_FILE} files", name) for name in listed(plan, "files")]
         named += [(f".build/{PLAN_FILE} units", unit[0] if isinstance(unit, list) and unit else unit)
-                  for unit in plan.get("units", [])]
+                  for unit in listed(plan, "units")]
         splits = found.get("splits", {}) if isinstance(found.get("splits", {}), dict) else {}
         named += [(manifest.FILENAME, shard.get("file") if isinstance(shard, dict) else shard)
-                  for split in splits.values() if isinstance(split, dict) for shard in split.get("shards", [])]
+                  for split in splits.values() if isinstance(split, dict) for shard in listed(split, "shards")]
+        # A name that could lead out of the folder is refused outright, even under --overwrite: someone wrote
+        # it. Any other name that is not a shard's is damage, which the documents' checks below report.
         for where, name in named:
-            check_shard_name(name, f"{self.out}: {where}")
-        for unit in plan.get("units", []):
-            if not (isinstance(unit, list) and len(unit) == 2 and isinstance(unit[1], str) and KEY.match(unit[1])):
-                raise InputError(f"{self.out}: .build/{PLAN_FILE} lists a unit that no build wrote ({str(unit)[:120]}); "
-                                 "it was edited or damaged: choose another --out, or delete the folder")
+            if isinstance(name, str) and (any(part in name for part in ("/", "\\", "..", ":")) or name.startswith("~")):
+                check_shard_name(name, f"{self.out}: {where}")
 
     def ours(self) -> set:
         """Shard names in `out` that a dancedata build wrote (per its plan and manifest), and may
@@ -99,23 +131,26 @@ class OutputFolder:
         found = {}
         for name in sorted(fs.listdir(self.state)):
             if name.endswith(".tfrecord.json") and SHARD_NAME.match(name[: -len(".json")]):
-                record = _own_record(name[: -len(".json")], read_json(fs.join(self.state, name)))
+                record = _own_record(name[: -len(".json")], _record(fs.join(self.state, name)))
                 if record is not None:
                     found[name[: -len(".json")]] = record
         return found
 
     def record(self, name: str) -> dict | None:
         """The committed record of one shard, or None (one file read, not the whole state folder)."""
-        return _own_record(name, read_json(fs.join(self.state, name + ".json")))
+        return _own_record(name, _record(fs.join(self.state, name + ".json")))
 
     def reuse_records(self) -> list:
         """(path of an earlier shard, its record) for the shards kept for an update."""
         pairs = []
         for name in sorted(fs.listdir(self.reuse)):
             if re.fullmatch(r"[0-9a-f]{32}\.json", name):
-                record = read_json(fs.join(self.reuse, name))
+                record = _record(fs.join(self.reuse, name))
                 shard = fs.join(self.reuse, name[: -len(".json")] + ".tfrecord")
-                if isinstance(record, dict) and KEY.match(str(record.get("key", ""))) and fs.exists(shard):
+                # Only shards still as recorded: one damaged since it was moved here is decoded again instead.
+                if isinstance(record, dict) and KEY.match(str(record.get("key", ""))) and fs.exists(shard) \
+                        and record.get("bytes", fs.size(shard)) == fs.size(shard) \
+                        and ("sha256" not in record or sha256(shard) == record["sha256"]):
                     pairs.append((shard, record))
         return pairs
 
@@ -169,18 +204,38 @@ class OutputFolder:
                 fs.remove(fs.join(self.out, name))
 
     def clear(self) -> None:
-        """--overwrite: deletes what earlier builds wrote here, and nothing else."""
-        for name in self.ours():
+        """--overwrite: deletes what earlier builds wrote here, and nothing else. When their plan or manifest
+        is damaged, the files named as a build names its shards count as theirs: the folder holds a build."""
+        names = self.ours()
+        if self.damage:
+            names |= {_shard_of(name) for name in fs.listdir(self.out) if SHARD_NAME.match(name)}
+        for name in names:
             self.forget(name)
         self.remove_partials()
         fs.rmtree(self.state)
         self.plan = self.manifest = None
+        self.damage = []
 
     def start(self, plan_document: dict) -> None:
-        """Creates the folders and records the plan before any shard is written."""
+        """Creates the folders and records the plan (sealed, as the manifest is) before any shard is written."""
         fs.makedirs(self.state)
-        write_json(fs.join(self.state, PLAN_FILE), plan_document)
+        plan_document = {key: value for key, value in plan_document.items() if key != manifest.CHECKSUM}
+        write_json(fs.join(self.state, PLAN_FILE), manifest.sealed(plan_document))
         self.plan = plan_document
+
+    def repair_index(self, unit, record: dict | None) -> bool:
+        """Rebuilds the index of a committed shard of `unit` whose own bytes are intact, from the shard alone
+        (no video decoded), byte for byte the one the build wrote; True when the shard is built after it."""
+        if record is None or "index" not in record or not self.is_built(unit.name, unit.key, record, companions=False):
+            return False
+        shard = {"file": unit.name, "sha256": record["sha256"], "index": record["index"], "num_examples": record.get("num_examples")}
+        planned = (self.plan or {}).get("manifest") or {}
+        try:
+            shard_index.repair(self.out, {"num_frames": planned["num_frames"], "feature_dim": planned["feature_dim"],
+                                          "feature_dtype": planned["feature_dtype"]}, shard, unit.content_key)
+        except (ShardError, KeyError, TypeError):
+            return False  # not rebuildable as it was: the shard is redone
+        return self.is_built(unit.name, unit.key, record)
 
     def finish(self) -> None:
         fs.rmtree(self.reuse)
@@ -195,6 +250,15 @@ def check_shard_name(name, where: str) -> None:
     if not isinstance(name, str) or not SHARD_NAME.match(name) or name.endswith((".index", ".rows")):
         raise InputError(f"{where} names {str(name)[:120]!r}, which is not a shard name a build writes; the folder's "
                          "metadata was edited or damaged: nothing was touched. Choose another --out, or delete the folder")
+
+
+def _record(path: str) -> dict | None:
+    """A shard's record, or None when it is unreadable or not one a build wrote (its shard is then redone)."""
+    try:
+        raw = manifest.read_bytes(path, 1 << 28)
+        return manifest.shard_record(manifest.parse_document(raw, path), path, raw)
+    except ManifestError:
+        return None
 
 
 def _own_record(name: str, record) -> dict | None:
@@ -238,6 +302,8 @@ def prepare(plan, folder: OutputFolder, overwrite: bool = False, update: bool = 
     mine = {unit.name for unit in share(plan.units, num_workers, worker_index)}
     if overwrite:
         folder.clear()
+    elif folder.damage:  # before any shard is moved or deleted
+        raise folder.damage[0][1]
     elif folder.plan is None and folder.manifest is not None:
         raise InputError(
             f"{out} already holds a build written by an earlier dancedata (no .build/plan.json); "
@@ -279,7 +345,7 @@ def prepare(plan, folder: OutputFolder, overwrite: bool = False, update: bool = 
     done = {}
     for unit in plan.units:
         record = records.get(unit.name)
-        if folder.is_built(unit.name, unit.key, record):
+        if folder.is_built(unit.name, unit.key, record) or (unit.name in mine and folder.repair_index(unit, record)):
             done[unit.name] = records.pop(unit.name)
     for name, record in records.items():
         # Committed shards the plan does not want as they are (an earlier plan's, of an older schema,
@@ -331,6 +397,9 @@ def finalize(folder: OutputFolder, info: dict | None = None) -> dict:
     """Writes the manifest of a build whose units are all committed (by any runner, on any machine),
     deletes an earlier plan's leftovers, and writes build_info.json; returns the manifest. Runs under
     the folder lock; running it twice writes the same manifest."""
+    damaged = [error for path, error in folder.damage if path != fs.join(folder.out, manifest.FILENAME)]
+    if damaged:  # a damaged manifest is written anew below; a damaged plan cannot be finished from
+        raise damaged[0]
     document = folder.plan
     if document is None or "units" not in document:
         raise InputError(
@@ -363,7 +432,8 @@ def finalize(folder: OutputFolder, info: dict | None = None) -> dict:
     if not any(split["num_examples"] for split in result["splits"].values()):
         raise InputError(nothing_usable(result["source"]["path"], result["skipped"]))
     with output_errors(fs.join(folder.out, "dataset_info.json")):
-        tfds_metadata.write(folder.out, result, {name: records[name]["bytes"] for name, _ in document["units"]})
+        result["tfds_metadata"] = tfds_metadata.write(folder.out, result,
+                                                      {name: records[name]["bytes"] for name, _ in document["units"]})
     result = manifest.sealed(result)
     write_json(fs.join(folder.out, manifest.FILENAME), result)  # last: a manifest means "complete"
     names = [name for name, _ in document["units"]]

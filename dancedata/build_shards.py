@@ -12,7 +12,8 @@ import contextlib
 import sys
 import time
 
-from dancedata import build_folder, cli, config, folder_lock, fs, from_frames, manifest, plan as plan_lib, runners, scan
+from dancedata import build_folder, cli, config, decode_pool, folder_lock, fs, from_frames, manifest, runners, scan
+from dancedata import plan as plan_lib
 from dancedata.config import BuildConfig, ExtractorConfig, SamplingConfig
 from dancedata.errors import ConfigError, InputError
 
@@ -22,19 +23,24 @@ def build_shards(input_path: str | None, out: str = "tfrecords", **options) -> d
     names (frames=20, sampling="uniform", weights="none", split="sequence", update=True, ...).
     With from_frames="OLD" (and input_path None) the build reads OLD's stored frames instead of videos."""
     sampling, extractor, build = config.split_options({"out": out, **options}, SamplingConfig, ExtractorConfig, BuildConfig)
+    _check_script(build)  # before TensorFlow loads (seconds): at once
+    cli.load_tensorflow()  # its C++ start-up notices ignore TF_CPP_MIN_LOG_LEVEL: hidden as the commands hide them
     return build_from_configs(input_path, sampling, extractor, build)
 
 
 def _progress(quiet: bool):
     from tqdm import tqdm
 
-    return tqdm(total=0, unit="video", disable=quiet, dynamic_ncols=True, file=sys.stderr)
+    # Drawn first by runners.run_local's reset(total=...), once the number of videos is known (delay > 0 skips the
+    # draw at creation): an empty `0video [00:00, ?video/s]` bar drawn before would stay behind as a stray line.
+    return tqdm(total=0, unit="video", disable=quiet, dynamic_ncols=True, file=sys.stderr, delay=1e-9)
 
 
 def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_config: ExtractorConfig, build: BuildConfig,
                        beam_args: list | None = None) -> dict | None:
     """Builds; returns the manifest, or None when this was a part of a partitioned build and other
     parts are still to finish. `beam_args` are extra Beam pipeline options (runner 'beam')."""
+    _check_script(build)
     from dancedata.extract import Extractor
 
     started = time.time()
@@ -57,10 +63,10 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
             starting = starter.submit(runners.source, build, sampling, extractor_config.image_size, workers)
             try:
                 extractor = Extractor(extractor_config, frames_per_video=sampling.frames)  # before touching --out
+                pool = starting.result()
             except BaseException:
-                starting.result().close()  # a weights or image-size problem: no worker is left behind
+                _close_when_started(starting)  # a weights problem or Ctrl-C: no worker is left behind
                 raise
-            pool = starting.result()
     setup_s = time.time() - setup_started
     info = {}
     with pool, folder_lock.owned(build.out, build.num_workers, build.worker_index):
@@ -84,6 +90,21 @@ def build_from_configs(input_path: str, sampling: SamplingConfig, extractor_conf
         if build.partitioned:
             return _after_part(build, plan, prepared, info)
         return build_folder.finalize(build_folder.OutputFolder(build.out), info)
+
+
+def _check_script(build: BuildConfig) -> None:
+    """A script that every decode worker would run again (no `if __name__ == "__main__":`) is refused
+    before any work. Beam's workers and a build --from-frames start no decode worker."""
+    if build.runner != "beam" and not build.from_frames:
+        decode_pool.check_main_is_guarded()
+
+
+def _close_when_started(starting: concurrent.futures.Future) -> None:
+    """Waits for the pool being started and closes it. The first failure is the one reported, so
+    the pool's own (its start cut short by the same Ctrl-C, say) is dropped: it has nothing to close."""
+    concurrent.futures.wait([starting])
+    if starting.exception() is None:
+        starting.result().close()
 
 
 def _inputs(input_path: str | None, build: BuildConfig) -> tuple:

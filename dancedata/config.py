@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import numbers
 import os
 
 from dancedata.errors import ConfigError
@@ -20,6 +21,93 @@ FRAME_FORMATS = ("jpeg", "png")  # frames.FORMATS (config imports nothing heavy)
 def flag(text: str, custom: bool = False, **kwargs):
     """A config field and its CLI flag; custom=True: the command adds the flag itself (add_flags skips it)."""
     return dataclasses.field(metadata={"help": text, "custom": custom}, **kwargs)
+
+
+def _got(value) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _is_bool(value) -> bool:
+    """bool or numpy's bool_ (which is no int); numpy itself is not imported for the question."""
+    return isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", None) == "b"
+
+
+def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None, *, optional: bool = False):
+    """`value` as a Python int (None if optional and None), else ConfigError naming `name` and what it
+    accepts. numpy integers count; bool does not (True is no batch size), nor does 2.0 (a float here is
+    almost always a computation that went wrong, and rounding it would hide that)."""
+    if value is None and optional:
+        return None
+    span = ("" if minimum is None else "positive" if minimum == 1 else f"{minimum} or more") \
+        if maximum is None else f"in {minimum}..{'2**63-1' if maximum == 2**63 - 1 else maximum}"
+    if _is_bool(value) or not isinstance(value, numbers.Integral):
+        accepts = "a positive integer" if span == "positive" else f"an integer {span}" if span else "an integer"
+        raise ConfigError(f"{name} must be {accepts}{' or None' if optional else ''}, got {_got(value)}")
+    value = int(value)
+    if minimum is not None and value < minimum or maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be {span}, got {value}")
+    return value
+
+
+def check_number(name: str, value, *, optional: bool = False):
+    """`value` if it is an int or float (numpy's become Python floats; bool is refused), else ConfigError.
+    A Python int stays an int: options are written into a build's identity, where 1 and 1.0 differ."""
+    if value is None and optional:
+        return None
+    if _is_bool(value) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number{' or None' if optional else ''}, got {_got(value)}")
+    return value if type(value) in (int, float) else float(value)
+
+
+def check_bool(name: str, value, *, optional: bool = False):
+    """`value` as a bool, else ConfigError: "yes", 1 and "False" are refused (bool("False") is True)."""
+    if value is None and optional:
+        return None
+    if not _is_bool(value):
+        raise ConfigError(f"{name} must be True or False{' or None' if optional else ''}, got {_got(value)}")
+    return bool(value)
+
+
+def check_str(name: str, value, *, optional: bool = False):
+    """`value` if it is a string; a path (pathlib.Path) becomes its string, as a folder option wants."""
+    if value is None and optional or isinstance(value, str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise ConfigError(f"{name} must be a string{' or None' if optional else ''}, got {_got(value)}")
+
+
+def check_indices(name: str, value):
+    """`value` (a sequence or array of integers) as a 1-D int64 numpy array, else ConfigError: a float
+    or string example number is refused rather than truncated or parsed."""
+    import numpy as np
+
+    if isinstance(value, (list, tuple)):  # each item checked: numpy would turn [1, "a"] into strings
+        for item in value:
+            if _is_bool(item) or not isinstance(item, numbers.Integral):
+                raise ConfigError(f"{name} must be integers (example numbers), got {_got(item)} among them")
+        return np.asarray(value, np.int64).reshape(-1)
+    array = np.asarray(value)
+    if array.size and array.dtype.kind not in "iu":
+        raise ConfigError(f"{name} must be integers (example numbers), got {array.dtype} values "
+                          f"such as {array.reshape(-1)[0].item()!r}")
+    return array.astype(np.int64).reshape(-1)
+
+
+_CHECKS = {"bool": check_bool, "int": check_int, "float": check_number, "str": check_str}
+
+
+def check_types(config, prefix: str = "", ranges: dict | None = None) -> None:
+    """Each field of a config dataclass checked against its annotation ("int", "bool | None", ...),
+    integers against their (minimum, maximum) in `ranges`, and numpy scalars made Python values: a
+    field added later is checked by declaring it. Called first in __post_init__, so the range checks
+    after it compare values of the right type."""
+    for field in dataclasses.fields(config):
+        kind, _, rest = field.type.partition(" | ")
+        if kind in _CHECKS and rest in ("", "None"):
+            span = (ranges or {}).get(field.name, ())
+            value = _CHECKS[kind](prefix + field.name, getattr(config, field.name), *span, optional=rest == "None")
+            object.__setattr__(config, field.name, value)
 
 
 def _positive(name: str, value, allow_zero: bool = False):
@@ -52,6 +140,7 @@ class SamplingConfig:
     )
 
     def __post_init__(self):
+        check_types(self)
         _positive("frames", self.frames)
         check_choice("sampling", self.sampling, SAMPLINGS)
         _positive("stride", self.stride, allow_zero=True)
@@ -82,6 +171,7 @@ class ExtractorConfig:
     jit_compile: bool = flag("compile the extractor with XLA", default=False)
 
     def __post_init__(self):
+        check_types(self)
         if self.image_size < 32:
             raise ConfigError(f"image_size must be at least 32, got {self.image_size!r}")
         _positive("batch_size", self.batch_size, allow_zero=True)
@@ -105,7 +195,9 @@ class BuildConfig:
     test_fraction: float = flag("fraction of groups held out for test", default=0.2)
     seed: int = flag("seed for the split and the shard order", default=0)
     dtype: str = flag("feature storage dtype", default="float16")
-    workers: int = flag("decoding processes, one decoder thread each (does not change the output bytes)", default=2)
+    workers: int = flag("decoding processes, each with CPUs // workers decoder threads (at least one; CPUs: those this "
+                         "process may use, by affinity and container quota) (does not change the output bytes)",
+                         default=2)
     video_timeout: float = flag(
         "seconds one video may take to decode before its decoder is killed and the video recorded as timed out "
         "(a 48 s 1080p60 clip takes ~10 s on one core)",
@@ -145,6 +237,7 @@ class BuildConfig:
     beam_options: str = flag("Beam pipeline options as one string, e.g. '--runner=DataflowRunner --project=P'", default="")
 
     def __post_init__(self):
+        check_types(self)
         check_choice("layout", self.layout, LAYOUTS)
         check_choice("split", self.split, SPLITS)
         check_choice("dtype", self.dtype, DTYPES)

@@ -7,6 +7,7 @@ and `python train.py` forms stay; each subcommand runs the same `main` with the 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from dancedata import cli
@@ -23,9 +24,14 @@ COMMANDS = {
 }
 
 
+def program() -> str:
+    """What the user typed to run this: `dancedata`, or `python -m dancedata` (dancedata/__main__.py)."""
+    return "python -m dancedata" if os.path.basename(sys.argv[0]) == "__main__.py" else "dancedata"
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: dancedata <command> [flags]   (dancedata <command> --help for its flags)", ""]
+    lines = [f"usage: {program()} <command> [flags]   ({program()} <command> --help for its flags)", ""]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text, _) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -37,16 +43,18 @@ def main(argv=None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"dancedata: error: unknown command {name!r}; one of {', '.join(COMMANDS)}", file=sys.stderr)
+        print(f"{program()}: error: unknown command {name!r}; one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module_name, _, tensorflow = COMMANDS[name]
     try:
         module = importlib.import_module(module_name)
     except ImportError:  # a broken install: a dependency missing
-        print(f"dancedata: error: cannot import {module_name}; reinstall dancedata (pip install -e .)", file=sys.stderr)
+        print(f"{program()}: error: cannot import {module_name}; reinstall dancedata (pip install -e .)", file=sys.stderr)
         return 2
-    return cli.run(module.main, f"dancedata {name}", rest, tensorflow=tensorflow,
-                   interrupted=getattr(module, "INTERRUPTED", ""))
+    typed = f"{program()} {name}"
+    with cli.typed_name(typed):  # usage lines and errors say what the user typed, not the module's python -m form
+        return cli.run(module.main, typed, rest, tensorflow=tensorflow,
+                       interrupted=getattr(module, "INTERRUPTED", ""))
 
 
 def entry_point() -> None:

@@ -70,7 +70,8 @@ _threads = 0  # decoder threads per video; 0 lets FFmpeg choose (all cores)
 
 def use_threads(count: int) -> None:
     """Decoder threads for every video opened from now on in this process (0: FFmpeg's choice).
-    Decode workers use 1, so `--workers N` uses about N cores instead of N x cores threads."""
+    Decode workers use CPUs // workers (decode_pool.threads_per_worker), so `--workers N` uses about the
+    CPUs this process may use instead of N x cores threads."""
     global _threads
     _threads = count
     cv2.setNumThreads(max(count, 1))
@@ -94,8 +95,9 @@ def read_clip(path: str, config: SamplingConfig, size: int) -> Clip:
         except av.error.FFmpegError as error:
             raise DecodeError(f"the decoder failed: {error}") from None
     claimed = idx.claimed_frames
-    if not kept:
-        raise DecodeError(f"no frame could be decoded (container claims {claimed} frames)")
+    if not kept:  # a file cut short says so, as a build's `truncated` list does for one that yields frames
+        cut = "truncated: " if not idx.complete or claimed > idx.frame_count else ""
+        raise DecodeError(f"{cut}no frame could be decoded (container claims {claimed} frames)")
     present = [k for k, stamp in enumerate(wanted) if stamp in kept]
     real = len(present)
     indices = np.full(config.frames, -1, np.int64)

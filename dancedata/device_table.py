@@ -15,7 +15,7 @@ import numpy as np
 from dancedata import pipelines, schema
 from dancedata.errors import ConfigError
 from dancedata.read import window_positions
-from dancedata.read_config import ExampleConfig, ReadConfig, from_keywords
+from dancedata.read_config import ExampleConfig, ReadConfig, check_int, from_keywords
 from dancedata.record_files import checked_records
 
 
@@ -127,13 +127,14 @@ def index_dataset(builder, split: str, table: Table, *, batch_size: int = 32, re
     import tensorflow as tf
 
     read, example = from_keywords(deprecated, read_config, example_config)
+    batch_size = check_int("batch_size", batch_size, 1)
     _, sampler = builder.ordered_files(split, read)
     offset, counts = table.offsets[split], sampler.counts
     training = read.shuffle if example.training is None else example.training
     keep = builder._kept(split, table.sequence_ids[offset:offset + sum(counts)], read.holdout)
     windows = example.seq_len is not None and training
     batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder, keep, windows,
-                                      read.steps_per_epoch)
+                                      read.steps_per_epoch, read.step)
     masks, labels = tf.constant(table.masks), tf.constant(table.labels)
     frames = builder.info.num_frames
     length = example.seq_len if example.seq_len is not None else frames

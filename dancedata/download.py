@@ -60,6 +60,7 @@ class DownloadConfig:
     quiet: bool = config.flag("no progress bar", default=False)
 
     def __post_init__(self):
+        config.check_types(self)
         for name in ("processes", "timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
@@ -217,6 +218,14 @@ class Downloader:
         try:
             with urllib.request.urlopen(request, timeout=self.cfg.timeout, context=_tls()) as response:
                 resumed = have and response.status == 206
+                start = _range_start(response.headers.get("Content-Range")) if resumed else None
+                if resumed and start != have:
+                    # Appended, bytes that do not continue ours would make a file of the announced length
+                    # whose sha256 is recorded as if it were right.
+                    os.remove(partial)
+                    raise TransientError(f"HTTP 206 for {url} starts at byte {start} (Content-Range "
+                                         f"{response.headers.get('Content-Range')!r}), not at byte {have} where the "
+                                         "partial file ends: starting over")
                 length = response.headers.get("Content-Length")
                 expected = (have if resumed else 0) + int(length) if length is not None else None
                 with open(partial, "ab" if resumed else "wb") as handle:
@@ -249,6 +258,12 @@ class Downloader:
         with self._lock:
             self.record[name] = {"size": size, "sha256": digest}
             self._save_record()
+
+
+def _range_start(header: str | None) -> int | None:
+    """The first byte of a single-range Content-Range ("bytes 1000-49999/50000"), or None."""
+    found = re.fullmatch(r"bytes\s+(\d+)-\d+/(?:\d+|\*)", (header or "").strip())
+    return int(found[1]) if found else None
 
 
 class _Progress:

@@ -8,8 +8,11 @@ whatever other videos were decoded that day, so resumed and incremental builds w
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import io
+import sys
 
 import numpy as np
 
@@ -91,7 +94,8 @@ def build_backbone(config: ExtractorConfig):
             keras.utils.set_random_seed(config.weights_seed)  # same seed -> same random extractor, so predict matches
             return constructor(include_top=False, weights=None, pooling="avg", input_shape=shape)
         try:
-            return constructor(include_top=False, weights=config.weights, pooling="avg", input_shape=shape)
+            with contextlib.redirect_stdout(_DownloadNotice(sys.stderr)):
+                return constructor(include_top=False, weights=config.weights, pooling="avg", input_shape=shape)
         except Exception as error:  # Keras raises bare Exception for a failed download
             if config.weights == "imagenet":
                 raise WeightsError(
@@ -101,6 +105,30 @@ def build_backbone(config: ExtractorConfig):
             raise WeightsError(f"cannot load weights file {config.weights} into {config.backbone}: {error}") from None
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+class _DownloadNotice(io.TextIOBase):
+    """Keras' stdout while it loads weights. Its `Downloading data from URL` line is held back until the
+    download shows progress, then sent with it to `target` (stderr: a command's stdout is its results);
+    a download that fails at once, as offline, leaves only the one-line error that follows."""
+
+    def __init__(self, target):
+        self.target, self.held = target, ""
+
+    def write(self, text: str) -> int:
+        if self.held is not None:
+            if "\n" not in self.held:  # the first line, still being written
+                self.held += text
+                return len(text)
+            self.target.write(self.held)  # more follows it: a download under way
+            self.held = None
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def isatty(self) -> bool:  # Keras' progress bar redraws in place on a terminal
+        return self.target.isatty()
 
 
 def fingerprint(model) -> str:
@@ -203,7 +231,9 @@ class VideoBatcher:
     an --update, and its features are the same bytes: kernels may round a row differently by its
     position in a batch, never by the values of the other rows. `add` and `flush` return the
     (item, features [n, D]) pairs completed so far, in the order items were added. Call `flush` at
-    the end of each work unit: batches never cross one."""
+    the end of each work unit: batches never cross one. An update whose added videos move an
+    unchanged video to another slot computes it again (work_unit.Reuse): each shard's record keeps the
+    slot every example's features were computed in."""
 
     SLOTTING = "by position in the shard"  # recorded in the build's identity
 

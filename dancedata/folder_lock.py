@@ -209,8 +209,9 @@ class FolderLock:
     # --- both ---------------------------------------------------------------------------------------
 
     def holder(self) -> dict | None:
-        """The description of whoever holds this lock now (this object included), or None when nobody
-        does or it cannot be read yet. Needs no lock: it only looks."""
+        """The description of whoever holds this lock now (this object included), {} when it is held but
+        its holder has not described itself yet (or was cut short doing so), None when nobody holds it.
+        Needs no lock: it only looks."""
         if self._fd is not None:
             return _parse(os.pread(self._fd, 1 << 16, 0))
         if self.remote:
@@ -223,7 +224,8 @@ class FolderLock:
         try:
             if _try_flock(fd, fcntl.LOCK_SH):  # nobody holds it: whatever the file says is history
                 return None
-            return _parse(os.pread(fd, 1 << 16, 0)) or None
+            # Held: a holder between its flock and its description is as much a holder as a described one.
+            return _parse(os.pread(fd, 1 << 16, 0)) or {}
         finally:
             os.close(fd)
 
@@ -308,8 +310,9 @@ def part_lock(out: str, num_workers: int, worker_index: int) -> FolderLock:
 
 
 def held_part_locks(out: str) -> list[dict]:
-    """The descriptions of the parts of `out` that some process is building now (held part locks), so
-    that a whole build can refuse to start beside them. Files of parts that ended are left out."""
+    """The descriptions of the parts of `out` that some process is building now (held part locks; {}
+    for one held but not yet described), so that a whole build can refuse to start beside them. Files
+    of parts that ended are left out."""
     found = []
     for name in sorted(fs.listdir(str(out))):
         if _PART_LOCK.match(name):
@@ -337,9 +340,11 @@ def owned(out: str, num_workers: int = 1, worker_index: int = 0):
         if running:
             lock.release()
             other = running[0]
+            who = _who(other)
+            holder = f"{other.get('what', 'a part')}: {who[0]}, since {other.get('since', '?')}" if who else \
+                "a part whose process is starting and has not described itself yet"
             raise FolderBusy(
-                f"{out} is in use by a partitioned build ({other.get('what', 'a part')}: pid {other.get('pid')} on host "
-                f"{other.get('host')}, since {other.get('since')}); wait for its parts to finish or stop them, "
+                f"{out} is in use by a partitioned build ({holder}); wait for its parts to finish or stop them, "
                 "then run this command again")
     _say_takeover(lock)
     try:

@@ -7,7 +7,8 @@
 
 The records come in the order every other reader gives them: the split's `Sampler` followed with
 `pipelines.streamed_records`, so an epoch's order is a pure function of (seed, epoch) and a resumed run
-sees the batches an uninterrupted one does. Each batch carries the sampler's seed for that batch
+sees the batches an uninterrupted one does, from any step (ReadConfig(step=...): the streamed reader's
+start, no replay). Each batch carries the sampler's seed for that batch
 (`pipelines.batch_seeds`, the one the feature reader draws its random windows from), and every random
 choice below is a stateless function of it: the same windows as a feature run with that seed, and the
 same crops and flips in every rerun.
@@ -21,7 +22,7 @@ from __future__ import annotations
 from dancedata import frames as frames_lib
 from dancedata import schema
 from dancedata.errors import ConfigError
-from dancedata.read_config import ExampleConfig, ReadConfig
+from dancedata.read_config import ExampleConfig, ReadConfig, check_int, from_keywords
 
 CROP_SCALE = (0.9, 1.0)  # a training crop's side as a fraction of the frame's: mild, the subject fills AIST frames
 KEYS = (schema.FRAMES, schema.MASK, schema.LABEL)
@@ -44,11 +45,10 @@ def as_dataset(builder, split: str, *, batch_size: int = 32, read_config: ReadCo
     (default: the backbone's, the manifest's extractor image_size)."""
     import tensorflow as tf
 
-    read, example = read_config or ReadConfig(), example_config or ExampleConfig()
+    read, example = from_keywords({}, read_config, example_config)  # checks both configs' types
     if read.data_service or read.cache:
         raise ConfigError("stored frames are decoded locally every epoch: data_service and cache do not apply to them")
-    if batch_size <= 0:
-        raise ConfigError(f"batch_size must be positive, got {batch_size}")
+    batch_size = check_int("batch_size", batch_size, 1)
     stored = stored_frames(builder)
     paths, sampler = builder.ordered_files(split, read)
     batches = builder.streamed_batches(split, paths, sampler, read, batch_size, windows=True)  # a seed per batch

@@ -48,6 +48,8 @@ class Earlier:
         if described.get("format") not in frames_lib.FORMATS or not isinstance(size, int) or not 32 <= size <= 4096:
             raise InputError(f"{folder}/manifest.json describes its frames as {str(self.frames)[:120]}, which no build writes")
         state = build_folder.OutputFolder(self.folder)
+        if state.damage:  # its plan (or manifest) is not what the build wrote: one line naming it
+            raise state.damage[0][1]
         if not isinstance(state.plan, dict) or not {"identity", "units", "manifest"} <= set(state.plan):
             raise InputError(f"{folder} has no readable .build/plan.json: copy the whole build folder, .build/ included")
         self.identity, self.planned = state.plan["identity"], state.plan["manifest"]
@@ -103,7 +105,7 @@ class Earlier:
         rows = {name: [] for name in split.SPLITS}
         for record in self.records:
             where = record["split"]
-            for serialized, (video_id, size, mtime_ns, _) in zip(self.examples(record["file"]), record["videos"]):
+            for serialized, (video_id, size, mtime_ns, *_) in zip(self.examples(record["file"]), record["videos"]):
                 feature = tf.train.Example.FromString(serialized).features.feature
                 metadata = {key: feature[key].bytes_list.value[0].decode("utf-8") for key in schema.METADATA}
                 if metadata[schema.VIDEO_ID] != video_id:

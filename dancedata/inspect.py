@@ -4,7 +4,7 @@ from __future__ import annotations
 import collections
 import json
 
-from dancedata import cli, fs, manifest, naming, shard_index
+from dancedata import cli, fs, manifest, naming, shard_index, tfds_metadata
 from dancedata.errors import DecodeError, InputError, ShardError
 
 SPLIT_ORDER = ("train", "val", "test")
@@ -16,7 +16,7 @@ def _genre_table(info: dict) -> list:
     for genre in info["classes"]:
         counts = [info["splits"][name]["genres"].get(genre, 0) for name in splits]
         if any(counts):
-            label = f"{genre} ({naming.genre_name(genre)})" if genre in naming.GENRES else genre
+            label = f"{genre} ({naming.genre_name(genre)})" if genre in naming.GENRES else naming.shown(genre)
             lines.append(f"  {label:<20}" + "".join(f"{c:>8}" for c in counts) + f"{sum(counts):>8}")
     totals = [info["splits"][name]["num_examples"] for name in splits]
     lines.append(f"  {'all':<20}" + "".join(f"{c:>8}" for c in totals) + f"{sum(totals):>8}")
@@ -30,9 +30,10 @@ def build_info(folder: str) -> dict:
     path = folder.rstrip("/") + "/build_info.json"
     try:
         with tf.io.gfile.GFile(path, "r") as handle:
-            return json.load(handle)
-    except (tf.errors.OpError, ValueError):
+            found = json.load(handle)
+    except (tf.errors.OpError, ValueError, RecursionError):
         return {}
+    return found if isinstance(found, dict) else {}  # timings only: damage to them costs a line of the summary
 
 
 def held_out(info: dict) -> list:
@@ -117,14 +118,16 @@ def summary(info: dict, show_paths: int = 5, info_file: dict | None = None) -> s
 
 
 def damaged(folder: str, info: dict, verify: bool = False) -> list:
-    """[(path, reason)] of the shards (and indexes) that are missing, cut or damaged. Without `verify`:
-    each shard is there, of its recorded size, and its index matches the manifest (no shard is read);
-    with it: every record's checksums (read.DatasetBuilder.bad_shards) and every sha256 too."""
-    from dancedata.read import DatasetBuilder
-
+    """[(path, reason)] of the files that are missing, cut, damaged or not the build's. Without `verify`
+    (cheap: no shard read whole): each shard is there at its recorded size, its index matches the manifest
+    and its records' framing matches the index (a cut, appended bytes, a swapped or replaced shard), and
+    every small metadata file matches its checksum. With it: every record's checksums (what training
+    checks) and every shard's and index's sha256 too."""
+    found = metadata_damage(folder, info)
     if verify:
+        from dancedata.read import DatasetBuilder
+
         builder = DatasetBuilder(folder)
-        found = []
         for split in info["splits"]:
             bad = dict(builder.bad_shards(split))
             for shard, path in zip(info["splits"][split]["shards"], builder.files(split)):
@@ -132,7 +135,6 @@ def damaged(folder: str, info: dict, verify: bool = False) -> list:
                     bad[path] = problem
             found += sorted(bad.items())
         return found
-    found = []
     for split in info["splits"].values():
         for shard in split["shards"]:
             path = fs.join(folder, shard["file"])
@@ -142,10 +144,62 @@ def damaged(folder: str, info: dict, verify: bool = False) -> list:
                 found.append((path, problem))
             elif "index" in shard:
                 try:
-                    shard_index.load(folder, shard)
+                    header, table = shard_index.load(folder, shard)
+                    problem = shard_index.framing_problem(path, header, table, info["num_frames"],
+                                                          shard_index.feature_bytes(info))
                 except ShardError as error:
-                    found.append((path, str(error).split(". Rebuild it")[0]))
+                    problem = str(error).split(". Rebuild it")[0]
+                if problem:
+                    found.append((path, problem))
     return found
+
+
+def metadata_damage(folder: str, info: dict) -> list:
+    """[(path, reason)] of the small files beside the shards whose bytes are not the ones the manifest
+    recorded: feature_statistics.json (train.py standardises with it) and the TFDS metadata."""
+    import hashlib
+
+    expected = {}
+    statistics = info.get("feature_statistics")
+    if statistics and "sha256" in statistics:
+        expected[manifest.STATISTICS] = statistics["sha256"]
+    expected.update(info.get("tfds_metadata", {}))
+    found = []
+    for name, digest in expected.items():
+        path = fs.join(folder, name)
+        if not fs.exists(path):
+            found.append((path, "missing"))
+            continue
+        with fs.open_file(path, "rb") as handle:
+            if hashlib.sha256(handle.read()).hexdigest() != digest:
+                found.append((path, "does not match its sha256 in the manifest: it changed or is corrupt"))
+    return found
+
+
+def unchecked(info: dict) -> list:
+    """The metadata files this build recorded no checksum for (builds before they were recorded)."""
+    names = [] if "tfds_metadata" in info else list(tfds_metadata.FILES)
+    if info.get("feature_statistics") and "sha256" not in info["feature_statistics"]:
+        names.insert(0, manifest.STATISTICS)
+    return names
+
+
+def repair(folder: str, info: dict) -> tuple[list, list]:
+    """Rebuilds, from their shards alone, the indexes that are missing, damaged or stale where the shard
+    itself is intact. Returns (paths rebuilt, [(index path, why not)]): a shard damaged itself is left to
+    the build, which redoes it."""
+    from dancedata import folder_lock
+
+    rebuilt, failed = [], []
+    with folder_lock.briefly(folder, "inspect --repair", True):  # never beside a build writing the same indexes
+        for split in info["splits"].values():
+            for shard in split["shards"]:
+                try:
+                    if shard_index.repair(folder, info, shard):
+                        rebuilt.append(shard_index.index_path(folder, shard))
+                except ShardError as error:
+                    failed.append((shard_index.index_path(folder, shard), str(error).split(". Rebuild it")[0]))
+    return rebuilt, failed
 
 
 def preview(info: dict, video: str, out: str, columns: int = 5) -> str:
@@ -190,8 +244,14 @@ def main(argv=None) -> int:
     parser.add_argument("shards", help="folder holding manifest.json (local or gs://)")
     parser.add_argument("--all", action="store_true", help="list every skipped path, not the first five per reason")
     parser.add_argument("--verify", action="store_true",
-                        help="read every shard whole: each record's checksums and every sha256 (without it: presence, "
-                             "sizes and indexes only)")
+                        help="also read every shard whole: every record's checksums (what training checks) and every "
+                             "shard's and index's sha256. Without it inspect checks what is cheap: each shard's presence, "
+                             "size and record framing against its index (a cut, appended bytes, a swapped or replaced "
+                             "shard), each index, and the checksums of the manifest, feature_statistics.json and the TFDS "
+                             "metadata; a flipped byte inside a record takes --verify")
+    parser.add_argument("--repair", action="store_true",
+                        help="rebuild missing, damaged or stale indexes from their intact shards (no video decoded), "
+                             "byte for byte the build's, then check")
     parser.add_argument("--preview", metavar="VIDEO",
                         help="write a PNG contact sheet of the frames this build's sampling picks from VIDEO")
     parser.add_argument("--preview-out", metavar="PNG", help="where the contact sheet goes (default: preview-<video name>.png)")
@@ -206,15 +266,27 @@ def main(argv=None) -> int:
         return 0
     shown = max(len(info["skipped"]), len(info.get("truncated", []))) if args.all else 5
     print(summary(info, show_paths=shown, info_file=build_info(args.shards)))
-    bad = damaged(args.shards.rstrip("/"), info, verify=args.verify)
+    folder = args.shards.rstrip("/")
+    if args.repair:
+        rebuilt, failed = repair(folder, info)
+        for path in rebuilt:
+            print(f"REPAIRED: {path}: rebuilt from its shard")
+        for path, why in failed:
+            print(f"NOT REPAIRED: {path}: {why}")
+    bad = damaged(folder, info, verify=args.verify)
     for path, reason in bad:
         print(f"DAMAGED: {path}: {reason}")
+    if unchecked(info):
+        print(f"unchecked: {', '.join(unchecked(info))} (this build recorded no checksum for them)")
     if bad:
-        print(f"{len(bad)} shard(s) damaged: training stops on them (exit 2) or leaves them out with --skip-bad-shards; "
-              "run the build command again to redo them", flush=True)
+        indexes = any(reason.startswith("index ") or "its index" in reason or f"{shard_index.SUFFIX} " in reason
+                      for _, reason in bad)
+        print(f"{len(bad)} file(s) damaged: training stops on a damaged shard (exit 2) or leaves it out with "
+              "--skip-bad-shards; run the build command again to redo them"
+              + ("; inspect --repair rebuilds an index from its intact shard" if indexes and not args.repair else ""), flush=True)
         return 1
     if args.verify:
-        print("verified: every record's checksums and every shard's sha256 match the build")
+        print("verified: every record's checksums and every shard's, index's and metadata file's sha256 match the build")
     return 0
 
 

@@ -57,28 +57,106 @@ def load(folder: str) -> dict:
     fs.check(folder)
     path = path_in(folder)
     if not fs.exists(path):
-        raise ManifestError(f"no {FILENAME} in {folder}: build shards first with `python -m dancedata.build_shards VIDEO_DIR --out {folder}`")
+        raise ManifestError(f"no {FILENAME} in {folder}: {_not_a_build(folder)}")
+    raw = read_bytes(path)
+    return checked(parse_document(raw, path), path, raw)
+
+
+def _not_a_build(folder: str) -> str:
+    """What `folder` is instead of a build folder, and what to pass: never advice to build into a video
+    or into the folder of videos itself."""
+    from dancedata import fs
+
+    hint = "pass the --out folder of a build (python -m dancedata.build_shards VIDEO_DIR --out tfrecords writes tfrecords/)"
+    if not fs.exists(folder):
+        return f"no such folder; {hint}"
+    if not fs.isdir(folder):
+        return f"it is a file, not a build folder; {hint}"
+    return f"it is not a build folder; {hint}"
+
+
+def read_document(path: str, limit: int = 1 << 30):
+    """The JSON value of one of a build folder's metadata files; raises ManifestError naming `path`."""
+    return parse_document(read_bytes(path, limit), path)
+
+
+def read_bytes(path: str, limit: int = 1 << 30) -> bytes:
+    """A metadata file's bytes, read whole (they are small: `limit` guards against a huge file standing in
+    for one); raises ManifestError naming `path`."""
+    from dancedata import fs
+
     try:
-        with fs.open_file(path, "r") as handle:
-            manifest = json.load(handle)
-    except (ValueError, OSError) + fs.read_errors() as error:
+        size = fs.size(path)  # read(limit) would set aside `limit` bytes however small the file
+        if size <= limit:
+            with fs.open_file(path, "rb") as handle:
+                raw = handle.read()
+    except (OSError,) + fs.read_errors() as error:
         raise ManifestError(f"cannot read {path}: {error}") from None
+    if size > limit or len(raw) > limit:
+        raise ManifestError(f"{path} holds more than {limit} bytes, far more than this file ever does: it is not one "
+                            f"dancedata wrote. {REWRITE}")
+    return raw
+
+
+def parse_document(raw: bytes, path: str):
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ManifestError(f"cannot read {path}: it is not the JSON a build writes ({str(error)[:100]}); "
+                            f"{REWRITE}") from None
+
+
+def canonical(document: dict, raw: bytes | None, path: str) -> None:
+    """A sealed document's bytes must be the one spelling `dumps` gives its content: the checksum covers the
+    content, this the rest (a flip from 1e-05 to 1E-05 parses to the same number, yet is damage)."""
+    if raw is not None and CHECKSUM in document and raw != dumps(document).encode("utf-8"):
+        raise ManifestError(f"{path} was changed after the build (its bytes are not the ones the build wrote, though "
+                            f"its content parses the same). {REWRITE}")
+
+
+REWRITE = "copy the folder again, or rebuild it (the build command with --overwrite starts over)"
+
+
+def checked(manifest, path: str, raw: bytes | None = None) -> dict:
+    """`manifest` (a parsed manifest.json) when it is one a build wrote, of a version this dancedata
+    reads and unchanged since (its checksum); raises ManifestError naming `path`."""
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{path} holds a JSON {type(manifest).__name__}, not a manifest; it was not written by dancedata. "
+                            f"{REWRITE}")
     missing = [key for key in REQUIRED if key not in manifest]
     if missing:
         raise ManifestError(f"{path} lacks {', '.join(missing)}; it was not written by dancedata")
     version = manifest["schema_version"]
-    if version not in schema.READABLE_VERSIONS:
-        newer = isinstance(version, int) and version > schema.SCHEMA_VERSION
+    if not isinstance(version, int) or isinstance(version, bool) or version not in schema.READABLE_VERSIONS:
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > schema.SCHEMA_VERSION
         raise ManifestError(
-            f"{path} has schema version {version!r}; this dancedata reads versions "
+            f"{path} has schema version {str(version)[:40]!r}; this dancedata reads versions "
             f"{', '.join(map(str, schema.READABLE_VERSIONS))}. "
             + ("Upgrade dancedata (pip install -U dancedata) to read it" if newer else "Rebuild the shards with this dancedata")
         )
+    # Every schema-4 build sealed its manifest: one without a checksum lost it to damage (a changed key name).
+    if version >= 4 and CHECKSUM not in manifest:
+        raise ManifestError(f"{path} has no checksum, which every build of schema 4 writes: it was edited or damaged. {REWRITE}")
     check(manifest, path)
     if CHECKSUM in manifest and sealed(manifest)[CHECKSUM] != manifest[CHECKSUM]:
         raise ManifestError(f"{path} was changed after the build (its checksum does not match its content); "
                             "copy the folder again, or rebuild it")
+    canonical(manifest, raw, path)
     return manifest
+
+
+def unsealed(document, path: str, what: str, keys: tuple, raw: bytes | None = None) -> dict:
+    """A .build/ document (a plan or a shard's record) checked as the manifest is: a JSON object of known
+    keys whose checksum, when it has one (builds before it had none), matches its content."""
+    if not isinstance(document, dict):
+        raise ManifestError(f"{path} holds a JSON {type(document).__name__}, not a {what}; it was edited or damaged. {REWRITE}")
+    unknown = sorted(set(document) - set(keys) - {CHECKSUM})
+    if unknown:
+        raise ManifestError(f"{path} holds {str(unknown[0])[:40]!r}, which no {what} has; it was edited or damaged. {REWRITE}")
+    if CHECKSUM in document and sealed(document)[CHECKSUM] != document[CHECKSUM]:
+        raise ManifestError(f"{path} was changed after the build wrote it (its checksum does not match its content). {REWRITE}")
+    canonical(document, raw, path)
+    return {key: value for key, value in document.items() if key != CHECKSUM}
 
 
 SPLITS = ("train", "val", "test")
@@ -117,6 +195,41 @@ def check(manifest: dict, path: str) -> None:
                 raise bad(f"shard {shard['file']} has a malformed index entry")
         if sum(shard["num_examples"] for shard in shards) != split["num_examples"]:
             raise bad(f"split {name}'s shards do not add up to its num_examples")
+        for shard in shards:
+            if ("bytes" in shard and not count(shard["bytes"], 0, 1 << 62)) or ("sha256" in shard and not _hex(shard["sha256"])):
+                raise bad(f"shard {shard['file']} has a malformed size or sha256")
+            if isinstance(shard.get("index"), dict) and "key" in shard["index"] and not _hex(shard["index"]["key"]):
+                raise bad(f"shard {shard['file']} has a malformed index key")
+        genres = split.get("genres", {})
+        if not isinstance(genres, dict) or not all(isinstance(g, str) and count(n) for g, n in genres.items()):
+            raise bad(f"split {name}'s genres are not a table of counts")
+    if not all(_plain_name(c) for c in manifest["classes"]) or len(set(manifest["classes"])) != len(manifest["classes"]):
+        raise bad("classes holds an empty, repeated or unprintable name")
+    if not isinstance(manifest["feature_spec"], dict) or not all(isinstance(e, dict) for e in manifest["feature_spec"].values()):
+        raise bad("feature_spec is not a table of features")
+    for key, kind in (("extractor", dict), ("sampling", dict), ("split", dict), ("source", dict), ("build", dict),
+                      ("frames", dict), ("skipped", list), ("truncated", list), ("warnings", list),
+                      ("feature_statistics", dict), ("tfds_metadata", dict)):
+        if key in manifest and not isinstance(manifest[key], kind):
+            raise bad(f"{key} is not a JSON {'object' if kind is dict else 'list'}")
+    if not all(isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("reason"), str)
+               for e in manifest.get("skipped", [])):
+        raise bad("skipped lists an entry without a path and a reason")
+    statistics = manifest.get("feature_statistics")
+    if statistics is not None and (statistics.get("file") != STATISTICS or not _hex(statistics.get("sha256", "0" * 64))):
+        raise bad(f"feature_statistics does not name {STATISTICS} with its sha256")
+    tfds = manifest.get("tfds_metadata")
+    if tfds is not None and not all(isinstance(name, str) and "/" not in name and _hex(digest_) for name, digest_ in tfds.items()):
+        raise bad("tfds_metadata is not a table of file names and sha256s")
+
+
+def _hex(value) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
+
+
+def _plain_name(value) -> bool:
+    """A class name as a build writes it: printable text on one line."""
+    return isinstance(value, str) and bool(value) and value.isprintable() and len(value) < 256
 
 
 def versions() -> dict:
@@ -257,3 +370,90 @@ def complete(planned_part: dict, records: list) -> dict:
         "source": planned_part["source"],
         "build": planned_part["build"],
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The build's own files in .build/: its plan and one record per committed shard. Checked as strictly as
+# the manifest (they decide what the build keeps, moves and deletes, and what finalize writes), each
+# sealed with the same checksum since this version; earlier builds' lack one and are still read.
+
+PLAN_KEYS = ("identity", "inputs", "files", "units", "num_workers", "manifest")
+RECORD_KEYS = ("key", "split", "genres", "videos", "skipped", "truncated", "short_examples", "values_lost", "values_seen",
+               "frame_bytes", "moments", "file", "num_examples", "sha256", "bytes", "index", "rows")
+
+
+def _count(value, high=1 << 62) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < high
+
+
+def build_plan(document, path: str, raw: bytes | None = None) -> dict:
+    """A .build/plan.json as a build wrote it; raises ManifestError naming `path`."""
+    plan = unsealed(document, path, "build plan", PLAN_KEYS, raw)
+
+    def bad(what):
+        return ManifestError(f"{path}: {what}; it was edited or damaged. {REWRITE}")
+
+    if not isinstance(plan.get("identity", {}), dict):
+        raise bad("its identity is not a JSON object")
+    inputs = plan.get("inputs", [])
+    if not isinstance(inputs, list) or not all(isinstance(i, list) and len(i) == 3 and isinstance(i[0], str)
+                                               and _count(i[1]) and isinstance(i[2], int) for i in inputs):
+        raise bad("its inputs are not a list of [video id, size, mtime]")
+    files, units = plan.get("files", []), plan.get("units", [])
+    if not isinstance(files, list) or not all(isinstance(n, str) and SHARD_FILE.match(n) for n in files):
+        raise bad("its files are not a list of shard names")
+    if not isinstance(units, list) or not all(isinstance(u, list) and len(u) == 2 and isinstance(u[0], str)
+                                              and SHARD_FILE.match(u[0]) and _hex(u[1]) for u in units):
+        raise bad("its units are not a list of [shard name, key]")
+    if not _count(plan.get("num_workers", 1), 1 << 20) or plan.get("num_workers", 1) < 1:
+        raise bad(f"num_workers {str(plan.get('num_workers'))[:20]} is out of range")
+    planned = plan.get("manifest")
+    if planned is not None:
+        if not isinstance(planned, dict):
+            raise bad("its planned manifest is not a JSON object")
+        for key, kind in (("classes", list), ("groups", dict), ("skipped", list), ("warnings", list), ("source", dict)):
+            if not isinstance(planned.get(key, kind()), kind):
+                raise bad(f"its planned manifest's {key} is malformed")
+    return document
+
+
+def shard_record(document, path: str, raw: bytes | None = None) -> dict:
+    """A .build/<shard>.json as a build wrote it (the names in it are build_folder's to check); raises
+    ManifestError naming `path`."""
+    record = unsealed(document, path, "shard record", RECORD_KEYS, raw)
+
+    def bad(what):
+        return ManifestError(f"{path}: {what}; it was edited or damaged. {REWRITE}")
+
+    for key in ("num_examples", "bytes", "short_examples", "values_lost", "values_seen", "frame_bytes"):
+        if key in record and not _count(record[key]):
+            raise bad(f"{key} {str(record[key])[:20]} is out of range")
+    if not isinstance(record.get("genres", {}), dict) or not all(_count(n) for n in record.get("genres", {}).values()):
+        raise bad("its genres are not a table of counts")
+    videos = record.get("videos", [])
+    # The fifth entry, the batch slot the features were computed in, is missing in records of earlier builds.
+    if not isinstance(videos, list) or not all(isinstance(v, list) and len(v) in (4, 5) and isinstance(v[0], str)
+                                               and _count(v[1]) and isinstance(v[2], int) and _count(v[3])
+                                               and (len(v) == 4 or _count(v[4], 1 << 20)) for v in videos):
+        raise bad("its videos are not a list of [video id, size, mtime, values lost, batch slot]")
+    skipped = record.get("skipped", [])
+    if not isinstance(skipped, list) or not all(isinstance(e, dict) and isinstance(e.get("video_id"), str)
+                                                and _count(e.get("size")) and isinstance(e.get("mtime_ns"), int)
+                                                and isinstance(e.get("reason"), str) and isinstance(e.get("path"), str)
+                                                for e in skipped):
+        raise bad("its skipped videos are malformed")
+    if not isinstance(record.get("truncated", []), list) or not all(isinstance(e, dict) for e in record.get("truncated", [])):
+        raise bad("its truncated videos are malformed")
+    moments = record.get("moments")
+    if moments is not None and not (isinstance(moments, dict) and _count(moments.get("frames"))
+                                    and isinstance(moments.get("sum"), list) and isinstance(moments.get("sum_squares"), list)
+                                    and len(moments["sum"]) == len(moments["sum_squares"])
+                                    and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                            for x in moments["sum"] + moments["sum_squares"])):
+        raise bad("its feature moments are malformed")
+    for key in ("index", "rows"):
+        entry = record.get(key)
+        if entry is not None and not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
+                                      and _count(entry.get("bytes")) and _hex(entry.get("sha256"))):
+            raise bad(f"its {key} entry is malformed")
+    return document

@@ -74,3 +74,21 @@ def sequence_id(stem: str) -> str:
 def genre_name(code: str) -> str:
     """Full genre name for an AIST code; other datasets' labels are returned unchanged."""
     return GENRES.get(code, code)
+
+
+def shown(name: str) -> str:
+    """A class name as printed: as it is when every character shows, else quoted like repr ('Hip Hop '
+    with its trailing space, 'Hip  Hop' with two), so two names that print alike never look like one."""
+    return name if name and name == " ".join(name.split()) and name.isprintable() else repr(name)
+
+
+def label(code: str) -> str:
+    """How output names a class: "Break (BR)" for an AIST genre code; any other name once (`shown`),
+    since it has no long name to add."""
+    return f"{GENRES[code]} ({code})" if code in GENRES else shown(code)
+
+
+def spelling_key(name: str) -> str:
+    """What stays of a class name when case, spaces, hyphens and underscores are ignored: names that
+    share it (Hip Hop, hip hop, HipHop, Hip-Hop, 'Hip Hop ') are almost always one class."""
+    return "".join(re.split(r"[\s_-]+", name)).casefold()

@@ -58,36 +58,72 @@ def epochs(first: int, repeat: bool):
     return tf.data.Dataset.from_generator(lambda: iter([next(counter)]), output_signature=tf.TensorSpec([], tf.int64))
 
 
-def exactly(batches, steps: int | None):
-    """One epoch's batches as exactly `steps` of them (None: as they are): cycled when fewer, cut when more."""
-    return batches if steps is None else batches.repeat().take(steps)
+def exactly(batches, steps: int | None, step=0, whole=None):
+    """One epoch's batches as exactly `steps` of them (None: as they are): cycled when fewer, cut when more.
+    Started at batch `step` (> 0: see first_batch), `batches` are the epoch's from its batch step % n and
+    `whole` the epoch's from its start, read for the cycles after."""
+    if steps is None:
+        return batches
+    if whole is None:
+        return batches.repeat().take(steps)
+    return batches.concatenate(whole.repeat()).take(steps - step)
+
+
+def started(dataset):
+    """`dataset` without tf.data's no-op elimination: with the skips and takes a start position adds,
+    whose counts are computed from the epoch number, it crashed the process (segfault in
+    IsConstNodeWithValue, TF 2.21, the streamed reader with a holdout). All it removes is stages such
+    as skip(0), which cost next to nothing."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_optimization.noop_elimination = False
+    return dataset.with_options(options)
+
+
+def first_batch(step: int, steps: int | None, examples: int, batch_size: int, drop_remainder: bool) -> int:
+    """Batch `step` of an epoch of `examples` is its batch first_batch(...): the same one, or with
+    steps_per_epoch (epochs cycled to `steps` batches) that one modulo the epoch's batches."""
+    count = examples // batch_size if drop_remainder else -(-examples // batch_size)
+    return step % count if steps is not None and count else step
 
 
 def index_batches(sampler: sampler_lib.Sampler, first: int, repeat: bool, batch_size: int, drop_remainder: bool,
-                  keep: np.ndarray | None = None, seeds: bool = False, steps: int | None = None):
+                  keep: np.ndarray | None = None, seeds: bool = False, steps: int | None = None, step: int = 0):
     """Batches of example indices [B] int64 in the sampler's order (seeds: (indices, window seed [2])),
-    each epoch `steps` batches when given (see exactly)."""
+    each epoch `steps` batches when given (see exactly); epoch `first` from its batch `step`: a slice of
+    its order and its seeds, whatever the step costs the same."""
     import tensorflow as tf
 
     def numbers(epoch):
         order = sampler.order(int(epoch), keep)
-        return order, sampler.batch_seeds(int(epoch), -(-len(order) // batch_size))
+        skipped = step if epoch == first else 0
+        return (order, sampler.batch_seeds(int(epoch), -(-len(order) // batch_size)), np.int64(skipped),
+                np.int64(first_batch(skipped, steps, len(order), batch_size, drop_remainder)))
+
+    def batched(order, batch_seeds):
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder)
+        return tf.data.Dataset.zip((batches, tf.data.Dataset.from_tensor_slices(batch_seeds))) if seeds else batches
 
     def one_epoch(epoch):
-        order, batch_seeds = tf.numpy_function(numbers, [epoch], (tf.int64, tf.int64), stateful=False)
-        batches = tf.data.Dataset.from_tensor_slices(tf.ensure_shape(order, [None])).batch(batch_size, drop_remainder)
-        if seeds:
-            batches = tf.data.Dataset.zip((batches, tf.data.Dataset.from_tensor_slices(tf.ensure_shape(batch_seeds, [None, 2]))))
-        return exactly(batches, steps)
+        order, batch_seeds, skipped, start = tf.numpy_function(numbers, [epoch], (tf.int64,) * 4, stateful=False)
+        order, batch_seeds = tf.ensure_shape(order, [None]), tf.ensure_shape(batch_seeds, [None, 2])
+        if not step:
+            return exactly(batched(order, batch_seeds), steps)
+        rest = batched(order[start * batch_size:], batch_seeds[start:])
+        return rest if steps is None else exactly(rest, steps, skipped, batched(order, batch_seeds))
 
-    return epochs(first, repeat).flat_map(one_epoch)
+    batches = epochs(first, repeat).flat_map(one_epoch)
+    return started(batches) if step else batches
 
 
-def streamed_records(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: bool = False):
+def streamed_records(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: bool = False, entry=None):
     """The records of one epoch (an int64 scalar tensor) in the sampler's order, read shard after shard,
     each shard's record count checked (record_files.checked_records). Graph ops only: the tf.data
     service can run it. afresh: windows permuted by a random draw each time they are read instead (a
-    service job is the same graph every epoch; without it every epoch would repeat one order)."""
+    service job is the same graph every epoch; without it every epoch would repeat one order).
+    entry: a sampler.Entry's (shards, records, phase, window) as int64 tensors: the epoch from that
+    window on, its first shards not read (the caller drops the window's first `dropped`)."""
     import tensorflow as tf
 
     count = len(sampler.counts)
@@ -96,14 +132,19 @@ def streamed_records(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: b
         shards = tf.gather(shards, draw(sampler.seed, epoch, sampler_lib.SHARD_RUN, count))
     if count >= sampler.workers:
         shards = shards[sampler.worker::sampler.workers]
+    skipped, records_skipped, phase, window = entry if entry is not None else (0, 0, sampler.worker, 0)
+    if entry is not None:
+        shards = shards[skipped:]
     files = tf.data.Dataset.from_tensor_slices((tf.gather(tf.constant(paths), shards),
                                                 tf.gather(tf.constant(sampler.counts, tf.int64), shards)))
     # Shard after shard, whole: a block as long as the longest shard takes each one out before the next, while the
     # parallel interleave reads the following shards ahead (remote latency, parsing on several cores).
     records = files.interleave(checked_records, cycle_length=max(1, min(count, 4)), block_length=max(max(sampler.counts, default=1), 1),
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if entry is not None:
+        records = records.skip(records_skipped)
     if count < sampler.workers:
-        records = records.shard(sampler.workers, sampler.worker)
+        records = records.shard(sampler.workers, phase)
     if not sampler.shuffle:
         return records
 
@@ -112,11 +153,12 @@ def streamed_records(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: b
             run = tf.random.uniform([], 0, 2**62, dtype=tf.int64)
         return tf.gather(window, draw(sampler.seed, epoch, run, tf.shape(window, tf.int64)[0]))
 
-    return records.batch(sampler.window).enumerate().map(permute).unbatch()
+    return records.batch(sampler.window).enumerate(window).map(permute).unbatch()
 
 
-def batch_seeds(sampler: sampler_lib.Sampler, epoch):
-    """sampler.batch_seeds(epoch, ...) as an endless dataset of [2] int64 seeds, batch after batch."""
+def batch_seeds(sampler: sampler_lib.Sampler, epoch, first=0):
+    """sampler.batch_seeds(epoch, ...) as an endless dataset of [2] int64 seeds, batch after batch from
+    batch `first`."""
     import tensorflow as tf
 
     golden, base = tf.constant(GOLDEN, tf.uint64), _base(sampler.seed, epoch, sampler_lib.SEED_RUN)
@@ -125,4 +167,4 @@ def batch_seeds(sampler: sampler_lib.Sampler, epoch):
         positions = tf.cast(2 * batch + tf.constant([1, 2], tf.int64), tf.uint64)
         return tf.cast(tf.bitwise.right_shift(_splitmix64(base + golden * positions), tf.constant(1, tf.uint64)), tf.int64)
 
-    return tf.data.Dataset.range(2**62).map(seed)
+    return tf.data.Dataset.range(first, 2**62).map(seed)

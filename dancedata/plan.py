@@ -129,6 +129,7 @@ def make_plan(found: scan.Scan, sampling: SamplingConfig, extractor_entry: dict,
 
     counts = split.group_counts(videos, build.split)
     warnings = split.warnings_for(videos, counts, build.split)
+    warnings += scan.class_warnings(classes)
     if not scan.has_grouping(videos):
         warnings.append(
             "no grouping: every video is its own sequence (names are not AIST names and there is no sequence_id "
@@ -146,7 +147,9 @@ def cut(rows: dict, ident: dict, per_example: int, build: BuildConfig) -> list:
         members_of = sorted(rows.get(name, []), key=lambda row: _order_key(build.seed, row["video_id"]))
         if not members_of:
             continue
-        count = max(1, math.ceil(len(members_of) * per_example / (build.shard_mb * 1e6)))
+        # At least one example a shard: an example larger than --shard-mb (kept frames) gets a shard of its own,
+        # never an empty one beside it.
+        count = min(len(members_of), max(1, math.ceil(len(members_of) * per_example / (build.shard_mb * 1e6))))
         for index in range(count):
             members = tuple(members_of[len(members_of) * index // count : len(members_of) * (index + 1) // count])
             key = digest({"identity": ident_digest, "split": name, "index": index, "count": count, "videos": members})

@@ -44,13 +44,13 @@ def load_run(run_dir: str):
 
 
 def expand_inputs(paths: list) -> list:
-    """Video paths from files, folders (every video inside, recursively, sorted) and list files (one
-    path per line; blank lines and # comments skipped; relative paths from the list's folder)."""
+    """Video paths from files, folders (every video inside, recursively, sorted, found as a build finds
+    them: hidden files and folders skipped) and list files (one path per line; blank lines and #
+    comments skipped; relative paths from the list's folder)."""
     videos = []
     for path in paths:
         if os.path.isdir(path):
-            found = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                           if name.lower().endswith(scan.VIDEO_EXTENSIONS))
+            found = sorted(name for name in scan._files(path) if name.lower().endswith(scan.VIDEO_EXTENSIONS))
             if not found:
                 raise InputError(f"no video files in {path}")
             videos += found
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
             elif "error" in result:
                 print(f"{result['video']}: error: {result['error']}", flush=True)
             else:
-                shown = ", ".join(f"{t['name']} ({t['genre']}) {t['probability']:.1%}" for t in result["top"])
+                shown = ", ".join(f"{naming.label(t['genre'])} {t['probability']:.1%}" for t in result["top"])
                 print(f"{result['video']}: {shown}", flush=True)
     finally:
         if table:

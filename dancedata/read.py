@@ -19,9 +19,10 @@ import sys
 import numpy as np
 
 from dancedata import manifest as manifest_lib
-from dancedata import fs, mapped_shards, pipelines, record_files, schema, shard_index
+from dancedata import cli, fs, mapped_shards, pipelines, record_files, schema, shard_index
 from dancedata.errors import ConfigError, ShardError
-from dancedata.read_config import DanceDataDeprecationWarning, ExampleConfig, Holdout, ReadConfig, from_keywords
+from dancedata.read_config import (DanceDataDeprecationWarning, ExampleConfig, Holdout, ReadConfig, check_int,
+                                   from_keywords)
 from dancedata.sampler import Sampler
 from dancedata.record_files import shard_error  # noqa: F401  (public here since schema 2: train.py, user code)
 
@@ -182,11 +183,11 @@ class DatasetBuilder:
         The keyword arguments of earlier releases (shuffle=, seed=, seq_len=, ...) still work, with a
         warning naming their new spelling.
         """
+        cli.load_tensorflow()  # its C++ start-up notices ignore TF_CPP_MIN_LOG_LEVEL: hidden as the commands hide them
         import tensorflow as tf
 
         read, example = from_keywords(deprecated, read_config, example_config)
-        if batch_size <= 0:
-            raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        batch_size = check_int("batch_size", batch_size, 1)
         if example.seq_len is not None and example.seq_len > self.info.num_frames:
             raise ConfigError(f"seq_len must be in 1..{self.info.num_frames} (the stored frames), got {example.seq_len}")
         if read.data_service and input_context is not None:
@@ -205,7 +206,7 @@ class DatasetBuilder:
             if read.steps_per_epoch and not len(sampler.order(0, keep)):  # its epochs would be cycled without end
                 raise ConfigError(f"input pipeline {worker} of {workers} has no example of {split} to read")
             batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder, keep,
-                                              windows, read.steps_per_epoch)
+                                              windows, read.steps_per_epoch, read.step)
             decode = table.decoder()
         else:
             batches = self.streamed_batches(split, paths, sampler, read, batch_size, windows)
@@ -238,24 +239,57 @@ class DatasetBuilder:
                          windows: bool):
         """Batches of serialized records (windows: with their seeds) in the sampler's order, epoch after
         epoch, each read.steps_per_epoch batches when set; through a service, one epoch (the service's
-        job), repeated by the caller. The reader of every field and of stored frames (frames_input)."""
+        job), repeated by the caller. The reader of every field and of stored frames (frames_input).
+        With read.step, the first epoch is entered where sampler.locate says: the shards before the
+        window (read.shuffle_buffer examples) holding the start are not opened, and at most the records
+        of one shard before it are read and dropped. With a holdout, finding the start also reads every
+        record's sequence id once (one pass over the split, whatever the step)."""
         import tensorflow as tf
 
         held = None
         if read.holdout is not None and read.holdout.by != "sequence":
             held = self.holdout_part(split, read.holdout.fraction, read.holdout.by)[0]
 
-        def one_epoch(epoch):
-            records = pipelines.streamed_records(sampler, paths, epoch, afresh=bool(read.data_service))
+        def one_epoch(epoch, entry=None, first=0):
+            records = pipelines.streamed_records(sampler, paths, epoch, afresh=bool(read.data_service),
+                                                 entry=None if entry is None else tf.unstack(entry)[:4])
             if read.holdout is not None:
                 records = record_files.select(records, read.holdout.fraction, read.holdout.part == "held", held)
+            records = records if entry is None else records.skip(entry[4])
             batches = records.batch(batch_size, drop_remainder=read.drop_remainder)
-            batches = tf.data.Dataset.zip((batches, pipelines.batch_seeds(sampler, epoch))) if windows else batches
-            return batches if read.data_service else pipelines.exactly(batches, read.steps_per_epoch)
+            return tf.data.Dataset.zip((batches, pipelines.batch_seeds(sampler, epoch, first))) if windows else batches
 
         if read.data_service:
             return one_epoch(tf.constant(read.epoch, tf.int64))
-        return pipelines.epochs(read.epoch, read.repeat).flat_map(one_epoch)
+        if not read.step:
+            return pipelines.epochs(read.epoch, read.repeat).flat_map(
+                lambda epoch: pipelines.exactly(one_epoch(epoch), read.steps_per_epoch))
+        keep = self._kept(split, self._sequences(paths, sampler.counts), read.holdout) if read.holdout else None
+        examples = len(sampler.order(read.epoch, keep))
+        first = pipelines.first_batch(read.step, read.steps_per_epoch, examples, batch_size, read.drop_remainder)
+        located = sampler.locate(read.epoch, first * batch_size, keep)
+        whole = (0, 0, sampler.worker, 0, 0)  # an epoch from its start (sampler.Entry)
+
+        def started_epoch(epoch):  # the first epoch from `located`, the others from their start
+            is_first = tf.equal(epoch, read.epoch)
+            entry = tf.where(is_first, tf.constant(located, tf.int64), tf.constant(whole, tf.int64))
+            batches = one_epoch(epoch, entry, tf.where(is_first, tf.constant(first, tf.int64), 0))
+            if read.steps_per_epoch is None:
+                return batches
+            skipped = tf.where(is_first, tf.constant(read.step, tf.int64), 0)
+            return pipelines.exactly(batches, read.steps_per_epoch, skipped, one_epoch(epoch))
+
+        return pipelines.started(pipelines.epochs(read.epoch, read.repeat).flat_map(started_epoch))
+
+    def _sequences(self, paths: list, counts) -> np.ndarray:
+        """Every record's sequence id (bytes) in `paths`, read in that order (counts checked)."""
+        import tensorflow as tf
+
+        spec = {schema.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string)}
+        records = tf.data.Dataset.from_tensor_slices((paths, tf.constant(list(counts), tf.int64)))
+        ids = records.flat_map(record_files.checked_records).batch(1024).map(
+            lambda serialized: tf.io.parse_example(serialized, spec)[schema.SEQUENCE_ID])
+        return np.concatenate([batch.numpy() for batch in ids] or [np.zeros(0, object)])
 
     def _table(self, split: str, paths: list, read: ReadConfig, metadata: bool):
         """The examples of `paths` as a table gathered by index (mapped_shards.MappedShards, or with

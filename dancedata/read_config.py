@@ -13,10 +13,29 @@ from __future__ import annotations
 import dataclasses
 import warnings
 
+# The checkers live with the build configs (config.py, which imports nothing heavy); readers import them from here.
+from dancedata.config import _got, check_bool, check_indices, check_int, check_number, check_str  # noqa: F401
+from dancedata.config import check_types
 from dancedata.errors import ConfigError
 
 HOLDOUT_UNITS = ("sequence", "dancer")
 SOURCES = ("auto", "mapped", "stream")
+
+
+def check_config(name: str, value, cls: type):
+    """`value` if it is a `cls` or None, else ConfigError saying what to pass instead: a dict is
+    spelled as the config it meant, a config of the other kind is named with its own argument."""
+    if value is None or isinstance(value, cls):
+        return value
+    accepts = f"{name} must be a dancedata.{cls.__name__} or None"
+    if isinstance(value, dict):
+        fields = ", ".join(f"{key}={item!r}" for key, item in value.items())
+        raise ConfigError(f"{accepts}, got a dict: pass {name}={cls.__name__}({fields})")
+    other = {ReadConfig: ("example_config", ExampleConfig), ExampleConfig: ("read_config", ReadConfig)}.get(cls)
+    if other and isinstance(value, other[1]):
+        article = "an" if other[1].__name__[0] in "AEIOU" else "a"
+        raise ConfigError(f"{accepts}, got {article} {other[1].__name__}: pass it as {other[0]}=")
+    raise ConfigError(f"{accepts}, got {_got(value)}")
 
 
 class DanceDataDeprecationWarning(FutureWarning):
@@ -35,6 +54,7 @@ class Holdout:
     part: str = "rest"
 
     def __post_init__(self):
+        check_types(self, "holdout ")
         if not 0 < self.fraction < 1:
             raise ConfigError(f"holdout fraction must be in (0, 1), got {self.fraction}")
         if self.by not in HOLDOUT_UNITS:
@@ -56,6 +76,9 @@ class ReadConfig:
       order again, a longer one is cut. Several input pipelines (tf.distribute workers, whose shares of
       an epoch differ) then stay in step with the training loop's epochs, so a resumed run sees the
       batches an uninterrupted one does.
+    step: the first epoch read (`epoch`) starts at its batch `step`: the batches step=0 would give from
+      there on (the same examples, windows and batch boundaries; each input pipeline at its own batch
+      `step`), then the following epochs whole. Nothing before it is read again (docs/reading.md).
     cache: keep the split's examples in memory, read once (cache_bytes(split) of it).
     verify: compare every shard's sha256 with the manifest first (reads stay CRC-checked regardless).
     skip_bad_shards: leave out damaged shards, with one warning listing them, instead of stopping.
@@ -71,6 +94,7 @@ class ReadConfig:
     repeat: bool = False
     epoch: int = 0
     steps_per_epoch: int | None = None
+    step: int = 0
     cache: bool = False
     drop_remainder: bool = False
     verify: bool = False
@@ -80,20 +104,19 @@ class ReadConfig:
     holdout: Holdout | None = None
 
     def __post_init__(self):
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise ConfigError(f"seed must be in 0..2**63-1, got {self.seed}")
-        if self.shuffle_buffer < 1:
-            raise ConfigError(f"shuffle_buffer must be positive, got {self.shuffle_buffer}")
-        if self.epoch < 0:
-            raise ConfigError(f"epoch must be 0 or more, got {self.epoch}")
+        check_types(self, ranges={"seed": (0, 2**63 - 1), "shuffle_buffer": (1,), "epoch": (0,), "step": (0,)})
         if self.steps_per_epoch is not None and (self.steps_per_epoch < 1 or not self.repeat):
             raise ConfigError(f"steps_per_epoch must be positive and comes with repeat=True, got {self.steps_per_epoch}"
                               f"{'' if self.repeat else ' without repeat'}")
+        if self.steps_per_epoch is not None and self.step >= self.steps_per_epoch:
+            raise ConfigError(f"step must be less than steps_per_epoch ({self.steps_per_epoch}), got {self.step}")
         if self.source not in SOURCES:
             raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
-        if self.holdout is not None and not isinstance(self.holdout, Holdout):
-            raise ConfigError(f"holdout must be a dancedata.Holdout, got {type(self.holdout).__name__}")
+        check_config("holdout", self.holdout, Holdout)
         if self.data_service:
+            if self.step:  # the service's order is not reproducible: resume at the epoch, from its start
+                raise ConfigError(f"data_service cannot start inside an epoch (step={self.step}): the service's order "
+                                  "differs each time; start at the epoch with step=0")
             if self.cache:
                 raise ConfigError("data_service and cache exclude each other: the service's workers read the shards")
             if self.source == "mapped":
@@ -113,11 +136,10 @@ class ExampleConfig:
     with_metadata: bool = False
 
     def __post_init__(self):
-        if self.seq_len is not None and self.seq_len < 1:
-            raise ConfigError(f"seq_len must be positive, got {self.seq_len}")
+        check_types(self, ranges={"seq_len": (1,)})
 
 
-_READ = {field.name for field in dataclasses.fields(ReadConfig)} - {"holdout"}
+_READ = {field.name for field in dataclasses.fields(ReadConfig)} - {"holdout", "step"}  # step: never a keyword
 _EXAMPLE = {field.name for field in dataclasses.fields(ExampleConfig)}
 _HOLDOUT = {"holdout_fraction": "fraction", "holdout_by": "by", "holdout": "part"}
 
@@ -126,6 +148,8 @@ def from_keywords(keywords: dict, read_config: ReadConfig | None, example_config
                   stacklevel: int = 3) -> tuple:
     """(read_config, example_config) with the old keyword arguments of as_dataset folded in, each named
     with its new spelling in one warning. Mixing a config with old keywords for its fields is refused."""
+    check_config("read_config", read_config, ReadConfig)
+    check_config("example_config", example_config, ExampleConfig)
     unknown = set(keywords) - _READ - _EXAMPLE - set(_HOLDOUT)
     if unknown:
         raise TypeError(f"as_dataset() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")

@@ -1,17 +1,68 @@
-"""The datasets, strategy and evaluation split of a training run (dancedata/train.py's `_train` takes
-them from here): which reader (features or stored frames), the two configs every reader of a run takes,
-validation held out by the build's split unit, the memory cache decision, and tf.distribute set-up."""
+"""The data side of a training run (dancedata/train.py's `_train` takes it from here): whether the
+build can be trained on, which reader (features or stored frames), the two configs every reader of a
+run takes, validation held out by the build's split unit, the memory cache decision, the training
+split from any (epoch, step), feature statistics, tf.distribute set-up and the evaluation split."""
 from __future__ import annotations
 
 import dataclasses
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import Callable
 
 from dancedata.errors import ConfigError
+from dancedata.train_config import TrainConfig
 
-if TYPE_CHECKING:
-    from dancedata.train import TrainConfig
+
+@dataclasses.dataclass
+class RunData:
+    """A run's datasets: `train_from(epoch, step)` is the training split from that position on (every
+    epoch `steps` batches), `val` the validation batches (None without any), `table` the examples on the
+    device with --cache device (the model then takes indices)."""
+
+    train_from: Callable
+    val: object
+    steps: int
+    table: object = None
+
+
+def trainable_build(cfg: TrainConfig):
+    """The DatasetBuilder of cfg.shards, refused (ConfigError) when nothing could learn from it."""
+    from dancedata.read import DatasetBuilder
+
+    builder = DatasetBuilder(cfg.shards)
+    info = builder.info
+    if not info.splits.get("train"):
+        raise ConfigError(f"{cfg.shards} has no training example (splits: {', '.join(f'{n} {c}' for n, c in info.splits.items()) or 'none'})")
+    trained = sorted(g for g, n in info.manifest["splits"]["train"].get("genres", {}).items() if n)
+    if len(trained) < 2:
+        raise ConfigError(f"{cfg.shards}: the train split holds examples of {len(trained)} genre(s) "
+                          f"({', '.join(trained) or 'none'}): nothing can learn to tell genres apart from it; "
+                          "build with videos of at least two genres")
+    if cfg.finetune:
+        from dancedata import frames_input
+
+        frames_input.stored_frames(builder)  # a build without frames is refused before anything is written
+    return builder
+
+
+def say_what_the_build_said(builder, cfg: TrainConfig) -> None:
+    """The build's warnings about its splits, and splits left out, where training starts."""
+    for warning in builder.info.manifest.get("warnings", []):
+        print(f"warning from the build: {warning}", file=sys.stderr)
+    for name in sorted(set(builder.info.splits) - usable_splits(builder)):
+        print(f"split {name} has no example (its videos all failed to decode; see `python -m dancedata.inspect "
+              f"{cfg.shards}`): left out", file=sys.stderr)
+
+
+def moments(builder, cfg: TrainConfig):
+    """(mean, variance) of the training part's real frames: as the build recorded them, or read once."""
+    from dancedata.read import build_moments, feature_moments
+
+    found = build_moments(builder) if not holdout_fraction(builder, cfg) and not cfg.skip_bad_shards else None
+    if found is None:  # an older build, or train is not the whole train split: read it once
+        found = feature_moments(builder.as_dataset("train", batch_size=256,
+                                                   read_config=unordered(reading(builder, cfg, False)[0])))
+    return found
 
 
 def usable_splits(builder) -> set:
@@ -52,18 +103,17 @@ def train_size(builder, cfg: TrainConfig) -> int:
     return sum(int(label.shape[0]) for _, label in kept)
 
 
-def datasets(builder, cfg: TrainConfig, strategy, epoch: int = 0):
-    """(train, validation or None, steps per epoch, device table or None); validation never shares a
-    performance with train. Train repeats from `epoch` on, each epoch's order a pure function of
-    (seed, epoch) (through a data service, the service's order), and an epoch is
-    steps_per_epoch = ceil(examples / global batch) steps: Keras keeps one iterator and never runs
-    out of data."""
+def datasets(builder, cfg: TrainConfig, strategy) -> RunData:
+    """The run's RunData; validation never shares a performance with train. Train repeats from any
+    (epoch, step) on, each epoch's order a pure function of (seed, epoch) (through a data service, the
+    service's order), and an epoch is steps = ceil(examples / global batch) steps: Keras keeps one
+    iterator and never runs out of data."""
     if cfg.verify:  # once per split, before any dataset reads it
         for split in builder.info.splits:
             builder.verify(split)
     usable = usable_splits(builder)
     if cfg.cache == "device":
-        return device_datasets(builder, cfg, usable, epoch)
+        return device_datasets(builder, cfg, usable)
     cache = cfg.cache == "memory"
     if cfg.cache is None and not cfg.data_service and not cfg.finetune:  # train and validation are read every epoch; a held-out val is a part of train
         nbytes = builder.cache_bytes("train") + (builder.cache_bytes("val") if "val" in usable else 0)
@@ -72,20 +122,23 @@ def datasets(builder, cfg: TrainConfig, strategy, epoch: int = 0):
             print(f"train and validation ({nbytes / 1e9:.1f} GB decoded) are over a quarter of the available "
                   "memory: reading them from the shards every epoch (--cache keeps them anyway)", file=sys.stderr)
     steps = max(1, -(-train_size(builder, cfg) // cfg.batch_size))
-    train_read, val_read, example = reading(builder, cfg, cache, epoch, None if cfg.data_service else steps)
-    if cfg.strategy != "default" and not cfg.data_service:  # each worker reads its share of the files, per-replica batches
-        train = strategy.distribute_datasets_from_function(
-            lambda context: for_strategy(cfg, builder.as_dataset("train", batch_size=cfg.batch_size, read_config=train_read,
-                                                                  example_config=example, input_context=context)))
-    else:
-        train = reader(builder, cfg)("train", batch_size=cfg.batch_size, read_config=train_read, example_config=example)
+    _, val_read, example = reading(builder, cfg, cache)
+
+    def train_from(epoch: int, step: int):
+        read = reading(builder, cfg, cache, epoch, None if cfg.data_service else steps, step)[0]
+        if cfg.strategy != "default" and not cfg.data_service:  # each worker reads its share of the files, per-replica batches
+            return strategy.distribute_datasets_from_function(
+                lambda context: for_strategy(cfg, builder.as_dataset("train", batch_size=cfg.batch_size, read_config=read,
+                                                                      example_config=example, input_context=context)))
+        return reader(builder, cfg)("train", batch_size=cfg.batch_size, read_config=read, example_config=example)
+
     val = sized(reader(builder, cfg)("val" if "val" in usable else "train", batch_size=cfg.batch_size, read_config=val_read,
                                        example_config=example))
     if val is None and "val" not in usable:
         print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
     if val is not None and cfg.strategy != "default":
         val = for_strategy(cfg, val)
-    return train, val, steps, None
+    return RunData(train_from, val, steps)
 
 
 def phases(cfg: TrainConfig) -> list:
@@ -109,15 +162,17 @@ def reader(builder, cfg: TrainConfig):
     return builder.as_dataset
 
 
-def reading(builder, cfg: TrainConfig, cache: bool, epoch: int = 0, steps: int | None = None) -> tuple:
-    """(train ReadConfig, validation ReadConfig, ExampleConfig) of a run: train shuffled from `epoch` on;
+def reading(builder, cfg: TrainConfig, cache: bool, epoch: int = 0, steps: int | None = None, step: int = 0) -> tuple:
+    """(train ReadConfig, validation ReadConfig, ExampleConfig) of a run: train shuffled from batch `step`
+    of `epoch` on (through a data service: from the start of `epoch`, the service's order);
     validation is the val split, or without one the part of train held out by the split's unit. Features
     stay float16 to the model, which casts them on its device: half the bytes on the host."""
     from dancedata import ExampleConfig, Holdout, ReadConfig
 
     fraction, by = holdout_fraction(builder, cfg), holdout_by(builder)
     rest, held = (Holdout(fraction, by=by), Holdout(fraction, by=by, part="held")) if fraction else (None, None)
-    train = ReadConfig(shuffle=True, seed=cfg.seed, repeat=True, epoch=epoch, steps_per_epoch=steps, cache=cache,
+    train = ReadConfig(shuffle=True, seed=cfg.seed, repeat=True, epoch=epoch, step=0 if cfg.data_service else step,
+                       steps_per_epoch=steps, cache=cache,
                        skip_bad_shards=cfg.skip_bad_shards, data_service=cfg.data_service or None, holdout=rest)
     val = ReadConfig(cache=cache, skip_bad_shards=cfg.skip_bad_shards, holdout=None if "val" in usable_splits(builder) else held)
     return train, val, ExampleConfig(seq_len=cfg.seq_len or None, cast=False)
@@ -125,7 +180,7 @@ def reading(builder, cfg: TrainConfig, cache: bool, epoch: int = 0, steps: int |
 
 def unordered(read):
     """The training part of train read once, in stored order, locally: for counting and statistics."""
-    return dataclasses.replace(read, shuffle=False, repeat=False, epoch=0, steps_per_epoch=None, data_service=None)
+    return dataclasses.replace(read, shuffle=False, repeat=False, epoch=0, step=0, steps_per_epoch=None, data_service=None)
 
 
 def sized(dataset):
@@ -137,7 +192,7 @@ def sized(dataset):
     return dataset.apply(tf.data.experimental.assert_cardinality(batches)) if batches else None
 
 
-def device_datasets(builder, cfg: TrainConfig, usable: set, epoch: int = 0):
+def device_datasets(builder, cfg: TrainConfig, usable: set) -> RunData:
     """--cache device: train (and val) examples in one table for the accelerator, and index batches
     that are the batches the other cache modes read (same seed, same order, same windows)."""
     from dancedata.device_table import index_dataset, load_table
@@ -146,13 +201,17 @@ def device_datasets(builder, cfg: TrainConfig, usable: set, epoch: int = 0):
     print(f"--cache device: {table.features.nbytes / 1e9:.2f} GB of features on the accelerator "
           f"({len(table.labels)} examples)", file=sys.stderr)
     steps = max(1, -(-train_size(builder, cfg) // cfg.batch_size))
-    train_read, val_read, example = reading(builder, cfg, False, epoch, steps)
-    train = index_dataset(builder, "train", table, batch_size=cfg.batch_size, read_config=train_read, example_config=example)
+    _, val_read, example = reading(builder, cfg, False)
+
+    def train_from(epoch: int, step: int):
+        read = reading(builder, cfg, False, epoch, steps, step)[0]
+        return index_dataset(builder, "train", table, batch_size=cfg.batch_size, read_config=read, example_config=example)
+
     val = sized(index_dataset(builder, "val" if "val" in usable else "train", table, batch_size=cfg.batch_size,
                                read_config=val_read, example_config=example))
     if val is None and "val" not in usable:
         print("no val split and no sequence fell in the held-out part: training without validation", file=sys.stderr)
-    return train, val, steps, table
+    return RunData(train_from, val, steps, table)
 
 
 def for_strategy(cfg: TrainConfig, dataset):

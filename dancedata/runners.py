@@ -35,10 +35,10 @@ def run_local(plan, folder, prepared, extractor, sampling, build, progress=None,
         kept = sum(r["num_examples"] + len(r["skipped"]) for r in prepared.done.values())
         say(f"resuming: {len(prepared.done)} of {len(plan.units)} shards are already built ({kept} videos) and are kept; "
             f"{len(pending)} to build")
-    to_decode = [row for unit in pending for row in unit.videos if not reuse.has(row)]
+    to_decode = work_unit.to_decode(pending, reuse, extractor.videos_per_batch)
     reused = sum(len(unit.videos) for unit in pending) - len(to_decode)
     if reused:
-        say(f"reusing {reused} videos from earlier shards (same file size and time); {len(to_decode)} to decode")
+        say(f"reusing {reused} videos from earlier shards (same file size and time, same batch slot); {len(to_decode)} to decode")
     if progress is not None:
         progress.reset(total=sum(len(unit.videos) for unit in pending))
     records = dict(prepared.done)
@@ -65,7 +65,7 @@ def build_units(units: list, folder, reuse, extractor, sampling, build, pool, on
         from dancedata.frames import Encoder
 
         encoder = Encoder(build.keep_frames, build.jpeg_quality, extractor.config.image_size)
-    decoded = pool.imap([row for unit in units for row in unit.videos if not reuse.has(row)])
+    decoded = pool.imap(work_unit.to_decode(units, reuse, extractor.videos_per_batch))
     records = {}
     for unit in units:
         records[unit.name] = work_unit.run(

@@ -9,11 +9,13 @@ AIST names its files, so the build's grouping, splits, skipping and warnings all
   is what `--split dancer` guards against); each dancer dances several choreographies, each seen
   from several **cameras** (another position, size and background), which the sequence split keeps
   together; the music (m{genre}{0-5}) sets the tempo;
-- beside them, what a real download folder holds: a cut file, a showcase video (no genre), a page
-  saved as .mp4, and a note.
+- beside them, what a real download folder holds: a download cut short (its first frames decode: the
+  build keeps them and lists it as truncated), a showcase video (no genre), a page saved as .mp4, and
+  a note.
 
 Deterministic for a seed (the same pixels; the encoder's bytes are those of this PyAV build), and
-made in seconds on 2 cores.
+made in seconds on 2 cores. It writes only into an empty or new folder: clips of two samples with
+other options in one folder would give one dancer number to dancers of two genres.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import os
 import numpy as np
 
 from dancedata import cli, config
-from dancedata.errors import ConfigError
+from dancedata.errors import ConfigError, InputError
 
 # How each genre moves: every one a different use of the same body, so only the motion tells them apart.
 MOTIONS = ("BR", "PO", "LO", "WA", "HO", "KR", "LH", "MH", "JB", "JS")
@@ -40,6 +42,8 @@ class SampleConfig:
     width: int = config.flag("frame width in pixels (even)", default=640)
     height: int = config.flag("frame height in pixels (even)", default=360)
     seed: int = config.flag("seed: the same seed gives the same pixels", default=0)
+    overwrite: bool = config.flag("delete every file the folder holds before writing (without it, a folder that holds "
+                                  "anything is refused); a folder holding subfolders is refused even so", default=False)
 
     def __post_init__(self):
         genres = self.genres.split(",")
@@ -115,11 +119,12 @@ def _frame(cfg: SampleConfig, genre: str, t: float, beat: float, dancer: dict, c
     return image
 
 
-def write_clip(path: str, frames) -> None:
-    """H.264 with B-frames, yuv420p, 30 fps, through PyAV."""
+def write_clip(path: str, frames, faststart: bool = False) -> None:
+    """H.264 with B-frames, yuv420p, 30 fps, through PyAV. faststart: the index (moov) before the
+    frames, as files served for the web have it, so a download cut short still opens."""
     import av
 
-    with av.open(path, "w") as container:
+    with av.open(path, "w", options={"movflags": "+faststart"} if faststart else {}) as container:
         stream = None
         for image in frames:
             if stream is None:
@@ -133,10 +138,32 @@ def write_clip(path: str, frames) -> None:
             container.mux(packet)
 
 
+def _clear(out: str, overwrite: bool) -> list:
+    """Makes sure `out` is empty (deleting its files with overwrite); returns the names deleted."""
+    if not os.path.exists(out):
+        return []
+    if not os.path.isdir(out):
+        raise InputError(f"{out} is a file, not a folder: choose a new or empty folder for the sample")
+    names = sorted(os.listdir(out))
+    if names and not overwrite:
+        raise InputError(f"{out} already holds {len(names)} file(s) (e.g. {names[0]}): the sample is written into an empty "
+                         "or new folder; choose another, or pass --overwrite to delete them first")
+    folders = [name for name in names if os.path.isdir(os.path.join(out, name))]
+    if folders:
+        raise InputError(f"{out} holds a folder ({folders[0]}/): --overwrite deletes files only, never folders; "
+                         "remove it or choose another folder")
+    for name in names:
+        os.remove(os.path.join(out, name))
+    return names
+
+
 def make_sample(out: str, cfg: SampleConfig = SampleConfig()) -> dict:
-    """Writes the sample folder; returns {"videos": [file names], "awkward": {file name: what it is}}."""
+    """Writes the sample folder; returns {"videos": [file names], "awkward": {file name: what it is},
+    "deleted": [names of the files `out` held before, deleted with cfg.overwrite]}. Raises InputError
+    when `out` holds anything and cfg.overwrite is False."""
     from dancedata import naming
 
+    deleted = _clear(out, cfg.overwrite)
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
     genres = cfg.genres.split(",")
@@ -150,7 +177,7 @@ def make_sample(out: str, cfg: SampleConfig = SampleConfig()) -> dict:
         texture = rng.integers(0, 25, (-(-cfg.height // 8), -(-cfg.width // 8), 3)).repeat(8, 0).repeat(8, 1)
         texture = texture[: cfg.height, : cfg.width]
         backgrounds.append(np.clip(np.broadcast_to(base, (cfg.height, cfg.width, 3)) + texture, 0, 255).astype(np.uint8))
-    made = []
+    made, first = [], None
     for g, genre in enumerate(genres):
         for d in range(cfg.dancers):
             number = g * cfg.dancers + d + 1
@@ -161,12 +188,10 @@ def make_sample(out: str, cfg: SampleConfig = SampleConfig()) -> dict:
                 for camera_index, camera in enumerate(cameras):
                     stem = f"g{genre}_sBM_c{camera_index + 1:02d}_d{number:02d}_m{genre}{music}_ch{c + 1:02d}"
                     naming.parse_aist_name(stem)  # a ValueError here is a bug in this module
-                    write_clip(os.path.join(out, stem + ".mp4"),
-                               (_frame(cfg, genre, i / FPS, beat, dancer, camera, backgrounds[camera_index]) for i in range(count)))
+                    scene = (genre, beat, dancer, camera, backgrounds[camera_index])
+                    write_clip(os.path.join(out, stem + ".mp4"), (_frame(cfg, scene[0], i / FPS, *scene[1:]) for i in range(count)))
                     made.append(stem + ".mp4")
-    first = os.path.join(out, made[0])
-    with open(first, "rb") as handle:
-        data = handle.read()
+                    first = first or scene
     awkward = {
         f"g{genres[0]}_sBM_c01_d{len(genres) * cfg.dancers + 1:02d}_m{genres[0]}0_ch09.mp4": "a download cut short",
         "sSH_c01_d01_mBR0_v1.mp4": "a showcase (no genre to learn)",
@@ -174,15 +199,16 @@ def make_sample(out: str, cfg: SampleConfig = SampleConfig()) -> dict:
         "notes.txt": "not a video",
     }
     names = list(awkward)
-    with open(os.path.join(out, names[0]), "wb") as handle:
-        handle.write(data[: len(data) // 3])
+    cut = os.path.join(out, names[0])  # the first clip again, its download stopped halfway
+    write_clip(cut, (_frame(cfg, first[0], i / FPS, *first[1:]) for i in range(count)), faststart=True)
+    os.truncate(cut, os.path.getsize(cut) // 2)
     write_clip(os.path.join(out, names[1]), (_frame(cfg, "BR", i / FPS, 0.5, {"colour": (200, 200, 200), "size": 1.0},
                                                    cameras[0], backgrounds[0]) for i in range(FPS)))
     with open(os.path.join(out, names[2]), "w") as handle:
         handle.write("<html><body>504 Gateway Time-out</body></html>\n")
     with open(os.path.join(out, names[3]), "w") as handle:
         handle.write("made by python -m dancedata.sample\n")
-    return {"videos": made, "awkward": awkward}
+    return {"videos": made, "awkward": awkward, "deleted": deleted}
 
 
 def main(argv=None) -> int:
@@ -193,6 +219,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg = config.from_flags(args, SampleConfig)
     made = make_sample(args.out, cfg)
+    if made["deleted"]:
+        shown = ", ".join(made["deleted"][:3]) + (", ..." if len(made["deleted"]) > 3 else "")
+        print(f"deleted the {len(made['deleted'])} file(s) {args.out} held ({shown}), as --overwrite asks")
     print(f"wrote {len(made['videos'])} videos to {args.out} ({len(cfg.genres.split(','))} genres x {cfg.dancers} dancers x "
           f"{cfg.choreographies} choreographies x {cfg.cameras} cameras, {cfg.seconds:g} s at {FPS} fps, "
           f"{cfg.width}x{cfg.height}) and {len(made['awkward'])} files a real folder has: "

@@ -16,7 +16,8 @@ Shards are shuffled at write time, so windows of the default 256 examples mix th
 shards, tables in memory and on a device gather examples in this order by index; streamed TFRecords read
 the shards in order 1 and permute each window (read.py); `dancedata.ExampleSource` with this sampler
 gives the same examples to grain or any other loader. An order never depends on how long a pipeline
-has run: a run resumed at epoch 5 sees epoch 5's order.
+has run: a run resumed at epoch 5 sees epoch 5's order, and one resumed at example p of it starts there:
+readers by index slice the order, a streamed reader enters the stream where `locate` says.
 
 "Drawn" means sorted by a 64-bit hash (splitmix64) of (seed, epoch, run, position), so the order is the
 same on every platform and NumPy version; without shuffle the order is the stored one.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from typing import NamedTuple
 
 import numpy as np
 
@@ -57,6 +59,16 @@ def hashes(seed: int, epoch: int, run: int, count: int) -> np.ndarray:
 def draw(seed: int, epoch: int, run: int, count: int) -> np.ndarray:
     """A permutation of range(count) drawn for (seed, epoch, run): positions sorted by their hashes."""
     return np.argsort(hashes(seed, epoch, run, count), kind="stable")
+
+
+class Entry(NamedTuple):
+    """Where a streamed reader enters an epoch to give its order from some position on (Sampler.locate)."""
+
+    shards: int  # leading shards of shards(epoch) not read at all
+    records: int  # records then skipped, of the first shard read (those before the window's first)
+    phase: int  # with fewer shards than workers: this worker's records are every workers-th from this one
+    window: int  # the number of the window reading resumes with (its permutation's run)
+    dropped: int  # examples of that window, once permuted and kept, that come before the position
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +131,23 @@ class Sampler:
                 part = stream[start:start + self.window]
                 stream[start:start + self.window] = part[self.window_order(epoch, run, len(part))]
         return stream if keep is None else stream[np.asarray(keep, bool)[stream]]
+
+    def locate(self, epoch: int, position: int, keep: np.ndarray | None = None) -> Entry:
+        """Where to enter this worker's stream of `epoch` so that reading on gives order(epoch, keep)
+        from `position` on: whole shards before the window that holds that example are not read, and at
+        most the records of that window before it are read and dropped. Past the end: nothing is read."""
+        shards, order = self.shards(epoch), self.order(epoch)
+        kept = np.arange(len(order)) if keep is None else np.flatnonzero(np.asarray(keep, bool)[order])
+        if position >= len(kept):
+            return Entry(len(shards), 0, 0, 0, 0)
+        window = int(kept[position]) // self.window
+        start = window * self.window  # in the worker's stream; in the shards' records when it takes every workers-th
+        if len(self.counts) < self.workers:
+            start = start * self.workers + self.worker
+        ends = np.cumsum(np.asarray(self.counts, np.int64)[shards])
+        shard = int(np.searchsorted(ends, start, side="right"))  # the first whose records reach past start
+        dropped = position - int(np.searchsorted(kept, window * self.window))
+        return Entry(shard, start - int(ends[shard - 1] if shard else 0), 0, window, dropped)
 
     def batch_seeds(self, epoch: int, count: int) -> np.ndarray:
         """[count, 2] int64: the seed of each batch's random frame windows in `epoch`."""

@@ -153,6 +153,17 @@ def has_grouping(videos: pd.DataFrame) -> bool:
     return videos.empty or bool((videos.sequence_id != videos.video_id).any())
 
 
+def class_warnings(classes: list) -> list:
+    """One warning per set of class names that differ only in case, spaces, hyphens or underscores:
+    the build keeps them apart (they are different labels), but they are almost always one class."""
+    groups: dict = {}
+    for name in classes:
+        groups.setdefault(naming.spelling_key(name), []).append(name)
+    return [f"classes {', '.join(repr(name) for name in group)} differ only in case, spaces, hyphens or underscores, "
+            f"and are built as {len(group)} classes: if they are one, give their folders (or CSV labels) one spelling"
+            for group in groups.values() if len(group) > 1]
+
+
 def classes(layout: str, videos: pd.DataFrame) -> list:
     """Sorted class names. AIST always has its ten genres, so label ids are stable across subsets."""
     if layout == "aist":

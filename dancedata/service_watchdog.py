@@ -79,11 +79,15 @@ class ServiceWatchdog(keras.callbacks.Callback):
             if time.monotonic() - checked >= self.check_every:
                 self._check_servers()
                 checked = time.monotonic()
-            # The first batch of a run also traces and compiles the training step: twice the time.
-            allowed = self.timeout * (2 if self.first else 1)
-            if self.watching and time.monotonic() - self.last > allowed:
-                self._check_servers()
-                self._stop(time.monotonic() - self.last)
+            if self._stalled():
+                self._check_servers()  # what is lost, for the last line; it can take seconds
+                if self._stalled():  # a batch that came during that check means the run recovered
+                    self._stop(time.monotonic() - self.last)
+
+    def _stalled(self) -> bool:
+        # The first batch of a run also traces and compiles the training step: twice the time.
+        allowed = self.timeout * (2 if self.first else 1)
+        return self.watching and time.monotonic() - self.last > allowed
 
     def _where(self) -> str:
         return f"during epoch {self.epoch + 1} after {self.batches} of {self.steps} batches"

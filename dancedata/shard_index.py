@@ -63,6 +63,8 @@ def masked_crc(data) -> int:
 def varint(data: bytes, at: int) -> tuple[int, int]:
     value = shift = 0
     while True:
+        if at >= len(data):
+            raise ValueError("a varint runs past the record")
         byte = data[at]
         value |= (byte & 0x7F) << shift
         at += 1
@@ -75,25 +77,24 @@ def varint(data: bytes, at: int) -> tuple[int, int]:
 
 def _fields(data: bytes, start: int, end: int):
     """(field number, wire type, payload start, payload end) of a message's fields; only the wire types
-    an Example uses (varint, 64-bit, length-delimited, 32-bit)."""
+    an Example uses (varint, 64-bit, length-delimited, 32-bit). Records travel between people: every
+    length is checked against its message before it is handed on."""
     at = start
     while at < end:
         tag, at = varint(data, at)
         number, kind = tag >> 3, tag & 7
         if kind == 0:
             _, after = varint(data, at)
-            yield number, kind, at, after
         elif kind == 2:
             length, at = varint(data, at)
             after = at + length
-            yield number, kind, at, after
         elif kind in (1, 5):
             after = at + (8 if kind == 1 else 4)
-            yield number, kind, at, after
         else:
             raise ValueError(f"unexpected wire type {kind}")
         if after > end:
             raise ValueError("field runs past its message")
+        yield number, kind, at, after
         at = after
 
 
@@ -168,12 +169,16 @@ class RecordWriter:
 
     def index(self, shard: str, unit_key: str) -> bytes:
         """The index file's bytes, bound to this shard (name, sha256, size) and its work unit's key."""
-        header = json.dumps({"version": 1, "shard": shard, "shard_sha256": self.sha256, "shard_bytes": self._offset,
-                             "unit_key": unit_key, "records": len(self._rows), "columns": list(COLUMNS)},
-                            sort_keys=True).encode("utf-8")
-        table = np.asarray(self._rows, "<u8").reshape(len(self._rows), len(COLUMNS))
-        body = MAGIC + struct.pack("<I", len(header)) + header + table.tobytes()
-        return body + struct.pack("<I", masked_crc(body))
+        return _index_bytes(self._rows, shard, self.sha256, self._offset, unit_key)
+
+
+def _index_bytes(rows: list, shard: str, sha256: str, size: int, unit_key: str) -> bytes:
+    header = json.dumps({"version": 1, "shard": shard, "shard_sha256": sha256, "shard_bytes": size,
+                         "unit_key": unit_key, "records": len(rows), "columns": list(COLUMNS)},
+                        sort_keys=True).encode("utf-8")
+    table = np.asarray(rows, "<u8").reshape(len(rows), len(COLUMNS))
+    body = MAGIC + struct.pack("<I", len(header)) + header + table.tobytes()
+    return body + struct.pack("<I", masked_crc(body))
 
 
 def partial_name(name: str) -> str:
@@ -224,8 +229,8 @@ def load(folder: str, shard: dict) -> tuple[dict, np.ndarray]:
     """A shard's index as the manifest describes it (sha256 checked), parsed; raises ShardError."""
     path = index_path(folder, shard)
     try:
-        with fs.open_file(path, "rb") as handle:
-            raw = handle.read(int(shard["index"]["bytes"]) + 1)
+        with fs.open_file(path, "rb") as handle:  # no more than the file holds: read(n) sets n bytes aside
+            raw = handle.read(min(int(shard["index"]["bytes"]) + 1, fs.size(path)))
     except Exception as error:  # noqa: BLE001 - OSError locally, tf.errors on object storage
         if not fs.exists(path):
             raise ShardError(f"shard {fs.join(folder, shard['file'])}: its index {path} is missing. {REBUILD}") from None
@@ -245,16 +250,8 @@ def check(view, header: dict, table: np.ndarray, path: str, frames: int, feature
     size = len(view)
     if problem := size_problem(path, size, header["shard_bytes"]):
         raise ShardError(f"shard {path} {problem}. {REBUILD}")
+    _layout(size, table, path, frames, feature_bytes)
     offset, length, crc = table[:, 0], table[:, 1], table[:, 2]
-    ends = offset + length + 16
-    if len(table) and (offset[0] != 0 or ends[-1] != size or np.any(offset[1:] != ends[:-1])):
-        raise ShardError(f"index of {path} does not describe the file's records. {REBUILD}")
-    if not len(table) and size:
-        raise ShardError(f"shard {path} holds bytes but its index lists no record. {REBUILD}")
-    fields_end = np.maximum.reduce([table[:, 3] + feature_bytes, table[:, 4] + frames, table[:, 5] + table[:, 6],
-                                    table[:, 7] + table[:, 8]]) if len(table) else length
-    if np.any(fields_end > length) or np.any(table[:, 6] == 0) or np.any(table[:, 6] > 10):
-        raise ShardError(f"index of {path} places a field outside its record. {REBUILD}")
     value = _crc32c()
     for i, (start, n, stored) in enumerate(zip(offset.tolist(), length.tolist(), crc.tolist())):
         head = view[start:start + 8]
@@ -264,6 +261,23 @@ def check(view, header: dict, table: np.ndarray, path: str, frames: int, feature
                 or _mask(value(bytes(data))) != stored
                 or struct.unpack("<I", view[start + 12 + n:start + 16 + n])[0] != stored):
             raise ShardError(f"shard {path} is corrupted: record {i} of {len(table)} fails its checksum. {REBUILD}")
+
+
+def _layout(size: int, table: np.ndarray, path: str, frames: int, feature_bytes: int) -> None:
+    """Raises ShardError unless the index's records tile a file of `size` bytes and every field it
+    places lies inside its record."""
+    offset, length = table[:, 0], table[:, 1]
+    if np.any(offset > size) or np.any(length > size) or np.any(table[:, 3:] > size):  # before a sum could wrap around
+        raise ShardError(f"index of {path} does not describe the file's records. {REBUILD}")
+    ends = offset + length + 16
+    if len(table) and (offset[0] != 0 or ends[-1] != size or np.any(offset[1:] != ends[:-1])):
+        raise ShardError(f"index of {path} does not describe the file's records. {REBUILD}")
+    if not len(table) and size:
+        raise ShardError(f"shard {path} holds bytes but its index lists no record. {REBUILD}")
+    fields_end = np.maximum.reduce([table[:, 3] + feature_bytes, table[:, 4] + frames, table[:, 5] + table[:, 6],
+                                    table[:, 7] + table[:, 8]]) if len(table) else length
+    if np.any(fields_end > length) or np.any(table[:, 6] == 0) or np.any(table[:, 6] > 10):
+        raise ShardError(f"index of {path} places a field outside its record. {REBUILD}")
 
 
 def _mask(crc: int) -> int:
@@ -344,3 +358,162 @@ def size_problem(path: str, size: int, built: int) -> str | None:
     if size == built:
         return None
     return f"holds {size} bytes, not the {built} it was built with: {'truncated or replaced' if built else 'replaced'}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rebuilding an index from its shard. An index holds nothing its shard does not: the framing says where
+# each record starts and what its CRC is, the Example's wire format where its fields sit. So a damaged,
+# stale or missing index of an intact shard costs no example: it is derived again, byte for byte the one
+# the build wrote when given the same unit key (the manifest's `index.key`, or the old index's header).
+
+
+def rows(view, frames: int, feature_bytes: int, path: str, skip: bool = False):
+    """(index rows, sha256) of a whole shard's bytes, walking its framing: each record's length and its
+    CRC, then its data's CRC, then where its fields sit. Raises ShardError naming `path`, the record and
+    its byte offset at the first one that fails (a cut, appended bytes, a flipped bit).
+
+    skip=True (a reader that leaves out damaged records) returns (rows, sha256, problems) instead of
+    raising: a record whose data fails is left out and the walk goes on past it (its length still holds);
+    a length that fails its CRC, or a cut, ends the walk (nothing after it can be found). `problems` is
+    [(record number, byte offset, cause)]; each row's offset says which records are left."""
+    found, problems, at, size = [], [], 0, len(view)
+    digest = hashlib.sha256()
+    value = _crc32c()
+    number = 0
+
+    def fail(message, end=False):
+        if not skip:
+            raise ShardError(f"shard {path} {message}. {REBUILD}")
+        problems.append((number, at, message))
+        return end
+
+    while at < size:
+        where = f"record {number} (byte {at})"
+        if size - at < 16:
+            fail(f"ends inside {where}: truncated, or bytes were appended")
+            break
+        head = bytes(view[at:at + 8])
+        (length,) = struct.unpack("<Q", head)
+        if _mask(value(head)) != struct.unpack("<I", view[at + 8:at + 12])[0]:
+            fail(f"is corrupted: {where} fails its length's checksum")
+            break
+        if length > size - at - 16:
+            fail(f"ends inside {where}: truncated")
+            break
+        data = bytes(view[at + 12:at + 12 + length])
+        crc = _mask(value(data))
+        digest.update(view[at:at + 16 + length])
+        row = None
+        if crc != struct.unpack("<I", view[at + 12 + length:at + 16 + length])[0]:
+            fail(f"is corrupted: {where} fails its checksum")
+        else:
+            try:
+                place = locate(data)
+                features, mask, label, sequence = (place[k] for k in (schema.FEATURES, schema.MASK, schema.LABEL,
+                                                                      schema.SEQUENCE_ID))
+                if features[1] - features[0] != feature_bytes or mask[1] - mask[0] != frames \
+                        or not 0 < label[1] - label[0] <= 10:
+                    raise ValueError("its features, mask or label have another size than this build's")
+                row = (at, length, crc, features[0], mask[0], label[0], label[1] - label[0], sequence[0],
+                       sequence[1] - sequence[0])
+            except ValueError as error:
+                fail(f"is damaged: {where} is not an example of this build ({error})")
+        if row is not None:
+            found.append(row)
+        at += 16 + length
+        number += 1
+    return (found, digest.hexdigest(), problems) if skip else (found, digest.hexdigest())
+
+
+def rebuild(shard_path: str, frames: int, feature_bytes: int, unit_key: str = "", data=None) -> bytes:
+    """The index of the shard at `shard_path` (or of its bytes `data`), derived from the shard alone; with
+    the unit key the build bound it to, byte for byte the index the build wrote. Raises ShardError naming
+    the shard when its own bytes are damaged (an index is only ever rebuilt from an intact shard)."""
+    if data is None:
+        with fs.open_file(shard_path, "rb") as handle:
+            data = handle.read()
+    found, sha256 = rows(memoryview(data), frames, feature_bytes, shard_path)
+    return _index_bytes(found, shard_path.replace("\\", "/").rsplit("/", 1)[-1], sha256, len(data), unit_key)
+
+
+def recorded_key(raw: bytes) -> str | None:
+    """The unit key in an index's header, if that much of it is still readable (a flipped byte in its
+    table leaves the header whole)."""
+    try:
+        if raw[:len(MAGIC)] != MAGIC:
+            return None
+        (length,) = struct.unpack_from("<I", raw, len(MAGIC))
+        header = json.loads(raw[len(MAGIC) + 4:len(MAGIC) + 4 + min(length, _MAX_HEADER)].decode("utf-8"))
+        key = header.get("unit_key") if isinstance(header, dict) else None
+        return key if isinstance(key, str) and len(key) < 256 else None
+    except (ValueError, struct.error):
+        return None
+
+
+def repair(folder: str, manifest: dict, shard: dict, unit_key: str | None = None) -> bool:
+    """Rebuilds a shard's index when it is missing, damaged or stale and the shard itself is the one the
+    manifest lists (its sha256); writes it atomically. False when the index was fine. Raises ShardError
+    when the shard is damaged, or when no known unit key gives back the recorded index's bytes."""
+    path, index = fs.join(folder, shard["file"]), index_path(folder, shard)
+    if "index" not in shard:
+        return False
+    try:
+        load(folder, shard)
+        return False
+    except ShardError:
+        pass
+    if not fs.exists(path):
+        raise ShardError(f"shard {path} is missing: its index cannot be rebuilt without it. {REBUILD}")
+    with fs.open_file(path, "rb") as handle:
+        data = handle.read()
+    if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        raise ShardError(f"shard {path} does not match its sha256 in the manifest: it is damaged, so its index is not "
+                         f"rebuilt. {REBUILD}")
+    keys = [unit_key, shard["index"].get("key")]
+    if fs.exists(index):
+        with fs.open_file(index, "rb") as handle:
+            keys.append(recorded_key(handle.read(_MAX_HEADER + 16)))
+    frames = manifest["num_frames"]
+    for key in dict.fromkeys(k for k in keys if k is not None):
+        raw = rebuild(path, frames, feature_bytes(manifest), key, data)
+        if hashlib.sha256(raw).hexdigest() == shard["index"]["sha256"]:
+            write_atomically(index, raw)
+            return True
+    raise ShardError(f"index {index} cannot be rebuilt as the build wrote it: the unit key it was bound to is not "
+                     "recorded here. Run the build command again (it rebuilds indexes from the shards, decoding nothing)")
+
+
+def write_atomically(path: str, raw: bytes) -> None:
+    folder, name = path.rsplit("/", 1)
+    partial = fs.join(folder, partial_name(name))
+    with fs.open_file(partial, "wb") as handle:
+        handle.write(raw)
+    fs.sync(partial)
+    fs.replace(partial, path)
+
+
+def framing_problem(path: str, header: dict, table: np.ndarray, frames: int, width: int) -> str | None:
+    """What the cheap check finds in a shard (inspect without --verify): its size, that its index's
+    records tile it, and each record's 16 bytes of framing (its length, the length's CRC, and the data's
+    stored CRC, which must be the one the index recorded). Finds a cut, a swapped or replaced shard and
+    any damage to the framing, reading a few bytes a record; a flipped byte inside a record's data takes
+    --verify (or the reader's own check) to find."""
+    size = fs.size(path)
+    if problem := size_problem(path, size, header["shard_bytes"]):
+        return problem
+    try:
+        _layout(size, table, path, frames, width)
+    except ShardError as error:
+        return str(error).split(". Rebuild it")[0]
+    value = _crc32c()
+    with fs.open_file(path, "rb") as handle:
+        for i, (start, n, stored) in enumerate(zip(table[:, 0].tolist(), table[:, 1].tolist(), table[:, 2].tolist())):
+            handle.seek(start)
+            head = handle.read(12)
+            handle.seek(start + 12 + n)
+            tail = handle.read(4)
+            if (len(head) < 12 or len(tail) < 4 or struct.unpack("<Q", head[:8])[0] != n
+                    or _mask(value(head[:8])) != struct.unpack("<I", head[8:])[0] or struct.unpack("<I", tail)[0] != stored):
+                return (f"record {i} of {len(table)} (byte {start}) is not the one its index lists: the shard is damaged, "
+                        "or another shard of the same size took its place")
+    return None

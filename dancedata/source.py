@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from dancedata import fs, manifest as manifest_lib
 from dancedata.errors import ConfigError
+from dancedata.read_config import check_bool, check_indices, check_int
 from dancedata.sampler import Sampler
 
 
@@ -53,11 +52,14 @@ class ExampleSource:
     def __getstate__(self):
         return {**self.__dict__, "_table": None}
 
+    def __repr__(self) -> str:  # what it reads: grain checks a restored loader's source by its repr
+        return f"ExampleSource({self.folder!r}, {self.split!r}, examples={len(self)})"
+
     def __len__(self) -> int:
         return sum(self.counts)
 
     def __getitem__(self, key: int) -> dict:
-        key = int(key)
+        key = check_int("index", key)
         if not -len(self) <= key < len(self):
             raise IndexError(f"example {key} of {self.split}, which has {len(self)}")
         key %= len(self)
@@ -71,7 +73,7 @@ class ExampleSource:
 
     def batch(self, keys) -> dict:
         """{"features": [B, T, D] (stored dtype), "mask": [B, T] bool, "label": [B] int64} of examples `keys`."""
-        keys = np.asarray(keys, np.int64).reshape(-1)
+        keys = check_indices("keys", keys)
         if len(keys) and (keys.min() < 0 or keys.max() >= len(self)):
             raise IndexError(f"examples must be in 0..{len(self) - 1} for {self.split}")
         table = self.table
@@ -80,27 +82,40 @@ class ExampleSource:
     def sampler(self, *, seed: int | None = None, shuffle: bool = True, window: int = 256, worker: int = 0,
                 workers: int = 1) -> Sampler:
         """The Sampler as_dataset uses with ReadConfig(shuffle, seed, shuffle_buffer=window) for this split."""
+        seed, shuffle = check_int("seed", seed, 0, 2**63 - 1, optional=True), check_bool("shuffle", shuffle)
+        window, workers = check_int("window", window, 1), check_int("workers", workers, 1)
+        worker = check_int("worker", worker, 0, workers - 1)
         return Sampler(self.counts, seed=seed, shuffle=shuffle, window=window, worker=worker, workers=workers)
 
     def batches(self, batch_size: int, *, seed: int | None = None, epoch: int = 0, shuffle: bool = True,
-                drop_remainder: bool = False, window: int = 256):
-        """The example indices of each batch of `epoch`, as as_dataset batches them."""
+                drop_remainder: bool = False, window: int = 256, step: int = 0):
+        """The example indices of each batch of `epoch` from its batch `step`, as as_dataset batches them
+        (a slice of the epoch's order: no batch before `step` is made)."""
+        batch_size, epoch = check_int("batch_size", batch_size, 1), check_int("epoch", epoch, 0)
+        step = check_int("step", step, 0)
         order = self.sampler(seed=seed, shuffle=shuffle, window=window).order(epoch)
-        stop = len(order) - len(order) % batch_size if drop_remainder else len(order)
-        for start in range(0, stop, batch_size):
-            yield order[start:start + batch_size]
+        stop = len(order) - len(order) % batch_size if check_bool("drop_remainder", drop_remainder) else len(order)
+        # A generator expression, not a generator function: bad arguments raise here, not at the first next().
+        return (order[start:start + batch_size] for start in range(step * batch_size, stop, batch_size))
 
     def grain_sampler(self, *, seed: int | None = None, shuffle: bool = True, num_epochs: int = 1, first_epoch: int = 0,
                       window: int = 256):
         """A sampler for grain's DataLoader giving epochs first_epoch .. first_epoch + num_epochs - 1 in
         this build's order (grain's own IndexSampler draws another)."""
+        num_epochs, first_epoch = check_int("num_epochs", num_epochs, 1), check_int("first_epoch", first_epoch, 0)
         return GrainSampler(self.sampler(seed=seed, shuffle=shuffle, window=window), num_epochs, first_epoch)
 
 
 @dataclasses.dataclass
 class GrainSampler:
     """grain's sampler protocol (`__getitem__(index) -> RecordMetadata`, IndexError at the end) over a
-    dancedata Sampler's epochs. Needs grain installed (pip install grain)."""
+    dancedata Sampler's epochs. Needs grain installed (pip install grain).
+
+    Random access by index, so a grain DataLoader resumes exactly from its own iterator state
+    (`iterator.get_state()`, then `set_state(state)` on a new loader's iterator, in any process): the
+    last index it gave plus a few counters, and the reprs of this sampler and the source, by which grain
+    checks that the restored loader reads the same (about 300 bytes of JSON plus the folder's path,
+    whatever the split's size)."""
 
     sampler: Sampler
     num_epochs: int = 1
@@ -112,6 +127,12 @@ class GrainSampler:
         self._record = RecordMetadata
         self._orders: dict = {}
         self._length = sum(self.sampler.counts)
+
+    def __repr__(self) -> str:  # the order's parameters, not every shard's count: it goes into grain's state
+        sampler = self.sampler
+        return (f"GrainSampler(seed={sampler.seed}, shuffle={sampler.shuffle}, window={sampler.window}, "
+                f"worker={sampler.worker}, workers={sampler.workers}, shards={len(sampler.counts)}, "
+                f"examples={self._length}, num_epochs={self.num_epochs}, first_epoch={self.first_epoch})")
 
     def __getitem__(self, index: int):
         epoch, position = divmod(int(index), self._length or 1)

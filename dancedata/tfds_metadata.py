@@ -77,10 +77,15 @@ def dataset_info(manifest: dict, sizes: dict) -> dict:
     }
 
 
-def write(out: str, manifest: dict, sizes: dict) -> None:
-    """Writes the three files into `out` (deterministic: the same manifest gives the same bytes)."""
+def write(out: str, manifest: dict, sizes: dict) -> dict:
+    """Writes the three files into `out` (deterministic: the same manifest gives the same bytes); returns
+    {file: sha256 of its bytes}, which the manifest records so inspect can check them."""
+    import hashlib
+
     from dancedata import manifest as manifest_lib
 
-    manifest_lib.write(out, dataset_info(manifest, sizes), DATASET_INFO)
-    manifest_lib.write(out, features(manifest), FEATURES)
-    fs.write_text(fs.join(out, LABELS), "".join(f"{name}\n" for name in manifest["classes"]))
+    texts = {DATASET_INFO: manifest_lib.dumps(dataset_info(manifest, sizes)), FEATURES: manifest_lib.dumps(features(manifest)),
+             LABELS: "".join(f"{name}\n" for name in manifest["classes"])}
+    for name, text in texts.items():
+        fs.write_text(fs.join(out, name), text)
+    return {name: hashlib.sha256(text.encode("utf-8")).hexdigest() for name, text in texts.items()}

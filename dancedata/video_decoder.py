@@ -30,6 +30,7 @@ from dancedata import sampling
 from dancedata.errors import ConfigError, DecodeError
 
 UNOPENABLE = "cannot be opened as a video (not a video file, or an unsupported codec)"
+TRUNCATED = "truncated: the file ends partway through, before its index (a download cut short?); download it again"
 
 
 class Frames(NamedTuple):
@@ -68,10 +69,32 @@ class VideoIndex:
 def _check_file(path: str) -> None:
     if not os.path.exists(path):
         raise DecodeError("file not found")
+    if os.path.isdir(path):
+        raise DecodeError("is a folder, not a video file")
     if os.path.getsize(path) == 0:
         raise DecodeError("empty file (0 bytes)")
     with open(path, "rb") as handle:  # permission denied or an I/O error is the machine's, and raises OSError
         handle.read(1)
+
+
+def _cut_short(path: str) -> bool:
+    """Whether `path` is an MP4/MOV (ISO BMFF) whose boxes run past its end: a file cut short. Cut
+    before its index (the moov box, at the end unless written for streaming), it cannot be opened."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        if handle.read(8)[4:8] != b"ftyp":
+            return False
+        at = 0
+        while at + 8 <= size:
+            handle.seek(at)
+            header = handle.read(16)
+            length = int.from_bytes(header[:4], "big")
+            if length == 1:  # a 64-bit size follows the type
+                length = int.from_bytes(header[8:16], "big")
+            if length < 8:  # 0: the box runs to the end of the file; less: not boxes after all
+                return False
+            at += length
+        return at != size  # past the end, or cut inside the next box's header
 
 
 def _open(path: str, threads: int):
@@ -80,7 +103,7 @@ def _open(path: str, threads: int):
     try:
         container = av.open(path, metadata_errors="ignore")
     except (av.error.FFmpegError, OSError, UnicodeDecodeError):
-        raise DecodeError(UNOPENABLE) from None
+        raise DecodeError(TRUNCATED if _cut_short(path) else UNOPENABLE) from None
     if not container.streams.video:
         container.close()
         raise DecodeError("holds no video stream (audio or data only)")
@@ -208,13 +231,14 @@ class VideoDecoder:
     the module docstring). `threads`: FFmpeg decoder threads (0: FFmpeg's choice, about one per core).
     Use it as a context manager, or call `close()`; it is not safe to share between threads.
 
-    Raises DecodeError "<path>: <reason>" when the file is missing, empty, not a video, or holds no
-    video stream.
+    Raises DecodeError "<path>: <reason>" when the file is missing, a folder, empty, not a video, or
+    holds no video stream.
     """
 
     def __init__(self, path, *, threads: int = 1):
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        if isinstance(threads, (bool, np.bool_)) or not isinstance(threads, (int, np.integer)) or threads < 0:
             raise ConfigError(f"threads must be a whole number, 0 (FFmpeg's choice) or more, got {threads!r}")
+        threads = int(threads)
         self.path = os.fspath(path)
         try:
             self._container, self._stream = _open(self.path, threads)

@@ -4,7 +4,8 @@ The bytes depend only on the unit's videos and the build's identity: examples ar
 deterministically, and extraction batches never cross a unit (the batcher is flushed, padded, at
 its end). A video whose example an earlier build already wrote (same id, size and modification
 time, same identity) is reused from that shard instead of decoded again, relabelled if the label
-changed; a video that failed before fails the same way without being opened again.
+changed, but only where it takes the same batch slot it was computed in (`slot`); a video that
+failed before fails the same way without being opened again.
 """
 from __future__ import annotations
 
@@ -20,29 +21,57 @@ def _video_key(row: dict) -> tuple:
     return (row["video_id"], int(row["size"]), int(row["mtime_ns"]))
 
 
+def slots(unit, videos_per_batch: int) -> list:
+    """(row, slot) for each video of `unit`: the k-th video fills slot k % V of the extractor's batch
+    (extract.VideoBatcher; batches never cross a unit)."""
+    return [(row, position % videos_per_batch) for position, row in enumerate(unit.videos)]
+
+
+def to_decode(units: list, reuse: "Reuse", videos_per_batch: int) -> list:
+    """The rows of `units`, in order, that `reuse` cannot supply: what the decoders must open."""
+    return [row for unit in units for row, slot in slots(unit, videos_per_batch) if not reuse.has(row, slot, videos_per_batch)]
+
+
 class Reuse:
-    """Examples of earlier shards, found by (video_id, size, mtime_ns)."""
+    """Examples of earlier shards, found by (video_id, size, mtime_ns) and the batch slot their features
+    were computed in. A kernel may round a row differently by its position in the batch (GPU kernels do;
+    extract.VideoBatcher), so an example moved to another slot is computed again: only then does an
+    update equal a fresh build byte for byte."""
 
     def __init__(self, pairs: list):
         self._where: dict = {}
         for path, record in pairs:
-            for video_id, size, mtime_ns, lost in record.get("videos", []):
-                self._where[(video_id, size, mtime_ns)] = ("example", path, lost)
-            for entry in record.get("skipped", []):
-                self._where[(entry["video_id"], entry["size"], entry["mtime_ns"])] = ("skipped", entry["reason"], 0)
+            for entry in record.get("videos", []):
+                video_id, size, mtime_ns, lost = entry[:4]
+                slot = entry[4] if len(entry) > 4 else None  # a record from before slots were recorded
+                self._where[(video_id, size, mtime_ns)] = ("example", path, lost, slot)
+            for entry in record.get("skipped", []):  # a failure does not depend on the slot
+                self._where[(entry["video_id"], entry["size"], entry["mtime_ns"])] = ("skipped", entry["reason"], 0, None)
         self._shards: collections.OrderedDict = collections.OrderedDict()  # path -> {video_id: bytes}, 2 at most
 
     def __len__(self) -> int:
         return len(self._where)
 
-    def has(self, row: dict) -> bool:
-        return _video_key(row) in self._where
-
-    def find(self, row: dict):
-        """None, ("example", serialized bytes, values lost), or ("skipped", reason, 0)."""
+    def _found(self, row: dict, slot: int, videos_per_batch: int):
         found = self._where.get(_video_key(row))
         if found is None or found[0] == "skipped":
             return found
+        recorded = found[3]
+        if recorded is None and videos_per_batch == 1:  # one video a batch: it can only have been slot 0
+            recorded = 0
+        return found if recorded == slot else None
+
+    def has(self, row: dict, slot: int, videos_per_batch: int) -> bool:
+        return self._found(row, slot, videos_per_batch) is not None
+
+    def find(self, row: dict, slot: int, videos_per_batch: int):
+        """None, ("example", serialized bytes, values lost), or ("skipped", reason, 0), for `row` placed in
+        batch slot `slot` of `videos_per_batch`. None where the example was computed in another slot."""
+        found = self._found(row, slot, videos_per_batch)
+        if found is None:
+            return None
+        if found[0] == "skipped":
+            return found[:3]
         return ("example", self._examples(found[1])[row["video_id"]], found[2])
 
     def _examples(self, path: str) -> dict:
@@ -104,7 +133,8 @@ def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: 
     moments = Moments(feature_dim)
     empty = np.empty((0,), np.uint8)
 
-    def emit(row, outcome, features):
+    def emit(item, outcome, features):
+        row, slot = item
         entry_key = {"video_id": row["video_id"], "size": int(row["size"]), "mtime_ns": int(row["mtime_ns"])}
         if isinstance(outcome, DecodeError) or (isinstance(outcome, tuple) and outcome[0] == "skipped"):
             reason = str(outcome) if isinstance(outcome, DecodeError) else outcome[1]
@@ -132,7 +162,8 @@ def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: 
                 record["frame_bytes"] += sum(len(image) for image in example.features.feature[schema.FRAMES].bytes_list.value)
             writer.write(serialized)
             record["genres"][row["genre"]] = record["genres"].get(row["genre"], 0) + 1
-            record["videos"].append([row["video_id"], int(row["size"]), int(row["mtime_ns"]), int(lost)])
+            # The slot its features were computed in: a later update reuses them only in the same slot.
+            record["videos"].append([row["video_id"], int(row["size"]), int(row["mtime_ns"]), int(lost), slot])
             record["values_lost"] += int(lost)
             record["values_seen"] += facts["real_frames"] * feature_dim
             if facts["real_frames"] < frames:
@@ -143,16 +174,17 @@ def run(unit, folder, decoded, batcher, reuse: Reuse, frames: int, feature_dim: 
             on_video()
 
     try:
-        for row in unit.videos:
-            outcome = reuse.find(row)
+        per_batch = batcher.extractor.videos_per_batch
+        for row, slot in slots(unit, per_batch):
+            outcome = reuse.find(row, slot, per_batch)
             if outcome is None:
                 decoded_row, outcome = next(decoded)
                 assert decoded_row["video_id"] == row["video_id"], (decoded_row["video_id"], row["video_id"])
             pixels = outcome.frames if not isinstance(outcome, (tuple, DecodeError)) else empty
-            for (done_row, done), features in batcher.add((row, outcome), pixels):
-                emit(done_row, done, features)
-        for (done_row, done), features in batcher.flush():
-            emit(done_row, done, features)
+            for (done_item, done), features in batcher.add(((row, slot), outcome), pixels):
+                emit(done_item, done, features)
+        for (done_item, done), features in batcher.flush():
+            emit(done_item, done, features)
     except BaseException:
         writer.abort()
         raise

@@ -94,8 +94,9 @@ class ShardWriter:
             fs.replace(self._partial, self.path)
         record = {**record, "file": self.name, "num_examples": self.num_examples, "sha256": records.sha256,
                   "bytes": records.size,
-                  "index": {"file": index_name, "sha256": hashlib.sha256(index).hexdigest(), "bytes": len(index)}}
-        write_json(fs.join(self.out, STATE_DIR, self.name + ".json"), record)
+                  "index": {"file": index_name, "sha256": hashlib.sha256(index).hexdigest(), "bytes": len(index),
+                            "key": unit_key or record["key"]}}  # the key rebuilds the index byte for byte (shard_index.repair)
+        write_json(fs.join(self.out, STATE_DIR, self.name + ".json"), manifest.sealed(record))
         return record
 
     def abort(self) -> None:

@@ -18,6 +18,36 @@ BUILD_FLAGS = ["--frames", "8", "--shard-mb", "0.1", "--backbone", "ResNet50", "
                "--batch-size", "8", "--quiet"]
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
+# A hang fails its test, not the run. pytest-timeout (`timeout` in pyproject.toml, method "signal") raises in
+# the test when its limit is up, and the test's own clean-up (killing the processes it started) still runs.
+# A SIGALRM acts only once the main thread runs Python again: a test stuck inside one C call (a TensorFlow op
+# that never returns) ignores it. For that case faulthandler, from a C thread, prints every thread's stack
+# LAST_RESORT_S after the limit and ends the run: CI fails with the stacks instead of hanging.
+LAST_RESORT_S = 300
+_stderr_fd = None
+
+
+def pytest_configure(config):
+    global _stderr_fd
+    _stderr_fd = os.dup(2)  # the terminal's stderr (output capture is not on yet): fd 2 is a capture file in a test
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_set_timer(item, settings):
+    import faulthandler
+
+    if settings.timeout and settings.timeout > 0 and _stderr_fd is not None:
+        faulthandler.dump_traceback_later(settings.timeout + LAST_RESORT_S, exit=True, file=_stderr_fd)
+    return None  # pytest-timeout's own timer is set too
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_cancel_timer(item):
+    import faulthandler
+
+    faulthandler.cancel_dump_traceback_later()
+    return None
+
 
 def build_outputs(folder, same_input=True):
     """{name: content} of everything a reader uses: shards and manifest (build_info.json is timings by
@@ -106,7 +136,7 @@ def add_bad_files(root):
     write_video(root / "sSH_c01_v0.mp4", frames=4)
     return {
         "gBR_sBM_c01_d20_mBR0_ch10.mp4": "empty file",
-        "gPO_sBM_c01_d21_mPO0_ch11.mp4": "cannot be opened",
+        "gPO_sBM_c01_d21_mPO0_ch11.mp4": "truncated: ",
         "gLO_sBM_c01_d22_mLO0_ch12.mp4": "cannot be opened",
         "README.txt": "not a video file",
         "sSH_c01_v0.mp4": "showcase",

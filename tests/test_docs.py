@@ -5,13 +5,18 @@ build, the CLI reference equals what the parsers say now, and the README stays a
 Blocks run page by page, in order, in one namespace per page, with the working directory a copy of a
 folder holding `aist/` (sample videos made by `python -m dancedata.sample`) and `tfrecords/` (their
 build with `--weights none`), made once per session by the real commands. ```py blocks are shown,
-not run."""
+not run. A block that needs an optional package says so on the line just above its fence,
+`<!-- needs: torch -->` (hidden on GitHub and on the site): its page runs without it, and the block
+runs, after the page's blocks before it, as a test of its own that is skipped where the package is
+not installed."""
+import importlib.util
 import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+from typing import NamedTuple
 
 import pytest
 
@@ -25,6 +30,13 @@ SAMPLE_FLAGS = ["--dancers", "3", "--choreographies", "1", "--cameras", "2", "--
                 "--height", "96"]
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n`]*)\n"
                    r"(?P<body>.*?)^(?P=indent)(?P=fence)[ \t]*$", re.M | re.S)
+NEEDS = re.compile(r"^<!--\s*needs:\s*(?P<modules>[\w.]+(?:\s*,\s*[\w.]+)*)\s*-->$")
+
+
+class Block(NamedTuple):
+    line: int  # of the block's first line of code
+    source: str
+    needs: tuple = ()  # the optional modules it imports, from a `<!-- needs: a, b -->` line just above the fence
 
 
 def pages() -> list:
@@ -33,17 +45,26 @@ def pages() -> list:
 
 
 def python_blocks(text: str) -> list:
-    """(line number, source) of each fenced block whose info string is exactly `python`."""
+    """A Block for each fenced block whose info string is exactly `python`."""
     blocks = []
     for match in FENCE.finditer(text):
         if match.group("info").strip() == "python":
             line = text.count("\n", 0, match.start()) + 2
-            blocks.append((line, textwrap.dedent(match.group("body"))))
+            above = text[:match.start()][:-1].rpartition("\n")[2].strip()  # the line just above the fence
+            needs = NEEDS.match(above)
+            modules = tuple(m.strip() for m in needs.group("modules").split(",")) if needs else ()
+            blocks.append(Block(line, textwrap.dedent(match.group("body")), modules))
     return blocks
 
 
 def pages_with_blocks() -> list:
-    return [page for page in pages() if python_blocks(read(page))]
+    return [page for page in pages() if [block for block in python_blocks(read(page)) if not block.needs]]
+
+
+def optional_blocks() -> list:
+    """(page, line) of each block that needs an optional module."""
+    return [pytest.param(page, block.line, id=f"{page}:{block.line}-{'+'.join(block.needs)}")
+            for page in pages() for block in python_blocks(read(page)) if block.needs]
 
 
 def read(page: str) -> str:
@@ -66,24 +87,65 @@ def docs_folder(tmp_path_factory):
 
 def test_the_block_finder_takes_exactly_python_blocks():
     text = "x\n```python\na = 1\n```\n```py\nb = 2\n```\n```python3\nc\n```\n  ```python\n  d = 4\n  ```\n"
-    assert python_blocks(text) == [(3, "a = 1\n"), (12, "d = 4\n")]
+    assert python_blocks(text) == [(3, "a = 1\n", ()), (12, "d = 4\n", ())]
+
+
+def test_the_block_finder_reads_what_a_block_needs_from_the_line_above_only():
+    text = ("<!-- needs: torch -->\n```python\na = 1\n```\n<!-- needs: jax, flax.linen -->\n```python\nb = 2\n```\n"
+            "<!-- needs: torch -->\n\n```python\nc = 3\n```\n")
+    assert [block.needs for block in python_blocks(text)] == [("torch",), ("jax", "flax.linen"), ()]
 
 
 @pytest.mark.parametrize("page", pages_with_blocks())
 def test_the_python_blocks_of_a_page_run(page, docs_folder, tmp_path, monkeypatch):
+    """Every block of the page but those that need an optional module (each a test below)."""
     work = tmp_path / "work"
     shutil.copytree(docs_folder, work)  # a page may write files: each starts from the same folder
     monkeypatch.chdir(work)
-    failure = run_blocks(page, read(page))
+    failure = run_blocks(page, [block for block in python_blocks(read(page)) if not block.needs])
     if failure:
         pytest.fail(failure)
 
 
-def run_blocks(page: str, text: str):
-    """Runs a page's python blocks in order in one namespace; the first failure as one message naming
+@pytest.mark.parametrize("page, line", optional_blocks())
+def test_a_block_that_needs_an_optional_module_runs_where_it_is_installed(page, line, docs_folder, tmp_path, monkeypatch):
+    """The page's blocks up to this one, those that need no missing module, then this one."""
+    blocks = python_blocks(read(page))
+    [block] = [block for block in blocks if block.line == line]
+    for module in block.needs:
+        pytest.importorskip(module)
+    work = tmp_path / "work"
+    shutil.copytree(docs_folder, work)
+    monkeypatch.chdir(work)
+    before = [b for b in blocks if b.line < line and all(installed(module) for module in b.needs)]
+    failure = run_blocks(page, [*before, block])
+    if failure:
+        pytest.fail(failure)
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its package is missing
+        return False
+
+
+def test_the_readme_examples_are_run():
+    """The README's Python examples are ```python blocks (run above), none merely shown (```py), and the
+    one for PyTorch is a block of its own, so that the others run where torch is not installed."""
+    readme = read("README.md")
+    infos = [match.group("info").strip() for match in FENCE.finditer(readme)]
+    assert infos.count("python") >= 3 and not [info for info in infos if info in ("py", "python3", "pycon")], infos
+    blocks = python_blocks(readme)
+    assert [block.needs for block in blocks if "torch" in block.source] == [("torch",)]
+    assert "torch" not in "".join(block.source for block in blocks if not block.needs)
+
+
+def run_blocks(page: str, blocks: list):
+    """Runs `blocks` of a page in order in one namespace; the first failure as one message naming
     the page, the block's line and its first line, or None."""
     namespace = {"__name__": "__docs__"}
-    for line, source in python_blocks(text):
+    for line, source, _ in blocks:
         first = source.strip().splitlines()[0]
         try:
             exec(compile(source, f"{page}:{line}", "exec"), namespace)
@@ -97,7 +159,7 @@ def test_a_failing_block_is_reported_with_its_page_and_first_line():
            "assert value == 2  # one namespace per page\n1 / 0\n```\n"
     expected = ("docs/x.md, the block at line 10 ('assert value == 2  # one namespace per page') failed: "
                 "ZeroDivisionError: division by zero")
-    assert run_blocks("docs/x.md", text) == expected
+    assert run_blocks("docs/x.md", python_blocks(text)) == expected
 
 
 def test_the_site_builds_with_warnings_as_errors(tmp_path):

@@ -1,5 +1,6 @@
 """The downloader against a local HTTP(S) server on 127.0.0.1 serving generated files."""
 import collections
+import hashlib
 import http.server
 import json
 import os
@@ -266,3 +267,59 @@ def test_a_certificate_that_does_not_verify_is_refused(https_server, tmp_path, c
     # The list over HTTPS goes through the same check: a user's error, exit 2.
     assert cli.run(download.main, "download", [str(out), "--accept-terms", "--list", base + "list.txt", "--timeout", "5"]) == 2
     assert "certificate verify failed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content_range", ["bytes 0-{last}/{total}", "bytes 500-{last}/{total}", None])
+def test_a_206_that_does_not_continue_the_part_file_starts_over(tmp_path, content_range):
+    """A server that answers a Range request with other bytes (the file from its start, from elsewhere,
+    or unlabelled) as 206: appended, they would give a file of the announced length with a wrong sha256
+    recorded as right. The downloader starts over instead."""
+    body, asked = os.urandom(30_000), []
+
+    class Sloppy(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            asked.append(self.headers.get("Range"))
+            if self.headers.get("Range") is None:
+                self.send_response(200)
+                sent = body
+            else:
+                start = 500 if content_range and content_range.startswith("bytes 500") else 0
+                sent = body[start:]
+                self.send_response(206)
+                if content_range:
+                    self.send_header("Content-Range", content_range.format(last=len(body) - 1, total=len(body)))
+            self.send_header("Content-Length", str(len(sent)))
+            self.end_headers()
+            self.wfile.write(sent)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sloppy)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "aist"
+        out.mkdir()
+        name = "gBR_sBM_c01_d04_mBR0_ch01"
+        (out / f"{name}.mp4.part").write_bytes(body[:1000])
+        cfg = download.DownloadConfig(base_url=f"http://127.0.0.1:{httpd.server_address[1]}/", retry_wait=0.01, retries=2)
+        downloader = download.Downloader(str(out), cfg)
+        assert downloader.fetch(name) == "downloaded"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert asked == ["bytes=1000-", None]  # the resume was refused, and the file fetched whole
+    assert (out / f"{name}.mp4").read_bytes() == body
+    assert downloader.record[name] == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def test_a_206_that_continues_the_part_file_is_appended(server, tmp_path):
+    out = tmp_path / "aist"
+    out.mkdir()
+    name = "gBR_sBM_c01_d04_mBR0_ch01"
+    (out / f"{name}.mp4.part").write_bytes(FILES[name][:1000])
+    downloader = download.Downloader(str(out), download.DownloadConfig(base_url=server + "videos/", retries=0))
+    assert downloader.fetch(name) == "downloaded"
+    assert Handler.hits[name] == 1 and (out / f"{name}.mp4").read_bytes() == FILES[name]
+    assert download._range_start("bytes 1000-49999/50000") == 1000 and download._range_start("bytes 7-9/*") == 7
+    assert download._range_start(None) is None and download._range_start("bytes */50000") is None

@@ -161,6 +161,42 @@ def test_an_interrupted_finetune_run_resumes_to_the_uninterrupted_result(runs, t
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_a_finetune_run_stopped_inside_epochs_resumes_to_the_uninterrupted_result(runs, tmp_path, monkeypatch):
+    """Stopped (with a checkpoint at that step, as SIGTERM does) inside its frozen epoch and inside an
+    epoch that trains the backbone, the run continues to the history and weights of a run never stopped."""
+    from dancedata.models import training_run
+
+    base, _ = runs
+    flags = ["--shards", base / "shards", "--epochs", "3", "--batch-size", "16", "--seed", "2", "--finetune",
+             "--freeze-epochs", "1", "--backbone-lr-multiplier", "0.001"]
+    assert _train([*flags, "--out", tmp_path / "whole"]) == 0
+    original = training_run.RunProgress.on_train_batch_end
+    stops = []
+
+    def stop_at(self, batch, logs=None):
+        if (self.run.state.epoch, self.offset + batch + 1) in stops:
+            stops.remove((self.run.state.epoch, self.offset + batch + 1))
+            self.run.stop_requested = True
+        original(self, batch, logs)
+
+    monkeypatch.setattr(training_run.RunProgress, "on_train_batch_end", stop_at)
+    stops[:] = [(0, 1), (2, 1)]
+    assert _train([*flags, "--out", tmp_path / "cut"]) == 130
+    state = json.loads((tmp_path / "cut" / "checkpoints" / "state.json").read_text())
+    assert (state["epoch"], state["step"]) == (0, 1)
+    assert _train([*flags, "--out", tmp_path / "cut"]) == 130
+    state = json.loads((tmp_path / "cut" / "checkpoints" / "state.json").read_text())
+    assert (state["epoch"], state["step"]) == (2, 1)
+    assert _train([*flags, "--out", tmp_path / "cut"]) == 0
+    whole, cut = ((tmp_path / run / "history.csv").read_text().splitlines() for run in ("whole", "cut"))
+    assert len(whole) == len(cut) == 4
+    for a, b in zip(whole[1:], cut[1:]):
+        np.testing.assert_allclose([float(v) for v in a.split(",")], [float(v) for v in b.split(",")], rtol=1e-4)
+    for a, b in zip(keras.saving.load_model(tmp_path / "whole" / "model.keras").get_weights(),
+                    keras.saving.load_model(tmp_path / "cut" / "model.keras").get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_finetune_refuses_a_build_without_frames_and_flags_without_it(tmp_path, capsys):
     make_aist_folder(tmp_path / "aist", genres=("BR", "PO"), performances=2, cameras=1, frames=4)
     dancedata.build_shards(str(tmp_path / "aist"), str(tmp_path / "shards"), frames=4, quiet=True, test_fraction=0.0,

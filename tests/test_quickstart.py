@@ -35,7 +35,8 @@ def test_the_readme_quick_start_runs_word_for_word(tmp_path):
     assert re.search(r"^test accuracy: \d\.\d{4}$", said["train"], re.M), said["train"][-2000:]
     assert re.search(r"sample/gPO_sBM_c01_d04_mPO0_ch01\.mp4", said["predict"]), said["predict"]
     assert (tmp_path / "preview.png").stat().st_size > 1000
-    assert "skipped: 4 file(s)" in said["inspect"]  # the awkward files, each with its reason
+    assert "skipped: 3 file(s)" in said["inspect"]  # the awkward files, each with its reason
+    assert "truncated: 1 video(s)" in said["inspect"]  # the download cut short: its first frames are kept
     noise = [line for text in said.values() for line in text.splitlines() if line[:5] in ("E0000", "W0000", "I0000")]
     assert not noise, noise
 

@@ -13,7 +13,8 @@ import pytest
 from conftest import cli_env
 
 COMMAND = [sys.executable, "-m", "dancedata.data_service"]
-START_TIMEOUT = 60  # seconds for a server to import TensorFlow and start listening
+START_TIMEOUT = 300  # seconds for a server to import TensorFlow and start listening (generous: a busy 2-core runner)
+STOP_TIMEOUT = 300  # seconds for a server to stop once told to (waits on an event, not a speed check)
 
 
 def _free_port() -> int:
@@ -38,7 +39,7 @@ def _pump(server: subprocess.Popen) -> None:
 
 def _stop(server: subprocess.Popen) -> None:
     server.kill()
-    server.wait(timeout=30)
+    server.wait(timeout=STOP_TIMEOUT)
 
 
 def _start_line(server: subprocess.Popen) -> str:
@@ -59,7 +60,7 @@ def _start_line(server: subprocess.Popen) -> str:
 def _rest(server: subprocess.Popen) -> list:
     """The lines of stderr not read yet, once the server has exited."""
     found = []
-    while (line := server.lines.get(timeout=10)) is not None:
+    while (line := server.lines.get(timeout=STOP_TIMEOUT)) is not None:
         found.append(line)
     return found
 
@@ -123,7 +124,7 @@ def test_a_server_stops_on_sigterm_with_one_line(dispatcher):
     try:
         _start_line(server)
         server.terminate()
-        assert server.wait(timeout=30) == 130
+        assert server.wait(timeout=STOP_TIMEOUT) == 130
         assert "data_service: interrupted; server stopped\n" in _rest(server)
     finally:
         _stop(server)

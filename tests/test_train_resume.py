@@ -66,7 +66,7 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(shards, tmp_path
     assert code != 0 and not (out / "model.keras").exists()
     if how != signal.SIGKILL:
         assert code == 130 and err.strip().splitlines()[-1] == (
-            "train.py: interrupted; run the same command to continue from the last completed epoch")
+            "train.py: interrupted; run the same command to continue from its last checkpoint")
     again = _train(shards, out, *extra)
     assert again.returncode == 0, again.stderr[-2000:]
     [said] = [line for line in again.stderr.splitlines() if line.startswith("resuming the run in")]

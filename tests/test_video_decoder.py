@@ -147,13 +147,16 @@ def test_out_of_range_requests_name_the_frame_count(videos):
 
 @pytest.mark.parametrize("content, reason", [
     (None, "file not found"),
+    ("folder", "is a folder, not a video file"),  # docs/decoding.md: DecodeError, not IsADirectoryError
     (b"", "empty file (0 bytes)"),
     (b"<html>504 Gateway Time-out</html>" * 20,
      "cannot be opened as a video (not a video file, or an unsupported codec)"),
 ])
 def test_files_that_are_not_videos_fail_with_their_path_and_reason(tmp_path, content, reason):
     path = tmp_path / "bad.mp4"
-    if content is not None:
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
         path.write_bytes(content)
     with pytest.raises(DecodeError) as caught:
         VideoDecoder(path)

@@ -115,12 +115,12 @@ def build(extractor: ExtractorConfig, architecture: str, num_classes: int, num_f
     return keras.Model((frames, mask), head((features, mask)), name=f"dancedata_finetune_{architecture}")
 
 
-def compiled_model(cfg, info, num_frames: int, mean, variance, start: int):
-    """train.py's end-to-end model, compiled, its backbone frozen when the run (re)starts within its
-    frozen epochs (so a checkpoint's optimizer fits it)."""
+def compiled_model(cfg, info, num_frames: int, mean, variance, position: tuple):
+    """train.py's end-to-end model, compiled, its backbone frozen when the run (re)starts at `position`
+    (epoch, step) within its frozen epochs (so a checkpoint's optimizer fits it)."""
     model = build(extractor_config(info.extractor, cfg.mixed_precision), cfg.model, len(info.classes), num_frames, mean,
                   variance, seed=cfg.seed, fingerprint=info.extractor.get("fingerprint"))
-    compile_phase(model, cfg.learning_rate, cfg.backbone_lr_multiplier, not starts_frozen(start, cfg.freeze_epochs))
+    compile_phase(model, cfg.learning_rate, cfg.backbone_lr_multiplier, not starts_frozen(*position, cfg.freeze_epochs))
     return model
 
 
@@ -139,11 +139,11 @@ def compile_phase(model, learning_rate: float, multiplier: float, train_backbone
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
-def starts_frozen(epoch: int, freeze_epochs: int) -> bool:
-    """Whether a run (re)started after `epoch` epochs compiles its model with the backbone frozen: in
-    its frozen epochs, and just after the last one, whose checkpoint holds the frozen phase's optimizer
-    (the backbone joins when fit starts, phases())."""
-    return 0 < freeze_epochs and epoch <= freeze_epochs
+def starts_frozen(epoch: int, step: int, freeze_epochs: int) -> bool:
+    """Whether a run (re)started at step `step` of epoch `epoch` (0-based) compiles its model with the
+    backbone frozen: in its frozen epochs, and just after the last one, whose checkpoint holds the
+    frozen phase's optimizer (the backbone joins when fit starts, phases())."""
+    return 0 < freeze_epochs and (epoch, step) <= (freeze_epochs, 0)
 
 
 def phases(cfg) -> list:

@@ -7,15 +7,16 @@ of the validation batches and the sums are all-reduced, so the best epoch, patie
 construction. A worker that dies makes the others' next collective fail (the strategy's collective
 timeout bounds it): PeerLost, one line, on every survivor.
 
-Resuming: only the chief keeps a run folder. It commits a checkpoint after every epoch (models/training.py:
-variables, optimizer, seed states, epoch, best so far, patience); on a restart it reads it, and every
-worker receives the chief's state and variables through an all-reduce to which only the chief contributes
-(`from_chief`), so all continue from the same epoch with the same weights.
+Resuming: only the chief keeps a run folder (models/training_run.TrainingRun, the same run object Keras'
+fit goes through). On a restart every worker receives the chief's state and variables through an
+all-reduce to which only the chief contributes (`from_chief`), so all continue from the same step with
+the same weights.
 """
 from __future__ import annotations
 
 import csv
 import os
+import sys
 import types
 
 import keras
@@ -24,9 +25,6 @@ import tensorflow as tf
 
 from dancedata.errors import DanceDataError
 from dancedata.models import training
-
-STATUSES = ("training", "stopped early", "trained", "done")
-
 
 class PeerLost(DanceDataError):
     """A worker of a multi-worker run stopped answering: every worker stops (exit status 1)."""
@@ -57,26 +55,6 @@ def from_chief(strategy, values: list) -> list:
     return found
 
 
-def shared_state(strategy, state: dict | None) -> dict:
-    """The chief's run state ({"epoch", "best", "since_best", "status"}) on every worker."""
-    state = state or {"epoch": 0, "status": "training", "best": None, "since_best": 0}
-    best = state.get("best")
-    mine = np.array([state["epoch"], -1.0 if best is None else best, state.get("since_best", 0),
-                     STATUSES.index(state.get("status", "training"))], np.float64)
-    epoch, best, since, status = from_chief(strategy, [mine])[0].tolist()
-    return {**state, "epoch": int(epoch), "best": None if best < 0 else best, "since_best": int(since),
-            "status": STATUSES[int(status)]}
-
-
-def _restore(strategy, model, optimizer, folder: str | None, state: dict) -> None:
-    """The chief loads the checkpoint `state` names; then every worker takes the chief's variables."""
-    if folder and state.get("checkpoint"):
-        training.load_checkpoint(folder, state, model, model, optimizer)
-    variables = [*model.variables, *optimizer.variables]
-    for variable, value in zip(variables, from_chief(strategy, [v.numpy() for v in variables])):
-        variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
-
-
 def _append_history(out: str, epoch: int, row: dict) -> None:
     path = os.path.join(out, "history.csv")
     new = epoch == 0 or not os.path.exists(path)
@@ -87,20 +65,19 @@ def _append_history(out: str, epoch: int, row: dict) -> None:
         writer.writerow([epoch, *(row[key] for key in sorted(row))])
 
 
-def fit_in_step(strategy, model, train, val, steps: int, epochs: int, batch_size: int, learning_rate: float, patience: int,
-                out: str, best: str | None, state: dict | None = None, checkpoints: str | None = None):
-    """Trains `model` from epoch state["epoch"] (0 without a state) to `epochs`. On the chief (`best` and
-    `checkpoints` given) writes history.csv a row per epoch, the best weights and a checkpoint per epoch;
-    `train` must start at the same epoch (ReadConfig(epoch=...)). Returns a Keras-like history of the epochs
-    it ran."""
+def fit_in_step(strategy, run, model, train, val, epochs: int, batch_size: int, learning_rate: float):
+    """Trains `model` through `run` (models/training_run.TrainingRun) from its position to `epochs`;
+    `train` must start at that position (ReadConfig(epoch=, step=)). On the chief writes history.csv a
+    row per epoch; the run keeps the best weights and the checkpoints. Returns a Keras-like history of the
+    epochs it ran."""
     workers, index = training.worker_position(strategy)
     local = max(1, strategy.num_replicas_in_sync // workers)  # replicas per worker
-    state = shared_state(strategy, state)
+    run.share_state()
     with strategy.scope():
         optimizer = keras.optimizers.Adam(learning_rate)
         optimizer.build(model.trainable_variables)
-    if state["epoch"]:
-        _restore(strategy, model, optimizer, checkpoints, state)
+    run.track(model, model, optimizer)
+    run.restore()
 
     @tf.function
     def train_step(iterator):
@@ -138,41 +115,36 @@ def fit_in_step(strategy, model, train, val, steps: int, epochs: int, batch_size
         return losses / max(count, 1), correct / max(count, 1)
 
     history = {"accuracy": [], "loss": []} | ({"val_accuracy": [], "val_loss": []} if val is not None else {})
-    best_accuracy = float("-inf") if state["best"] is None else state["best"]
-    since_best, epoch = state["since_best"], state["epoch"]
-    if best and state["epoch"]:
-        print(f"resuming the run in {out} after epoch {state['epoch']} of {epochs} ({state['status']})", flush=True)
+    run.say_resuming(file=sys.stdout)
     iterator = iter(train)
+    # The epoch's running sums (loss, correct, examples): the checkpoint's inside a cut epoch.
+    sums = [float(v) for v in run.resumed_metrics([np.zeros(3)])[0]]
+    epoch = run.state.epoch
     try:
-        while state["status"] == "training" and epoch < epochs:
-            sums = [0.0, 0.0, 0.0]
-            for _ in range(steps):
-                sums = [total + float(value) for total, value in zip(sums, train_step(iterator))]
-            row = {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2]}
-            line = f"epoch {epoch + 1}/{epochs} - accuracy: {row['accuracy']:.4f} - loss: {row['loss']:.4f}"
-            if val is not None:
-                row["val_loss"], row["val_accuracy"] = evaluate()
-                line += f" - val_accuracy: {row['val_accuracy']:.4f} - val_loss: {row['val_loss']:.4f}"
-                if row["val_accuracy"] > best_accuracy:
-                    best_accuracy, since_best = row["val_accuracy"], 0
-                    if best:
-                        model.save_weights(best)
-                else:
-                    since_best += 1
-            for key, value in row.items():
-                history[key].append(value)
-            stop = bool(patience and since_best >= patience)  # the same all-reduced numbers everywhere: all stop here
-            state = {**state, "epoch": epoch + 1, "since_best": since_best, "status": "stopped early" if stop else "training",
-                     "best": None if best_accuracy == float("-inf") else best_accuracy}
-            if best:
-                print(line, flush=True)
-                _append_history(out, epoch, row)
-                state = training.save_checkpoint(checkpoints, state, model, model, optimizer)
-            epoch += 1
+        with run.stopping():
+            while run.state.status == "training" and run.state.epoch < epochs:
+                epoch = run.state.epoch
+                run.check_build()
+                for step in range(run.state.step, run.steps):
+                    sums = [total + float(value) for total, value in zip(sums, train_step(iterator))]
+                    run.after_step(step + 1, lambda: [np.array(sums)])
+                row = {"loss": sums[0] / sums[2], "accuracy": sums[1] / sums[2]}
+                line = f"epoch {epoch + 1}/{epochs} - accuracy: {row['accuracy']:.4f} - loss: {row['loss']:.4f}"
+                if val is not None:
+                    row["val_loss"], row["val_accuracy"] = evaluate()
+                    line += f" - val_accuracy: {row['val_accuracy']:.4f} - val_loss: {row['val_loss']:.4f}"
+                for key, value in row.items():
+                    history[key].append(value)
+                if run.chief:
+                    print(line, flush=True)
+                    _append_history(run.out, epoch, row)
+                # The same all-reduced numbers on every worker: best, patience and stopping agree.
+                run.after_epoch(row.get("val_accuracy"), model.save_weights)
+                sums = [0.0, 0.0, 0.0]
     except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.CancelledError,
             tf.errors.AbortedError, tf.errors.InternalError) as error:
         first = (getattr(error, "message", "") or str(error)).strip().splitlines()[0][:200]
         raise PeerLost(f"a worker of this multi-worker run stopped answering during epoch {epoch + 1} ({first}); every "
-                       "worker stops. Run the same command on every worker again: the run continues after its last "
-                       "completed epoch") from None
+                       "worker stops. Run the same command on every worker again: the run continues from its last "
+                       "checkpoint") from None
     return types.SimpleNamespace(history=history)  # what fit returns, as far as train.py reads it
