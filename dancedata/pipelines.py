@@ -5,8 +5,6 @@ permutations (`draw` here equals sampler.draw, tested), so every reader gives th
 """
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
 from dancedata import sampler as sampler_lib
@@ -45,17 +43,66 @@ def draw(seed, epoch, run, count):
     return tf.cast(tf.argsort(keys, stable=True), tf.int64)
 
 
-def epochs(first: int, repeat: bool):
-    """Epoch numbers: first, first + 1, ... (repeat), or one per iteration of the dataset, counting from
-    `first` (so fit(..., epochs=N) over a dataset without repeat takes a new order each epoch)."""
+class EpochCounter:
+    """The epoch the next iteration of a dataset without repeat reads: its first epoch, plus one for each
+    earlier iteration that delivered its last batch. A peek (`next(iter(ds))`) or any iteration left
+    before its end changes nothing; Keras, which stops at a dataset's known cardinality, counts each
+    epoch it trains. Counted where the consumer takes the batch, after any prefetch (`counted`), so
+    reading ahead never counts."""
+
+    def __init__(self, first: int):
+        self.value = first
+
+    def read(self) -> np.int64:
+        return np.int64(self.value)
+
+    def advance(self) -> np.int64:
+        self.value += 1
+        return np.int64(self.value)
+
+
+def epochs(first: int, repeat: bool, counter: EpochCounter | None = None):
+    """Epoch numbers: first, first + 1, ... (repeat), or the one epoch `counter` says when each iteration
+    starts (without repeat: so fit(..., epochs=N) takes a new order each epoch)."""
     import tensorflow as tf
 
     if repeat:
         return tf.data.Dataset.range(first, 2**62)
     # A Python counter, read each time an iterator starts: no TensorFlow variable, so a dataset made under a
     # tf.distribute strategy's scope does not get a distributed one.
-    counter = itertools.count(first)
-    return tf.data.Dataset.from_generator(lambda: iter([next(counter)]), output_signature=tf.TensorSpec([], tf.int64))
+    counter = EpochCounter(first) if counter is None else counter
+    return tf.data.Dataset.from_tensors(np.int64(0)).map(
+        lambda _: tf.ensure_shape(tf.numpy_function(counter.read, [], tf.int64, stateful=True), []))
+
+
+def batch_count(examples: int, batch_size: int, drop_remainder: bool) -> int:
+    return examples // batch_size if drop_remainder else -(-examples // batch_size)
+
+
+def counted(batches, counter: EpochCounter, count: int | None):
+    """The final stage of a dataset without repeat: its cardinality is `count` batches (None: unknown),
+    and `counter` advances when the consumer takes the last one (or, count unknown, asks past the end)."""
+    import tensorflow as tf
+
+    def advance():
+        return tf.ensure_shape(tf.numpy_function(counter.advance, [], tf.int64, stateful=True), [])
+
+    if count is not None:
+        batches = batches.apply(tf.data.experimental.assert_cardinality(count))
+
+        def mark(position, batch):
+            done = tf.cond(tf.equal(position, count - 1), advance, lambda: tf.constant(0, tf.int64))
+            with tf.control_dependencies([done]):
+                return tf.nest.map_structure(tf.identity, batch)
+
+        return batches.enumerate().map(mark)
+
+    def nothing(_):  # no element, with the batches' structure: the end's marker only
+        return tf.nest.map_structure(lambda spec: tf.zeros([0 if d is None else d for d in spec.shape], spec.dtype),
+                                     batches.element_spec)
+
+    end = tf.data.Dataset.from_tensors(np.int64(0)).map(lambda _: advance()).filter(lambda _: False).map(nothing)
+    return batches.concatenate(end)
 
 
 def exactly(batches, steps: int | None, step=0, whole=None):
@@ -84,7 +131,7 @@ def started(dataset):
 def first_batch(step: int, steps: int | None, examples: int, batch_size: int, drop_remainder: bool) -> int:
     """Batch `step` of an epoch of `examples` is its batch first_batch(...): the same one, or with
     steps_per_epoch (epochs cycled to `steps` batches) that one modulo the epoch's batches."""
-    count = examples // batch_size if drop_remainder else -(-examples // batch_size)
+    count = batch_count(examples, batch_size, drop_remainder)
     return step % count if steps is not None and count else step
 
 

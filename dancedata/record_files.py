@@ -32,36 +32,46 @@ def shard_error(error) -> ShardError | None:
     )
 
 
-def checked_records(path, expected):
-    """The records of one shard file, then a check that all `expected` of them were readable: a
-    damaged record ends the file early (ignore_errors), and the check fails naming the file, which
-    TFRecordDataset's own error does not."""
+CHUNK = 64  # records checked per step: the count check's cost, once a chunk, vanishes beside reading them
+
+
+def checked_chunks(path, expected, skip=0):
+    """The records of one shard file as [<= CHUNK] string batches, from its record `skip` on, then a
+    check that all `expected` were readable: a damaged record ends the file early (ignore_errors), and
+    the check fails naming the file, which TFRecordDataset's own error does not. Counted a chunk at a
+    time (one function call per CHUNK records, not one per record)."""
     import tensorflow as tf
 
     records = tf.data.TFRecordDataset(path, buffer_size=8 << 20).ignore_errors()  # large reads: fewer calls, remote-friendly
-    records = records.concatenate(tf.data.Dataset.from_tensors(tf.constant(_END)))
+    chunks = records.skip(skip).batch(CHUNK).map(lambda chunk: (chunk, False))
+    chunks = chunks.concatenate(tf.data.Dataset.from_tensors((tf.zeros([0], tf.string), True)))  # the end, no record
 
-    def count(seen, record):
-        at_end = tf.equal(record, _END)
+    def count(seen, element):
+        chunk, at_end = element
+        seen += tf.size(chunk, tf.int64)
         complete = tf.logical_or(tf.logical_not(at_end), tf.equal(seen, expected))
         check = tf.debugging.Assert(complete, [BAD_SHARD, path, "holds", seen, "readable records; the manifest says", expected])
         with tf.control_dependencies([check]):
-            return seen + 1, (tf.logical_not(at_end), record)
+            return seen, tf.identity(chunk)
 
-    return records.scan(tf.constant(0, tf.int64), count).filter(lambda keep, _: keep).map(lambda _, record: record)
+    return chunks.scan(tf.cast(skip, tf.int64), count)
 
 
-def select(records, fraction: float, holdout: bool, held_sequences=None):
-    """The serialized records outside (holdout: inside) the held-out part: `fraction` of the hash
-    buckets of each sequence id, or with `held_sequences`, those sequence ids."""
+def checked_records(path, expected):
+    """The records of one shard file, then a check that all `expected` of them were readable (checked_chunks)."""
+    return checked_chunks(path, expected).unbatch()
+
+
+def select(windows, fraction: float, holdout: bool, held_sequences=None):
+    """Batches of serialized records with only those outside (holdout: inside) the held-out part kept:
+    `fraction` of the hash buckets of each sequence id, or with `held_sequences`, those sequence ids."""
     import tensorflow as tf
 
     spec = {schema.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string)}
     table = schema.holdout_table(held_sequences)
 
     def wanted(serialized):
-        sequence = tf.io.parse_single_example(serialized, spec)[schema.SEQUENCE_ID]
-        held = schema.held_out(tf.reshape(sequence, [1]), fraction, table)[0]
-        return held if holdout else tf.logical_not(held)
+        held = schema.held_out(tf.io.parse_example(serialized, spec)[schema.SEQUENCE_ID], fraction, table)
+        return tf.boolean_mask(serialized, held if holdout else tf.logical_not(held))
 
-    return records.filter(wanted)
+    return windows.map(wanted)

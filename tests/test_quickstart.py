@@ -20,6 +20,7 @@ def quickstart_lines() -> list:
     return [line for line in block.splitlines() if line.strip()]
 
 
+@pytest.mark.timeout(1800)  # the slowest test: six commands, a build and a training run (4.5 min on 2 busy cores)
 def test_the_readme_quick_start_runs_word_for_word(tmp_path):
     setup, *steps = quickstart_lines()
     # The set-up line is what .ci/run does before the tests: this environment is its result.

@@ -219,6 +219,17 @@ def test_a_multi_worker_run_killed_mid_run_continues_to_the_same_result(learning
     """Both workers killed after the chief committed epoch 2, then the same commands again: the run goes on
     from the chief's checkpoint (every worker takes the chief's state) and ends with the history and
     weights of a run never stopped."""
+    _killed_and_resumed(learning_run, tmp_path, [], lambda state: state["epoch"] >= 2)
+
+
+def test_a_multi_worker_run_killed_inside_an_epoch_continues_to_the_same_result(learning_run, tmp_path):
+    """As above, killed after the chief committed a step inside epoch 2 (--checkpoint-every 1): every
+    worker resumes at that step, with the chief's running sums of the epoch."""
+    _killed_and_resumed(learning_run, tmp_path, ["--checkpoint-every", "1"],
+                        lambda state: state["epoch"] >= 1 and state["step"] >= 1)
+
+
+def _killed_and_resumed(learning_run, tmp_path, extra: list, reached):
     import signal
     import time
 
@@ -227,7 +238,7 @@ def test_a_multi_worker_run_killed_mid_run_continues_to_the_same_result(learning
 
     base, _ = learning_run
     flags = ["--shards", str(base / "shards"), "--epochs", "5", "--batch-size", "8", "--learning-rate", "0.01", "--seed", "0",
-             "--strategy", "multi-worker"]
+             "--strategy", "multi-worker", *extra]
 
     def finish(workers):
         for worker in workers:
@@ -239,13 +250,19 @@ def test_a_multi_worker_run_killed_mid_run_continues_to_the_same_result(learning
     stopped = _two_workers(flags, tmp_path / "stopped")
     state = tmp_path / "stopped" / "run0" / "checkpoints" / "state.json"
     deadline = time.monotonic() + 600
-    while not (state.exists() and json.loads(state.read_text())["epoch"] >= 2):
+    def committed():
+        try:
+            return reached(json.loads(state.read_text()))
+        except (OSError, ValueError, KeyError):
+            return False
+
+    while not committed():
         assert stopped[0].poll() is None, stopped[0].stderr.read()[-3000:]
         if time.monotonic() > deadline:
             for worker in stopped:
                 worker.kill()
-            pytest.fail(f"the chief committed no epoch 2 within 600 s:\n{stopped[0].communicate()[1][-3000:]}")
-        time.sleep(0.05)
+            pytest.fail(f"the chief committed no such state within 600 s:\n{stopped[0].communicate()[1][-3000:]}")
+        time.sleep(0.005)
     for worker in stopped:
         worker.send_signal(signal.SIGKILL)
         worker.wait()

@@ -72,7 +72,6 @@ def fit_in_step(strategy, run, model, train, val, epochs: int, batch_size: int, 
     epochs it ran."""
     workers, index = training.worker_position(strategy)
     local = max(1, strategy.num_replicas_in_sync // workers)  # replicas per worker
-    run.share_state()
     with strategy.scope():
         optimizer = keras.optimizers.Adam(learning_rate)
         optimizer.build(model.trainable_variables)

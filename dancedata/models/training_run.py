@@ -193,7 +193,9 @@ class TrainingRun:
         they take the chief's state (share_state)."""
         identity = build_identity(builder.manifest, builder.path)
         if not chief:
-            return cls(None, cfg, identity, RunState(), strategy=strategy, chief=False)
+            run = cls(None, cfg, identity, RunState(), strategy=strategy, chief=False)
+            run.share_state()  # before any dataset is made: every worker reads from the chief's position
+            return run
         out = cfg.out or os.path.join("runs", datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
         if os.path.exists(out) and not os.path.isdir(out):
             raise ConfigError(f"--out {out} is a file; pass a folder for the run")
@@ -201,6 +203,7 @@ class TrainingRun:
         try:
             run = cls(out, cfg, identity, RunState(), strategy=strategy, lock=lock)
             run._prepare()
+            run.share_state()
         except BaseException:
             lock.release()
             raise
