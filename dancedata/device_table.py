@@ -133,8 +133,9 @@ def index_dataset(builder, split: str, table: Table, *, batch_size: int = 32, re
     training = read.shuffle if example.training is None else example.training
     keep = builder._kept(split, table.sequence_ids[offset:offset + sum(counts)], read.holdout)
     windows = example.seq_len is not None and training
+    counter = None if read.repeat else pipelines.EpochCounter(read.epoch)
     batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder, keep, windows,
-                                      read.steps_per_epoch, read.step)
+                                      read.steps_per_epoch, read.step, counter)
     masks, labels = tf.constant(table.masks), tf.constant(table.labels)
     frames = builder.info.num_frames
     length = example.seq_len if example.seq_len is not None else frames
@@ -147,4 +148,6 @@ def index_dataset(builder, split: str, table: Table, *, batch_size: int = 32, re
             positions = tf.broadcast_to(tf.range(frames)[None, :], [tf.shape(index)[0], frames])
         return (index, positions), tf.gather(labels, index)
 
-    return batches.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    batches = batches.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    return batches if counter is None else pipelines.counted(batches, counter,
+                                                             builder.epoch_batches(sampler, read, batch_size, keep))

@@ -6,7 +6,7 @@
     # ((frames uint8 [B, T, S, S, 3], mask bool [B, T]), label int32 [B])
 
 The records come in the order every other reader gives them: the split's `Sampler` followed with
-`pipelines.streamed_records`, so an epoch's order is a pure function of (seed, epoch) and a resumed run
+`pipelines.streamed_windows`, so an epoch's order is a pure function of (seed, epoch) and a resumed run
 sees the batches an uninterrupted one does, from any step (ReadConfig(step=...): the streamed reader's
 start, no replay). Each batch carries the sampler's seed for that batch
 (`pipelines.batch_seeds`, the one the feature reader draws its random windows from), and every random
@@ -20,7 +20,7 @@ frames stay as stored, the centre square of the video, which is what `predict` d
 from __future__ import annotations
 
 from dancedata import frames as frames_lib
-from dancedata import schema
+from dancedata import pipelines, schema
 from dancedata.errors import ConfigError
 from dancedata.read_config import ExampleConfig, ReadConfig, check_int, from_keywords
 
@@ -51,13 +51,17 @@ def as_dataset(builder, split: str, *, batch_size: int = 32, read_config: ReadCo
     batch_size = check_int("batch_size", batch_size, 1)
     stored = stored_frames(builder)
     paths, sampler = builder.ordered_files(split, read)
-    batches = builder.streamed_batches(split, paths, sampler, read, batch_size, windows=True)  # a seed per batch
+    counter = None if read.repeat else pipelines.EpochCounter(read.epoch)
+    batches = builder.streamed_batches(split, paths, sampler, read, batch_size, True, counter)  # a seed per batch
     training = read.shuffle if example.training is None else example.training
     size = image_size or builder.info.extractor.get("image_size") or stored["image_size"]
     prepare = _preparer(builder.manifest, stored, example.seq_len, training, size)
     # The images are decoded here, several batches at once; deterministic keeps the sampler's order.
-    batches = batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return batches.prefetch(tf.data.AUTOTUNE)
+    batches = batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    if counter is None:
+        return batches
+    keep = builder._kept(split, builder._sequences(paths, sampler.counts), read.holdout) if read.holdout else None
+    return pipelines.counted(batches, counter, builder.epoch_batches(sampler, read, batch_size, keep))
 
 
 def _preparer(manifest: dict, stored: dict, seq_len: int | None, training: bool, size: int):

@@ -1,14 +1,15 @@
 """tf.data pipelines in a `dancedata.sampler.Sampler`'s order: batches of example indices for readers
 that gather by index (mapped shards, tables in memory or on a device), and streamed TFRecords that read
 the sampler's shards in its order and permute its windows with graph ops that compute the sampler's
-permutations (`draw` here equals sampler.draw, tested), so every reader gives the same batches.
+permutations (`draw` here equals sampler.draw, tested), so every reader gives the same batches. Without
+repeat, a dataset's epoch is counted by the consumer (EpochCounter, counted).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from dancedata import sampler as sampler_lib
-from dancedata.record_files import checked_records
+from dancedata.record_files import CHUNK, checked_chunks
 
 GOLDEN = 0x9E3779B97F4A7C15
 
@@ -136,10 +137,11 @@ def first_batch(step: int, steps: int | None, examples: int, batch_size: int, dr
 
 
 def index_batches(sampler: sampler_lib.Sampler, first: int, repeat: bool, batch_size: int, drop_remainder: bool,
-                  keep: np.ndarray | None = None, seeds: bool = False, steps: int | None = None, step: int = 0):
+                  keep: np.ndarray | None = None, seeds: bool = False, steps: int | None = None, step: int = 0,
+                  counter: EpochCounter | None = None):
     """Batches of example indices [B] int64 in the sampler's order (seeds: (indices, window seed [2])),
     each epoch `steps` batches when given (see exactly); epoch `first` from its batch `step`: a slice of
-    its order and its seeds, whatever the step costs the same."""
+    its order and its seeds, whatever the step costs the same. Without repeat, `counter` gives the epoch."""
     import tensorflow as tf
 
     def numbers(epoch):
@@ -160,17 +162,19 @@ def index_batches(sampler: sampler_lib.Sampler, first: int, repeat: bool, batch_
         rest = batched(order[start * batch_size:], batch_seeds[start:])
         return rest if steps is None else exactly(rest, steps, skipped, batched(order, batch_seeds))
 
-    batches = epochs(first, repeat).flat_map(one_epoch)
+    batches = epochs(first, repeat, counter).flat_map(one_epoch)
     return started(batches) if step else batches
 
 
-def streamed_records(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: bool = False, entry=None):
-    """The records of one epoch (an int64 scalar tensor) in the sampler's order, read shard after shard,
-    each shard's record count checked (record_files.checked_records). Graph ops only: the tf.data
-    service can run it. afresh: windows permuted by a random draw each time they are read instead (a
-    service job is the same graph every epoch; without it every epoch would repeat one order).
-    entry: a sampler.Entry's (shards, records, phase, window) as int64 tensors: the epoch from that
-    window on, its first shards not read (the caller drops the window's first `dropped`)."""
+def streamed_windows(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: bool = False, entry=None):
+    """The records of one epoch (an int64 scalar tensor) in the sampler's order, as its windows: string
+    batches of up to sampler.window records, each already permuted (the caller rebatches them, which
+    copies each record once; splitting them into single records costs a step per record). Read shard
+    after shard, each shard's record count checked a chunk at a time (record_files.checked_chunks).
+    Graph ops only: the tf.data service can run it. afresh: windows permuted by a random draw each time
+    they are read instead (a service job is the same graph every epoch; without it every epoch would
+    repeat one order). entry: a sampler.Entry's (shards, records, phase, window) as int64 tensors: the
+    epoch from that window on, its first shards not read (the caller drops the window's first `dropped`)."""
     import tensorflow as tf
 
     count = len(sampler.counts)
@@ -182,25 +186,29 @@ def streamed_records(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: b
     skipped, records_skipped, phase, window = entry if entry is not None else (0, 0, sampler.worker, 0)
     if entry is not None:
         shards = shards[skipped:]
+    # The records before the entry's window are all in the first shard read: skipped there, still counted.
+    skips = tf.tensor_scatter_nd_update(tf.zeros_like(shards), [[0]], [records_skipped]) if entry is not None \
+        else tf.zeros_like(shards)
     files = tf.data.Dataset.from_tensor_slices((tf.gather(tf.constant(paths), shards),
-                                                tf.gather(tf.constant(sampler.counts, tf.int64), shards)))
-    # Shard after shard, whole: a block as long as the longest shard takes each one out before the next, while the
-    # parallel interleave reads the following shards ahead (remote latency, parsing on several cores).
-    records = files.interleave(checked_records, cycle_length=max(1, min(count, 4)), block_length=max(max(sampler.counts, default=1), 1),
+                                                tf.gather(tf.constant(sampler.counts, tf.int64), shards), skips))
+    # Shard after shard, whole: a block as long as the longest shard's chunks takes each one out before the next,
+    # while the parallel interleave reads the following shards ahead (remote latency, parsing on several cores).
+    chunks = -(-max(sampler.counts, default=1) // CHUNK) + 1  # and its end's check, an empty chunk
+    records = files.interleave(checked_chunks, cycle_length=max(1, min(count, 4)), block_length=chunks,
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if entry is not None:
-        records = records.skip(records_skipped)
     if count < sampler.workers:
-        records = records.shard(sampler.workers, phase)
+        windows = records.unbatch().shard(sampler.workers, phase).batch(sampler.window)
+    else:
+        windows = records.rebatch(sampler.window)
     if not sampler.shuffle:
-        return records
+        return windows
 
     def permute(run, window):
         if afresh:
             run = tf.random.uniform([], 0, 2**62, dtype=tf.int64)
         return tf.gather(window, draw(sampler.seed, epoch, run, tf.shape(window, tf.int64)[0]))
 
-    return records.batch(sampler.window).enumerate(window).map(permute).unbatch()
+    return windows.enumerate(window).map(permute)
 
 
 def batch_seeds(sampler: sampler_lib.Sampler, epoch, first=0):

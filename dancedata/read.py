@@ -7,7 +7,7 @@
 Every reader takes a split's examples in the order of one `dancedata.sampler.Sampler`, a pure function
 of (example counts, seed, worker, epoch): local schema-4 shards memory-mapped (`mapped_shards`, checked
 once per process) and tables in memory (cache) gather each batch by index (`pipelines.index_batches`);
-TFRecords streamed from any filesystem follow the same order with graph ops (`pipelines.streamed_records`),
+TFRecords streamed from any filesystem follow the same order with graph ops (`pipelines.streamed_windows`),
 and `dancedata.ExampleSource` gives the same examples without TensorFlow. `schema.decode_batch` turns
 bytes into a dict of tensors; this module turns that dict into model inputs (windows, casts).
 """
@@ -201,15 +201,18 @@ class DatasetBuilder:
         windows = example.seq_len is not None and training
         to_inputs = self._to_inputs(example.seq_len, training, example.with_metadata, example.cast)
         table = None if read.data_service else self._table(split, paths, read, example.with_metadata)
+        # Without repeat, an iteration's epoch is counted by the consumer (pipelines.EpochCounter).
+        counter = None if read.repeat or read.data_service else pipelines.EpochCounter(read.epoch)
+        keep = None
         if table is not None:
             keep = self._kept(split, table.sequences(), read.holdout)
             if read.steps_per_epoch and not len(sampler.order(0, keep)):  # its epochs would be cycled without end
                 raise ConfigError(f"input pipeline {worker} of {workers} has no example of {split} to read")
             batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder, keep,
-                                              windows, read.steps_per_epoch, read.step)
+                                              windows, read.steps_per_epoch, read.step, counter)
             decode = table.decoder()
         else:
-            batches = self.streamed_batches(split, paths, sampler, read, batch_size, windows)
+            batches = self.streamed_batches(split, paths, sampler, read, batch_size, windows, counter)
             keys = None if example.with_metadata else schema.TRAINING_KEYS
 
             def decode(serialized):
@@ -224,7 +227,20 @@ class DatasetBuilder:
 
             batches = service.distribute(batches, service.check_reachable(read.data_service))
             batches = batches.repeat() if read.repeat else batches
-        return batches.prefetch(tf.data.AUTOTUNE)
+        batches = batches.prefetch(tf.data.AUTOTUNE)
+        if counter is None:
+            return batches
+        if table is None and read.holdout is not None and self.epoch_batches(sampler, read, batch_size) is not None:
+            keep = self._kept(split, self._sequences(paths, sampler.counts), read.holdout)  # one pass: its count
+        return pipelines.counted(batches, counter, self.epoch_batches(sampler, read, batch_size, keep))
+
+    def epoch_batches(self, sampler: Sampler, read: ReadConfig, batch_size: int, keep=None) -> int | None:
+        """The batches of each iteration of a dataset without repeat, or None where they differ: started
+        inside an epoch (the first iteration is shorter), or several workers taking shuffled shards (their
+        shares of each epoch differ)."""
+        if read.repeat or read.step or (sampler.shuffle and sampler.workers > 1):
+            return None
+        return pipelines.batch_count(len(sampler.order(read.epoch, keep)), batch_size, read.drop_remainder)
 
     def ordered_files(self, split: str, read: ReadConfig, worker: int = 0, workers: int = 1) -> tuple:
         """(shard paths, Sampler) of `split` as `read` reads it: shards checked first with read.verify,
@@ -236,7 +252,7 @@ class DatasetBuilder:
                               workers=workers)
 
     def streamed_batches(self, split: str, paths: list, sampler: Sampler, read: ReadConfig, batch_size: int,
-                         windows: bool):
+                         windows_wanted: bool, counter: pipelines.EpochCounter | None = None):
         """Batches of serialized records (windows: with their seeds) in the sampler's order, epoch after
         epoch, each read.steps_per_epoch batches when set; through a service, one epoch (the service's
         job), repeated by the caller. The reader of every field and of stored frames (frames_input).
@@ -251,18 +267,20 @@ class DatasetBuilder:
             held = self.holdout_part(split, read.holdout.fraction, read.holdout.by)[0]
 
         def one_epoch(epoch, entry=None, first=0):
-            records = pipelines.streamed_records(sampler, paths, epoch, afresh=bool(read.data_service),
+            windows = pipelines.streamed_windows(sampler, paths, epoch, afresh=bool(read.data_service),
                                                  entry=None if entry is None else tf.unstack(entry)[:4])
             if read.holdout is not None:
-                records = record_files.select(records, read.holdout.fraction, read.holdout.part == "held", held)
-            records = records if entry is None else records.skip(entry[4])
-            batches = records.batch(batch_size, drop_remainder=read.drop_remainder)
-            return tf.data.Dataset.zip((batches, pipelines.batch_seeds(sampler, epoch, first))) if windows else batches
+                windows = record_files.select(windows, read.holdout.fraction, read.holdout.part == "held", held)
+            if entry is not None:  # the records of the entry's window before the start position
+                windows = windows.enumerate().map(lambda run, window: window[tf.where(run == 0, entry[4], 0):])
+            # Windows to batches without splitting them into records: rebatch copies each record once.
+            batches = windows.rebatch(batch_size, drop_remainder=read.drop_remainder)
+            return tf.data.Dataset.zip((batches, pipelines.batch_seeds(sampler, epoch, first))) if windows_wanted else batches
 
         if read.data_service:
             return one_epoch(tf.constant(read.epoch, tf.int64))
         if not read.step:
-            return pipelines.epochs(read.epoch, read.repeat).flat_map(
+            return pipelines.epochs(read.epoch, read.repeat, counter).flat_map(
                 lambda epoch: pipelines.exactly(one_epoch(epoch), read.steps_per_epoch))
         keep = self._kept(split, self._sequences(paths, sampler.counts), read.holdout) if read.holdout else None
         examples = len(sampler.order(read.epoch, keep))
@@ -279,7 +297,7 @@ class DatasetBuilder:
             skipped = tf.where(is_first, tf.constant(read.step, tf.int64), 0)
             return pipelines.exactly(batches, read.steps_per_epoch, skipped, one_epoch(epoch))
 
-        return pipelines.started(pipelines.epochs(read.epoch, read.repeat).flat_map(started_epoch))
+        return pipelines.started(pipelines.epochs(read.epoch, read.repeat, counter).flat_map(started_epoch))
 
     def _sequences(self, paths: list, counts) -> np.ndarray:
         """Every record's sequence id (bytes) in `paths`, read in that order (counts checked)."""

@@ -143,7 +143,7 @@ def test_clear_errors(built, tmp_path):
         DatasetBuilder(str(built["out"])).as_dataset("dev")
     manifest = dict(built["manifest"], schema_version=99)
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ManifestError, match="schema version 99; this dancedata reads versions 1, 2, 3, 4. Upgrade dancedata"):
+    with pytest.raises(ManifestError, match="schema version '99'; this dancedata reads versions 1, 2, 3, 4. Upgrade dancedata"):
         DatasetBuilder(str(tmp_path))
     with pytest.raises(ConfigError, match="seq_len must be in 1..8"):
         DatasetBuilder(str(built["out"])).as_dataset("train", example_config=ExampleConfig(seq_len=9))
