@@ -2,6 +2,7 @@
 it, make it allocate out of proportion, or go unnoticed?
 
     python benchmarks/fuzz_campaign.py --cases 10000 --seed 0 [--rerun-every 200] [--out report.json]
+    python benchmarks/fuzz_campaign.py --cases 0 --run-cases 300     (the run folder only: see RunCampaign)
 
 Builds one tiny folder (tiny synthetic videos, stored frames kept, an extractor without weights), then
 for each case: picks a file of the folder (shards, indexes, manifest.json, feature_statistics.json, the
@@ -23,6 +24,13 @@ the file deleted), runs one command on it in this process, puts the file back, a
 
 "Silently accepted" is decided by an oracle independent of the checks under test: the damaged bytes
 differ from the original, the command reads that file (its contract covers it), and it reported success.
+
+With --run-cases, it also trains a tiny run, interrupts it after its first epoch, and damages the files of
+that run folder (a resume reads them: state, run.json, the checkpoint, history.csv) and of its finished
+resume (predict reads model.keras, dataset.json and labels.json); the oracle is the undamaged resume (see
+the comment above RunCampaign). Outcomes there: refused, resumed (the reference's exact result), unaffected
+(predict: damage that changed nothing it reads), ignored (a file the command does not read), and the
+failures above, plus EXIT (another exit status). A resume trains an epoch: seconds a case.
 
 tests/test_fuzz.py runs a few hundred of the same cases in CI; this script runs as many as asked.
 """
@@ -357,6 +365,210 @@ class Campaign:
         return outcome, details
 
 
+# ---------------------------------------------------------------------------------------------------
+# The run folder (train.py --out): an interrupted run that a resume reads (state, run.json, the checkpoint,
+# history.csv), and a finished run that predict reads (model.keras, dataset.json, labels.json).
+#
+# Oracle, independent of the loaders under test: the same interrupted folder resumed undamaged, once. A
+# resume of a damaged folder must either stop with one line naming the damaged file (exit 2, or 1 for a
+# file it cannot write), or finish with exactly the undamaged resume's result (history.csv's bytes, the
+# weights, metrics.json): training is deterministic to the bit, so any other result was computed from
+# damaged bytes without a word (a changed history row, a changed epoch or best score in the state).
+# Predict must stop with one line naming the file, or load a model and dataset description that give
+# exactly the undamaged run's probabilities on fixed inputs and the same classes, frames, extractor and
+# sampling. A success that equals the reference although a JSON file's content changed is still SILENT;
+# one whose damage changed no content it reads (model.keras bytes that Keras does not read, such as the
+# archive's timestamps) counts as "unaffected".
+
+RUN_COMMANDS = ("resume", "predict")
+RUN_FLAGS = ["--epochs", "2", "--batch-size", "8", "--learning-rate", "0.01", "--seed", "0", "--cache", "memory"]
+RUN_FAILURES = FAILURES + ("EXIT",)  # EXIT: a status that is neither 0 nor our error's (1, 2)
+# What each command reads, by its contract: a resume its state, run.json, checkpoint, best weights and
+# history; predict model.keras, dataset.json and labels.json. The rest of the folder (plots, metrics.json,
+# train_config.json, TensorBoard logs) no command reads back.
+RESUME_READS = ("checkpoints/state.json", "run.json", "history.csv", "checkpoints/best.weights.h5")
+PREDICT_READS = ("model.keras", "dataset.json", "labels.json")
+
+
+def _train(shards: str, out: str, stop_after_epoch: int | None = None) -> tuple[int, str]:
+    """(exit status, stderr) of train.py in this process; with stop_after_epoch, a Ctrl-C right after that
+    epoch's checkpoint (what an interrupted run leaves)."""
+    from dancedata import train
+    from dancedata.models import training_run
+
+    original = training_run.RunProgress.on_epoch_end
+
+    def on_epoch_end(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            raise KeyboardInterrupt
+
+    training_run.RunProgress.on_epoch_end = on_epoch_end
+    try:
+        return _run_cli_tf(train.main, "train.py", ["--shards", shards, "--out", out, *RUN_FLAGS])
+    finally:
+        training_run.RunProgress.on_epoch_end = original
+
+
+def _run_cli_tf(main, prog: str, argv: list) -> tuple[int, str]:
+    from dancedata import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.run(main, prog, argv)
+    return code, err.getvalue()
+
+
+def _run_result(folder: str) -> dict:
+    """What a finished run computed: history.csv's bytes, metrics.json, the model's weights."""
+    import keras
+
+    model = keras.models.load_model(os.path.join(folder, "model.keras"), compile=False)
+    with open(os.path.join(folder, "metrics.json")) as handle:
+        metrics = json.load(handle)
+    return {"history": _read(folder, "history.csv"), "metrics": metrics,
+            "weights": [w.tobytes() for w in model.get_weights()]}
+
+
+def _predicted(folder: str) -> dict:
+    """predict's view of a run folder (its loader, every check included) and the model's probabilities on
+    fixed inputs: what its output depends on."""
+    import numpy as np
+
+    from dancedata import predict
+
+    model, dataset = predict.load_run(folder)
+    rng = np.random.default_rng(0)
+    frames = dataset.get("seq_len") or dataset["num_frames"]
+    features = rng.standard_normal((4, frames, dataset["feature_dim"])).astype(dataset["feature_dtype"]).astype("float32")
+    masks = np.ones((4, frames), bool)
+    probabilities = np.asarray(model.predict_on_batch((features, masks)))
+    return {"dataset": {key: value for key, value in dataset.items() if not key.endswith("_config")},
+            "probabilities": probabilities.tobytes()}
+
+
+def _json_content(data: bytes | None):
+    try:
+        return json.loads(data.decode("utf-8")) if data is not None else None
+    except ValueError:
+        return ValueError
+
+
+class RunCampaign:
+    """A tiny build, an interrupted run of it and its undamaged resume (the reference); `case` damages one
+    file of the interrupted run (resume) or of the finished one (predict), runs the command, sorts the outcome."""
+
+    def __init__(self, base: str, performances: int = 4):
+        import dancedata
+
+        self.base = base
+        videos, self.shards = os.path.join(base, "run-videos"), os.path.join(base, "run-shards")
+        write_videos(videos, performances=performances)
+        dancedata.build_shards(videos, self.shards, **OPTIONS)
+        self.interrupted = os.path.join(base, "interrupted")
+        code, err = _train(self.shards, self.interrupted, stop_after_epoch=1)
+        if code != 130:
+            raise RuntimeError(f"the run to interrupt ended with {code}: {err[-400:]}")
+        self.interrupted_files = files_of(self.interrupted)
+        self.finished = os.path.join(base, "finished")
+        shutil.copytree(self.interrupted, self.finished)
+        code, err = _train(self.shards, self.finished)
+        if code != 0:
+            raise RuntimeError(f"the undamaged resume ended with {code}: {err[-400:]}")
+        self.reference = _run_result(self.finished)
+        self.finished_files = files_of(self.finished)
+        self.snapshot = {name: _read(self.finished, name) for name in self.finished_files}
+        self.predicted = _predicted(self.finished)
+        self.work = os.path.join(base, "work")
+
+    def names(self, command: str) -> list:
+        return self.interrupted_files if command == "resume" else self.finished_files
+
+    def case(self, rng: random.Random, command: str, timeout: float | None = 120.0, name: str | None = None,
+             kind: str | None = None, edit=None) -> tuple[str, dict]:
+        """(outcome, details) of one random case of `command` ("resume" or "predict"); `name` and `kind`
+        pin the file and the damage, or `edit` (bytes -> bytes) makes it."""
+        folder = self.interrupted if command == "resume" else self.finished
+        choices = self.names(command)
+        for _ in range(100):
+            name_, kind_ = name or rng.choice(choices), kind or rng.choice(DAMAGES)
+            original = _read(folder, name_)
+            damaged = edit(original) if edit else damage(original, name_, kind_, rng)
+            if damaged != original:
+                break
+        name, kind = name_, ("edit" if edit else kind_)
+        details = {"command": command, "file": name, "damage": kind}
+        if command == "resume":
+            shutil.rmtree(self.work, ignore_errors=True)
+            shutil.copytree(self.interrupted, self.work)
+            target = self.work
+        else:
+            target = self.finished
+        path = os.path.join(target, name)
+        if damaged is None:
+            os.remove(path)
+        else:
+            with open(path, "wb") as handle:
+                handle.write(damaged)
+        if timeout:
+            previous = signal.signal(signal.SIGALRM, _alarm)
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        result = None
+        try:
+            if command == "resume":
+                code, text = _train(self.shards, self.work)
+                status = {0: "ok", 1: "refused", 2: "refused"}.get(code, "EXIT")
+                if status == "ok":
+                    result = _run_result(self.work)
+            else:
+                from dancedata.errors import DanceDataError
+
+                try:
+                    result = _predicted(self.finished)
+                    status, text = "ok", ""
+                except DanceDataError as error:
+                    status, text = "refused", f"predict: error: {error}"
+        except Hang:
+            status, text = "HANG", ""
+        except Exception as error:  # noqa: BLE001 - the campaign's whole question
+            status, text = "TRACEBACK", "".join(traceback.format_exception(error))[-2000:]
+        finally:
+            if timeout:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+            if command == "predict":
+                self._restore()
+        details["said"] = text[-600:]
+        return self._classify(command, name, original, damaged, status, text, result), details
+
+    def _restore(self) -> None:
+        for name, data in self.snapshot.items():
+            if _read(self.finished, name) != data:
+                with open(os.path.join(self.finished, name), "wb") as handle:
+                    handle.write(data)
+
+    def _classify(self, command, name, original, damaged, status, text, result) -> str:
+        if status in ("TRACEBACK", "HANG", "EXIT"):
+            return status
+        base = os.path.basename(name)
+        if status == "refused":
+            errors = [line for line in text.splitlines() if ": error: " in line]
+            if len(errors) != 1 or "Traceback" in text:
+                return "TRACEBACK"
+            named = base if not base.endswith(".npz") else ("checkpoint", base)
+            return "refused" if any(word in errors[0] for word in ((named,) if isinstance(named, str) else named)) \
+                else "WRONG-FILE"
+        reference = self.reference if command == "resume" else self.predicted
+        if result != reference:
+            return "SILENT"
+        reads = RESUME_READS if command == "resume" else PREDICT_READS
+        if not (name in reads or (command == "resume" and base.endswith(".npz"))):
+            return "ignored"  # a file this command does not read; its result is the reference's
+        if base.endswith(".json") and _json_content(damaged) != _json_content(original):
+            return "SILENT"  # changed content accepted, though it changed nothing this time
+        return "resumed" if command == "resume" else "unaffected"
+
+
 def pick_command(rng: random.Random, rerun_every: int, number: int) -> str:
     """The command of case `number`: a build rerun every `rerun_every` cases (it loads the extractor and
     may decode), otherwise inspect, inspect --verify, inspect --repair or the reader."""
@@ -372,6 +584,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rerun-every", type=int, default=200, help="one build rerun per this many cases (0: none)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a case counts as a hang")
     parser.add_argument("--out", help="write the counts and every failure as JSON here")
+    parser.add_argument("--run-cases", type=int, default=0,
+                        help="cases over a run folder (resume and predict, alternately), after the build's")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
@@ -382,8 +596,9 @@ def main(argv=None) -> int:
     started = time.time()
     base = tempfile.mkdtemp(prefix="dancedata-fuzz-")
     try:
-        campaign = Campaign(base)
-        print(f"fuzzing {len(campaign.names)} files of {campaign.folder}: {', '.join(campaign.names)}", flush=True)
+        campaign = Campaign(base) if args.cases else None
+        if campaign:
+            print(f"fuzzing {len(campaign.names)} files of {campaign.folder}: {', '.join(campaign.names)}", flush=True)
         for number in range(args.cases):
             command = pick_command(rng, args.rerun_every, number)
             outcome, details = campaign.case(rng, command, args.timeout)
@@ -393,6 +608,20 @@ def main(argv=None) -> int:
                 print(f"case {number}: {outcome}: {json.dumps(details)}", flush=True)
             if (number + 1) % 500 == 0:
                 print(f"{number + 1} cases, {time.time() - started:.0f} s, {len(failures)} failures", flush=True)
+        if args.run_cases:
+            runs = RunCampaign(base)
+            print(f"fuzzing the interrupted run {runs.interrupted} ({', '.join(runs.interrupted_files)}) and the "
+                  f"finished one {runs.finished}", flush=True)
+        for number in range(args.run_cases):
+            command = RUN_COMMANDS[number % 2]
+            outcome, details = runs.case(rng, command, args.timeout)
+            counts[(command, outcome)] += 1
+            if outcome in RUN_FAILURES:
+                failures.append({"case": number, "outcome": outcome, **details})
+                print(f"run case {number}: {outcome}: {json.dumps(details)}", flush=True)
+            if (number + 1) % 20 == 0:
+                print(f"{number + 1} run cases, {time.time() - started:.0f} s, {len(failures)} failures: "
+                      + ", ".join(f"{c} {o} {n}" for (c, o), n in sorted(counts.items()) if c in RUN_COMMANDS), flush=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
     ran = sum(counts.values())
@@ -402,7 +631,7 @@ def main(argv=None) -> int:
         print(f"  {command:<8} {outcome:<11} {n}")
         totals[outcome] += n
     print("  all      " + ", ".join(f"{outcome} {n}" for outcome, n in sorted(totals.items())))
-    print(f"failures: {len(failures)} ({', '.join(f'{k} {totals[k]}' for k in FAILURES)})")
+    print(f"failures: {len(failures)} ({', '.join(f'{k} {totals[k]}' for k in RUN_FAILURES)})")
     if args.out:
         with open(args.out, "w") as handle:
             json.dump({"cases": ran, "seed": args.seed, "counts": {f"{c} {o}": n for (c, o), n in counts.items()},

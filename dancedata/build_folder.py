@@ -156,17 +156,57 @@ class OutputFolder:
 
     def is_built(self, name: str, key: str, record: dict | None, companions: bool = True) -> bool:
         """A shard is built when its record is for this unit and its bytes (and its index's) are the
-        recorded ones. companions=False: whether its examples are intact, whatever became of its index."""
-        def intact(path, entry):
-            return fs.exists(path) and fs.size(path) == entry.get("bytes") and sha256(path) == entry.get("sha256")
+        recorded ones. companions=False: whether its examples are intact, whatever became of its index.
 
-        if record is None or record.get("key") != key or not intact(fs.join(self.out, name), record):
+        A resume must not read the build twice (on object storage, download it), and needs no sha256: a
+        shard with a usable index is trusted on its size and its index (read whole: its sha256 is the
+        record's, and its header binds the shard's sha256 and size), then
+        - local shards: every record's two CRCs, which must equal the ones the index recorded: the readers'
+          own check (shard_index.problem, a memory-mapped pass at crc32c speed, several times sha256's),
+          so any damage, a flipped byte inside a record's data included, has the shard redone;
+        - shards on object storage: only each record's 16 bytes of framing (plain `inspect`'s check: a few
+          bytes a record, never the whole shard). That finds a cut, appended bytes, a shard swapped for or
+          replaced by another of the same size, and damage to the framing; a flipped byte inside a record's
+          data passes it and is stopped at read time by the readers' CRC check of every record (and by
+          `inspect --verify`), whose message says to run the build again: once the folder holds a manifest,
+          every record's CRCs are checked here on object storage too, so that rerun redoes the shard.
+        A shard whose index is unusable is read whole through sha256, as before (its index is rebuilt from it).
+        """
+        if record is None or record.get("key") != key:
+            return False
+        if companions and "index" not in record:  # a shard of schema 2 or 3: never done for a schema-4 plan
+            return False
+        path = fs.join(self.out, name)
+        if not fs.exists(path) or fs.size(path) != record.get("bytes"):
+            return False
+        if self._framed(name, record):
+            return True
+        # Otherwise the whole bytes decide, as before the fast check: the shard's sha256, and its index's.
+        if sha256(path) != record.get("sha256"):
             return False
         if not companions:
             return True
-        if "index" not in record:  # a shard of schema 2 or 3: never done for a schema-4 plan
+        index = record.get("index") or {}
+        index_path = fs.join(self.out, str(index.get("file", "")))
+        return bool(index.get("file")) and fs.exists(index_path) and fs.size(index_path) == index.get("bytes") \
+            and sha256(index_path) == index.get("sha256")
+
+    def _framed(self, name: str, record: dict) -> bool:
+        """Whether the shard `name`, of the recorded size, is the one its recorded index describes (see is_built)."""
+        planned = ((self.plan or {}).get("manifest") or {}) if isinstance(self.plan, dict) else {}
+        index = record.get("index")
+        if not isinstance(index, dict) or not isinstance(planned, dict):
             return False
-        return intact(fs.join(self.out, record["index"]["file"]), record["index"])
+        shard = {"file": name, "sha256": record.get("sha256"), "index": index, "num_examples": record.get("num_examples")}
+        path = fs.join(self.out, name)
+        try:
+            dims = {key: planned[key] for key in ("num_frames", "feature_dim", "feature_dtype")}
+            header, table = shard_index.load(self.out, shard)
+            if not fs.is_remote(path) or self.manifest is not None:
+                return shard_index.problem(self.out, dims, shard) is None
+            return shard_index.framing_problem(path, header, table, dims["num_frames"], shard_index.feature_bytes(dims)) is None
+        except (ShardError, KeyError, TypeError, ValueError):
+            return False
 
     def keep_for_reuse(self, name: str, record: dict) -> None:
         """Moves a committed shard of an earlier plan aside, named by its key, so an update can read

@@ -382,6 +382,11 @@ RECORD_KEYS = ("key", "split", "genres", "videos", "skipped", "truncated", "shor
                "frame_bytes", "moments", "file", "num_examples", "sha256", "bytes", "index", "rows")
 
 
+def _size(value) -> bool:
+    """A file size as the build records it: -1 for a listed file that is missing."""
+    return isinstance(value, int) and not isinstance(value, bool) and -1 <= value < 1 << 62
+
+
 def _count(value, high=1 << 62) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < high
 
@@ -397,7 +402,7 @@ def build_plan(document, path: str, raw: bytes | None = None) -> dict:
         raise bad("its identity is not a JSON object")
     inputs = plan.get("inputs", [])
     if not isinstance(inputs, list) or not all(isinstance(i, list) and len(i) == 3 and isinstance(i[0], str)
-                                               and _count(i[1]) and isinstance(i[2], int) for i in inputs):
+                                               and _size(i[1]) and isinstance(i[2], int) for i in inputs):
         raise bad("its inputs are not a list of [video id, size, mtime]")
     files, units = plan.get("files", []), plan.get("units", [])
     if not isinstance(files, list) or not all(isinstance(n, str) and SHARD_FILE.match(n) for n in files):
@@ -433,12 +438,12 @@ def shard_record(document, path: str, raw: bytes | None = None) -> dict:
     videos = record.get("videos", [])
     # The fifth entry, the batch slot the features were computed in, is missing in records of earlier builds.
     if not isinstance(videos, list) or not all(isinstance(v, list) and len(v) in (4, 5) and isinstance(v[0], str)
-                                               and _count(v[1]) and isinstance(v[2], int) and _count(v[3])
+                                               and _size(v[1]) and isinstance(v[2], int) and _count(v[3])
                                                and (len(v) == 4 or _count(v[4], 1 << 20)) for v in videos):
         raise bad("its videos are not a list of [video id, size, mtime, values lost, batch slot]")
     skipped = record.get("skipped", [])
     if not isinstance(skipped, list) or not all(isinstance(e, dict) and isinstance(e.get("video_id"), str)
-                                                and _count(e.get("size")) and isinstance(e.get("mtime_ns"), int)
+                                                and _size(e.get("size")) and isinstance(e.get("mtime_ns"), int)
                                                 and isinstance(e.get("reason"), str) and isinstance(e.get("path"), str)
                                                 for e in skipped):
         raise bad("its skipped videos are malformed")

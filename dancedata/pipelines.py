@@ -187,8 +187,9 @@ def streamed_windows(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: b
     if entry is not None:
         shards = shards[skipped:]
     # The records before the entry's window are all in the first shard read: skipped there, still counted.
-    skips = tf.tensor_scatter_nd_update(tf.zeros_like(shards), [[0]], [records_skipped]) if entry is not None \
-        else tf.zeros_like(shards)
+    skips = tf.zeros_like(shards)
+    if entry is not None:
+        skips = tf.concat([tf.reshape(tf.cast(records_skipped, tf.int64), [1]), skips], 0)[:tf.size(shards)]
     files = tf.data.Dataset.from_tensor_slices((tf.gather(tf.constant(paths), shards),
                                                 tf.gather(tf.constant(sampler.counts, tf.int64), shards), skips))
     # Shard after shard, whole: a block as long as the longest shard's chunks takes each one out before the next,

@@ -19,13 +19,19 @@ import numpy as np
 
 from dancedata import cli, fs, naming, scan
 from dancedata.config import ExtractorConfig, SamplingConfig
-from dancedata.errors import DecodeError, InputError, ManifestError
+from dancedata.errors import DanceDataError, DecodeError, InputError, ManifestError
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list")
 
 
+RUN_FOLDER = "copy the run folder again, or train again (train.py --overwrite)"
+DATASET_KEYS = ("classes", "num_frames", "feature_dim", "feature_dtype", "extractor", "sampling", "seq_len", "shards", "inputs")
+
+
 def load_run(run_dir: str):
-    """(model, dataset.json dict) of a train.py run folder."""
+    """(model, dataset.json dict) of a train.py run folder, every file checked before it is used: a run
+    folder travels between people, and a damaged one must not predict wrong genres unnoticed. Raises
+    ManifestError naming the file (one line, exit 2)."""
     import keras
 
     try:  # registers the custom layers of dancedata.models (and of fine-tuned models) for loading
@@ -37,10 +43,110 @@ def load_run(run_dir: str):
     for name in ("model.keras", "dataset.json"):
         if not fs.isfile(fs.join(run_dir, name)):
             raise InputError(f"{run_dir} is not a train.py run folder: {name} is missing")
-    with fs.open_file(fs.join(run_dir, "dataset.json")) as handle:
-        dataset = json.load(handle)
-    # compile=False: predicting needs no optimizer (and Keras would warn that the unused one's state is skipped)
-    return keras.models.load_model(fs.join(run_dir, "model.keras"), compile=False), dataset
+    dataset, sealed = _dataset(fs.join(run_dir, "dataset.json"))
+    _check_labels(fs.join(run_dir, "labels.json"), dataset["classes"], required=sealed)
+    path = fs.join(run_dir, "model.keras")
+    try:  # a damaged archive fails in zipfile, h5py, json or Keras' deserialization, whichever reads the bytes
+        # compile=False: predicting needs no optimizer (and Keras would warn that the unused one's state is skipped)
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001 - anything else is a traceback for a damaged file
+        raise ManifestError(f"cannot load {path}: it is damaged or not the model train.py wrote "
+                            f"({type(error).__name__}: {str(error)[:120]}); {RUN_FOLDER}") from None
+    _check_model(model, dataset, path)
+    return model, dataset
+
+
+def _dataset(path: str) -> tuple[dict, bool]:
+    """(dataset.json checked, whether it is sealed): its checksum (runs since it was sealed) and every
+    value predict uses."""
+    from dancedata import manifest
+
+    raw = manifest.read_bytes(path, 1 << 24)
+    document = manifest.parse_document(raw, path)
+
+    def bad(what):
+        return ManifestError(f"{path} is not the dataset description train.py wrote ({what}); {RUN_FOLDER}")
+
+    if not isinstance(document, dict):
+        raise bad(f"a JSON {type(document).__name__}, not an object")
+    unknown = sorted(set(document) - set(DATASET_KEYS) - {manifest.CHECKSUM})
+    missing = [key for key in DATASET_KEYS if key not in document and key not in ("seq_len", "shards", "inputs")]
+    if unknown or missing:
+        raise bad(f"{'unknown key ' + repr(str(unknown[0])[:40]) if unknown else 'no ' + missing[0]}")
+    # Runs of earlier releases wrote no checksum: their values are still checked one by one below.
+    if manifest.CHECKSUM in document:
+        if manifest.sealed(document)[manifest.CHECKSUM] != document[manifest.CHECKSUM]:
+            raise bad("its checksum does not match its content: it was changed since")
+        if raw != manifest.dumps(document).encode("utf-8"):
+            raise bad("its bytes are not the ones train.py wrote, though its content parses the same")
+    dataset = {key: value for key, value in document.items() if key != manifest.CHECKSUM}
+    classes, frames, dim = dataset["classes"], dataset["num_frames"], dataset["feature_dim"]
+
+    def count(value, high):
+        return isinstance(value, int) and not isinstance(value, bool) and 1 <= value < high
+
+    if not isinstance(classes, list) or not classes or not all(manifest._plain_name(c) for c in classes) \
+            or len(set(classes)) != len(classes):
+        raise bad("classes is not a list of distinct names")
+    if not count(frames, 1 << 16) or not count(dim, 1 << 20) or dataset["feature_dtype"] not in ("float16", "float32"):
+        raise bad("num_frames, feature_dim or feature_dtype out of range")
+    if dataset.get("seq_len") is not None and not count(dataset["seq_len"], frames + 1):
+        raise bad(f"seq_len {str(dataset['seq_len'])[:20]} is not in 1..{frames}")
+    if dataset.get("inputs", "features") not in ("features", "frames"):
+        raise bad(f"inputs {str(dataset.get('inputs'))[:20]!r} is not features or frames")
+    extractor, sampling = dataset["extractor"], dataset["sampling"]
+    if not isinstance(extractor, dict) or not isinstance(sampling, dict):
+        raise bad("extractor or sampling is not a JSON object")
+    try:  # the configs' own checks (a strategy, a backbone, a size); the extractor's fingerprint is checked later
+        dataset["sampling_config"] = SamplingConfig(**sampling)
+        if dataset.get("inputs") == "frames":  # a --finetune run: only the frames' size is used
+            if not count(extractor.get("image_size"), 1 << 16) or extractor["image_size"] < 32:
+                raise ValueError(f"image_size {str(extractor.get('image_size'))[:20]}")
+        else:
+            dataset["extractor_config"] = ExtractorConfig(
+                backbone=extractor["backbone"], weights=extractor["weights"], image_size=extractor["image_size"],
+                weights_seed=extractor.get("weights_seed", 0))
+            if not isinstance(extractor.get("fingerprint", ""), str):
+                raise ValueError("its fingerprint is not text")
+    except (TypeError, KeyError, ValueError, DanceDataError) as error:
+        raise bad(f"its {'extractor' if 'sampling_config' in dataset else 'sampling'} is not one a build records: "
+                  f"{str(error)[:120]}") from None
+    return dataset, manifest.CHECKSUM in document
+
+
+def _check_labels(path: str, classes: list, required: bool) -> None:
+    """labels.json says what dataset.json says: a second copy of the classes, which other tools read, so
+    damage to either is seen. Every run whose dataset.json is sealed wrote one: missing, it is damage."""
+    from dancedata import manifest
+
+    if not fs.exists(path):
+        if required:
+            raise ManifestError(f"{path} is missing, though train.py writes it with every model: the run folder is "
+                                f"incomplete; {RUN_FOLDER}")
+        return
+    labels = manifest.parse_document(manifest.read_bytes(path, 1 << 24), path)
+    if not isinstance(labels, dict) or labels.get("classes") != classes \
+            or labels.get("names") != [naming.genre_name(c) for c in classes] or set(labels) != {"classes", "names"}:
+        raise ManifestError(f"{path} does not list the classes dataset.json lists, as train.py writes them: it was "
+                            f"edited or damaged; {RUN_FOLDER}")
+
+
+def _check_model(model, dataset: dict, path: str) -> None:
+    """The loaded model takes what dataset.json says it was trained on and gives one score per class."""
+    try:
+        shapes = model.input_shape
+        first = tuple(shapes[0] if shapes and isinstance(shapes[0], (tuple, list)) else shapes)
+        outputs = tuple(model.output_shape)
+    except (AttributeError, TypeError, ValueError, IndexError):
+        first, outputs = (), ()
+    length = dataset.get("seq_len") or dataset["num_frames"]
+    fits = len(first) >= 3 and first[1] in (length, None) and outputs[-1:] == (len(dataset["classes"]),)
+    if dataset.get("inputs") != "frames":
+        fits = fits and first[-1] == dataset["feature_dim"]
+    if not fits:
+        raise ManifestError(f"{path} does not fit dataset.json (input {first}, output {outputs} for "
+                            f"{len(dataset['classes'])} classes of {length} frames of {dataset['feature_dim']} features): "
+                            f"one of them is not this run's; {RUN_FOLDER}")
 
 
 def expand_inputs(paths: list) -> list:
@@ -81,14 +187,7 @@ def iter_predict(videos, run_dir: str, *, top_k: int = 3, batch_size: int = 64, 
     if dataset.get("inputs") == "frames":  # a --finetune run: the model takes the frames themselves
         yield from _predict_frames(model, dataset, videos, top_k, batch_size, workers, video_timeout)
         return
-    recorded = dataset["extractor"]
-    extractor_config = ExtractorConfig(
-        backbone=recorded["backbone"],
-        weights=recorded["weights"],
-        image_size=recorded["image_size"],
-        weights_seed=recorded.get("weights_seed", 0),
-    )
-    sampling = SamplingConfig(**dataset["sampling"])
+    recorded, extractor_config, sampling = dataset["extractor"], dataset["extractor_config"], dataset["sampling_config"]
     extractor = Extractor(extractor_config, frames_per_video=dataset["num_frames"])  # the build's batches: same features
     if recorded.get("fingerprint") and recorded["fingerprint"] != extractor.fingerprint:
         raise ManifestError(
@@ -117,7 +216,7 @@ def _predict_frames(model, dataset: dict, videos, top_k: int, batch_size: int, w
 
     classify = _classifier(model, dataset, top_k, batch_size, frames=True)
     waiting: list = []  # (video, Clip or DecodeError, frames) in input order, at most batch_size
-    with DecodePool(workers, SamplingConfig(**dataset["sampling"]), dataset["extractor"]["image_size"], video_timeout) as pool:
+    with DecodePool(workers, dataset["sampling_config"], dataset["extractor"]["image_size"], video_timeout) as pool:
         for row, clip in pool.imap({"path": str(video)} for video in videos):
             waiting.append((row["path"], clip, None if isinstance(clip, DecodeError) else clip.frames))
             if len(waiting) == batch_size:

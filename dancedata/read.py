@@ -262,6 +262,13 @@ class DatasetBuilder:
         record's sequence id once (one pass over the split, whatever the step)."""
         import tensorflow as tf
 
+        def present(files):  # found missing here: inside tf.data, ignore_errors retries opening one without end
+            for path in files:
+                if not fs.exists(path):
+                    raise ShardError(f"shard {path} is missing. {shard_index.REBUILD}")
+
+        if not read.data_service and (read.repeat or not read.step):
+            present(paths)
         held = None
         if read.holdout is not None and read.holdout.by != "sequence":
             held = self.holdout_part(split, read.holdout.fraction, read.holdout.by)[0]
@@ -275,7 +282,9 @@ class DatasetBuilder:
                 windows = windows.enumerate().map(lambda run, window: window[tf.where(run == 0, entry[4], 0):])
             # Windows to batches without splitting them into records: rebatch copies each record once.
             batches = windows.rebatch(batch_size, drop_remainder=read.drop_remainder)
-            return tf.data.Dataset.zip((batches, pipelines.batch_seeds(sampler, epoch, first))) if windows_wanted else batches
+            if not windows_wanted:
+                return batches
+            return tf.data.Dataset.zip((batches, pipelines.batch_seeds(sampler, epoch, first)))
 
         if read.data_service:
             return one_epoch(tf.constant(read.epoch, tf.int64))
@@ -286,6 +295,8 @@ class DatasetBuilder:
         examples = len(sampler.order(read.epoch, keep))
         first = pipelines.first_batch(read.step, read.steps_per_epoch, examples, batch_size, read.drop_remainder)
         located = sampler.locate(read.epoch, first * batch_size, keep)
+        if not read.repeat:  # one epoch, from its entry on: the shards before it are never opened
+            present([paths[shard] for shard in sampler.shards(read.epoch)[located.shards:]])
         whole = (0, 0, sampler.worker, 0, 0)  # an epoch from its start (sampler.Entry)
 
         def started_epoch(epoch):  # the first epoch from `located`, the others from their start

@@ -70,8 +70,9 @@ class ReadConfig:
     shuffle, seed: the order of each epoch, a pure function of (seed, epoch); seed=None draws one.
     shuffle_buffer: the window of the stream within which examples are permuted (see sampler).
     repeat: epochs `epoch`, epoch + 1, ... back to back (resumable training: start at the epoch to
-      continue from and pass steps_per_epoch); without it, one epoch, and each new iteration of the
-      dataset takes the next epoch's order (so fit(..., epochs=N) reshuffles).
+      continue from and pass steps_per_epoch); without it, one epoch, and each iteration that takes
+      the dataset's last batch moves the next one to the next epoch (so fit(..., epochs=N) reshuffles,
+      and a peek changes nothing: pipelines.EpochCounter).
     steps_per_epoch: with repeat, every epoch is exactly this many batches: a shorter one starts its own
       order again, a longer one is cut. Several input pipelines (tf.distribute workers, whose shares of
       an epoch differ) then stay in step with the training loop's epochs, so a resumed run sees the

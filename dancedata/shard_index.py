@@ -30,6 +30,7 @@ import json
 import os
 import secrets
 import struct
+import sys
 import threading
 
 import numpy as np
@@ -332,7 +333,10 @@ def mapped(path: str, header: dict, table: np.ndarray, shard: dict, frames: int,
                 return _MAPPED[key]
             if stat.st_size == 0:
                 raise ShardError(f"shard {path} is empty: truncated. {REBUILD}")
-            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            # Python >= 3.13: no duplicate descriptor per mapping (read._mappable_files counts on it: a split
+            # of many shards maps them all without nearing the open-file limit).
+            extra = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+            mapping = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ, **extra)
             view = memoryview(mapping)
             try:
                 check(view, header, table, path, frames, width)

@@ -98,12 +98,48 @@ class ExampleSource:
         # A generator expression, not a generator function: bad arguments raise here, not at the first next().
         return (order[start:start + batch_size] for start in range(step * batch_size, stop, batch_size))
 
+    def grain_batches(self, batch_size: int, *, seed: int | None = None, shuffle: bool = True, num_epochs: int = 1,
+                      first_epoch: int = 0, drop_remainder: bool = False, window: int = 256):
+        """A grain `MapDataset` of whole batches ({"features" [B, T, D], "mask" [B, T], "label" [B]}) of
+        epochs first_epoch .. first_epoch + num_epochs - 1, as `batches` + `batch` give them: element k is
+        one `batch` call, so random access (and grain's checkpoints) need only k. The fast grain path:
+        grain's per-record path (DataLoader, or MapDataset.batch) makes and stacks a dict per example."""
+        import grain.python as grain
+
+        batch_size = check_int("batch_size", batch_size, 1)
+        num_epochs, first_epoch = check_int("num_epochs", num_epochs, 1), check_int("first_epoch", first_epoch, 0)
+        batches = _EpochBatches(self, self.sampler(seed=seed, shuffle=shuffle, window=window), batch_size,
+                                check_bool("drop_remainder", drop_remainder), first_epoch)
+        return grain.MapDataset.range(batches.per_epoch * num_epochs).map(batches)
+
     def grain_sampler(self, *, seed: int | None = None, shuffle: bool = True, num_epochs: int = 1, first_epoch: int = 0,
                       window: int = 256):
         """A sampler for grain's DataLoader giving epochs first_epoch .. first_epoch + num_epochs - 1 in
         this build's order (grain's own IndexSampler draws another)."""
         num_epochs, first_epoch = check_int("num_epochs", num_epochs, 1), check_int("first_epoch", first_epoch, 0)
         return GrainSampler(self.sampler(seed=seed, shuffle=shuffle, window=window), num_epochs, first_epoch)
+
+
+class _EpochBatches:
+    """Batch k of a run of epochs -> that batch of the source (ExampleSource.grain_batches); one epoch's
+    order in memory at a time. Picklable: grain's worker processes get the source's folder and split."""
+
+    def __init__(self, source: ExampleSource, sampler: Sampler, batch_size: int, drop_remainder: bool, first: int):
+        self.source, self.sampler, self.batch_size, self.first = source, sampler, batch_size, first
+        examples = len(source)
+        self.per_epoch = examples // batch_size if drop_remainder else -(-examples // batch_size)
+        self._order = (None, None)
+
+    def __call__(self, k) -> dict:
+        epoch, batch = divmod(int(k), self.per_epoch)
+        epoch += self.first
+        if self._order[0] != epoch:
+            self._order = (epoch, self.sampler.order(epoch))
+        start = batch * self.batch_size
+        return self.source.batch(self._order[1][start:start + self.batch_size])
+
+    def __getstate__(self):
+        return {**self.__dict__, "_order": (None, None)}
 
 
 @dataclasses.dataclass

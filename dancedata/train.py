@@ -83,12 +83,13 @@ def _train(cfg: TrainConfig) -> dict:
         if not run.chief:
             return {"distribution": {"strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync, "chief": False}}
         run.check_build()
-        if data.val is not None and os.path.exists(run.best_path):
+        best = run.best_weights() if data.val is not None else None
+        if best is not None:
             import warnings
 
             with warnings.catch_warnings():  # the classifier's own optimizer is never used (fit's is): nothing to load
                 warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-                model.load_weights(run.best_path)  # the best epoch on validation, not the last
+                model.load_weights(best)  # the best epoch on validation, not the last
         if cfg.strategy != "default":  # evaluate and save on one device: a mirrored model's predict_on_batch
             trained, model = model, compiled_model()  # runs the whole batch on every replica and concatenates
             model.set_weights(trained.get_weights())
@@ -173,16 +174,17 @@ def _metrics(cfg: TrainConfig, builder, strategy, model, val) -> dict:
 def _artefacts(cfg: TrainConfig, builder, run, model, metrics: dict) -> None:
     """model.keras, labels.json, dataset.json (what predict needs), train_config.json, metrics.json and
     the plots, into the run folder."""
-    from dancedata import naming
+    from dancedata import manifest as manifest_lib, naming
     from dancedata.models import report
 
     info, out = builder.info, run.out
     model.save(os.path.join(out, "model.keras"))
     report.write_json(os.path.join(out, "labels.json"), {"classes": info.classes, "names": [naming.genre_name(c) for c in info.classes]})
-    report.write_json(
+    report.write_json(  # sealed as a manifest is: predict refuses a dataset.json changed since (its sampling, classes)
         os.path.join(out, "dataset.json"),
-        {key: info.manifest[key] for key in ("classes", "num_frames", "feature_dim", "feature_dtype", "extractor", "sampling")}
-        | {"seq_len": cfg.seq_len or None, "shards": os.path.abspath(cfg.shards), "inputs": "frames" if cfg.finetune else "features"},
+        manifest_lib.sealed(
+            {key: info.manifest[key] for key in ("classes", "num_frames", "feature_dim", "feature_dtype", "extractor", "sampling")}
+            | {"seq_len": cfg.seq_len or None, "shards": os.path.abspath(cfg.shards), "inputs": "frames" if cfg.finetune else "features"}),
     )
     report.write_json(os.path.join(out, "train_config.json"), dataclasses.asdict(cfg) | {"out": out})
     report.write_all(out, metrics, info.classes, run.history())

@@ -55,6 +55,25 @@ def test_the_build_rerun_refuses_or_restores_the_build(campaign):
 
 
 @pytest.mark.timeout(600)
+def test_a_resume_trusts_committed_shards_without_hashing_them(campaign, monkeypatch):
+    """Issue 29: a resume read every shard whole through sha256. Now it checks their size, index and
+    every record's CRCs (build_folder.OutputFolder.is_built), and keeps them all."""
+    from dancedata import build_folder
+
+    hashed = []
+    monkeypatch.setattr(build_folder, "sha256", lambda path: hashed.append(path) or "0" * 64)
+    try:
+        campaign._write("manifest.json", None)  # what a build killed before its end leaves
+        status, text = fuzz_campaign.run_command("rerun", campaign.folder, campaign.videos, campaign.expected)
+        now = {name: fuzz_campaign._read(campaign.folder, name) for name in campaign.snapshot}
+    finally:
+        campaign.restore()
+    assert status == "ok", text
+    assert not hashed, hashed
+    assert all(now[n] == campaign.snapshot[n] for n in campaign.snapshot if not n.endswith("build_info.json"))
+
+
+@pytest.mark.timeout(600)
 def test_a_real_process_says_one_line_and_exits_2(campaign):
     """The exit status and the one-line contract, as a user's shell sees them."""
     name, status = "manifest.json", 2
@@ -69,3 +88,89 @@ def test_a_real_process_says_one_line_and_exits_2(campaign):
     assert done.returncode == status, done.stderr
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("inspect: error: ") and name in err[0], err
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run folder: an interrupted run (what a resume reads) and its finished resume (what predict reads).
+# Oracle: the undamaged resume of the same folder, once (fuzz_campaign.RunCampaign's comment); a resume
+# that trains takes seconds, so the resume cases here are mostly ones refused before training starts.
+
+RUN_SEED = 29
+# The state holds the sha256 of history.csv's committed rows and of the best weights, so a changed row or
+# weights file is refused, not resumed into the run's result.
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")
+    return fuzz_campaign.RunCampaign(str(tmp_path_factory.mktemp("run-fuzz")))
+
+
+def _run_failures(outcomes):
+    return [(outcome, details) for outcome, details in outcomes if outcome in fuzz_campaign.RUN_FAILURES]
+
+
+@pytest.mark.timeout(900)
+def test_predict_refuses_every_damaged_run_file_in_one_line(runs):
+    rng = random.Random(RUN_SEED)
+    outcomes = [runs.case(rng, "predict", timeout=None, name=rng.choice(fuzz_campaign.PREDICT_READS))
+                for _ in range(30)]
+    outcomes += [runs.case(rng, "predict", timeout=None, name=name, kind="delete") for name in fuzz_campaign.PREDICT_READS]
+    assert not _run_failures(outcomes), _run_failures(outcomes)
+    refused = {details["file"] for outcome, details in outcomes if outcome == "refused"}
+    assert refused == set(fuzz_campaign.PREDICT_READS), collections.Counter(o for o, _ in outcomes)
+
+
+_NPZ = "checkpoints/epoch-00001.npz"
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("checkpoints/state.json", "cut"), ("checkpoints/state.json", "page"), ("checkpoints/state.json", "append"),
+    ("run.json", "bit"), ("run.json", "cut"), (_NPZ, "delete"),
+    (_NPZ, "bit"), (_NPZ, "page"), (_NPZ, "cut"), ("checkpoints/state.json", "bit"), ("run.json", "delete"),
+    ("history.csv", "bit"), ("history.csv", "cut"), ("checkpoints/best.weights.h5", "bit"),
+])
+@pytest.mark.timeout(900)
+def test_a_damaged_interrupted_run_is_refused_naming_the_file_or_resumed_exactly(runs, name, kind):
+    rng = random.Random(f"{RUN_SEED} {name} {kind}")
+    outcome, details = runs.case(rng, "resume", timeout=None, name=name, kind=kind)
+    assert outcome in ("refused", "resumed"), details
+
+
+@pytest.mark.timeout(900)
+def test_predict_through_the_cli_says_one_line_and_exits_2(runs, tmp_path):
+    from dancedata import predict
+
+    rng = random.Random(RUN_SEED + 1)
+    path = os.path.join(runs.finished, "dataset.json")
+    with open(path, "rb") as handle:
+        original = handle.read()
+    try:
+        with open(path, "wb") as handle:
+            handle.write(fuzz_campaign.damage(original, "dataset.json", "bit", rng))
+        code, err = fuzz_campaign._run_cli_tf(predict.main, "predict", [str(tmp_path / "any.mp4"), "--model", runs.finished])
+    finally:
+        with open(path, "wb") as handle:
+            handle.write(original)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("predict: error: ") and "dataset.json" in lines[0], err
+
+
+@pytest.mark.timeout(900)
+def test_a_changed_history_row_is_not_resumed_silently(runs):
+    def edit(data):  # the first epoch's loss, one digit up: still a number, no longer the one fit logged
+        header, row, rest = data.split(b"\n", 2)
+        cells = row.split(b",")
+        cells[1] = cells[1][:-1] + bytes([48 + (cells[1][-1] - 47) % 10])
+        return b"\n".join([header, b",".join(cells), rest])
+
+    outcome, details = runs.case(random.Random(0), "resume", timeout=None, name="history.csv", edit=edit)
+    assert outcome == "refused", details
+
+
+@pytest.mark.timeout(900)
+def test_a_missing_state_with_a_checkpoint_is_refused(runs):
+    outcome, details = runs.case(random.Random(0), "resume", timeout=None, name="checkpoints/state.json", kind="delete")
+    assert outcome == "refused", details

@@ -63,6 +63,8 @@ class RunState:
     since_best: int = 0
     status: str = "training"
     checkpoint: str | None = None
+    best_sha256: str | None = None  # of checkpoints/best.weights.h5, which the final model is loaded from
+    history_sha256: str | None = None  # of history.csv's committed rows, which the run's history continues
 
     @classmethod
     def parse(cls, found, path: str) -> RunState:
@@ -73,6 +75,9 @@ class RunState:
 
         if not isinstance(found, dict):
             raise refuse(f"a JSON {type(found).__name__}, not an object")
+        fields = {field.name for field in dataclasses.fields(cls)}
+        if set(found) - fields - {"config"} or not {"epoch", "status"} <= set(found):  # config: runs of earlier releases
+            raise refuse(f"keys {', '.join(sorted(map(str, set(found) ^ fields)))}")
         values = {}
         for name, kind in (("epoch", int), ("step", int), ("since_best", int)):
             value = found.get(name, 0)
@@ -88,6 +93,11 @@ class RunState:
         checkpoint = found.get("checkpoint")
         if checkpoint is not None and not (isinstance(checkpoint, str) and _CHECKPOINT.fullmatch(checkpoint)):
             raise refuse(f"checkpoint {checkpoint!r}: it may name only its own checkpoint files")
+        for name in ("best_sha256", "history_sha256"):
+            digest = found.get(name)
+            if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+                raise refuse(f"{name} {digest!r}")
+            values[name] = digest
         return cls(best=None if best is None else float(best), status=status, checkpoint=checkpoint, **values)
 
     def describe(self, epochs: int, steps: int) -> str:
@@ -225,7 +235,14 @@ class TrainingRun:
                 raise ConfigError(f"{out} already holds a finished run; pass --overwrite to replace it, or another --out")
             self._check_resume(state_path)
             self.history(cut=True)
+            if self.state.history_sha256 is not None and self._history_digest() != self.state.history_sha256:
+                raise ConfigError(f"{os.path.join(out, 'history.csv')} does not match the run's state (changed, cut or "
+                                  "damaged since its last checkpoint); pass --overwrite to start over, or another --out")
             return
+        if not cfg.overwrite and os.path.isdir(self.checkpoints) and any(
+                _CHECKPOINT.fullmatch(name) for name in os.listdir(self.checkpoints)):
+            raise ConfigError(f"{out} holds checkpoints but no {state_path} (a run's state is only ever replaced, never "
+                              "removed: it was deleted); pass --overwrite to start over, or another --out")
         earlier = [name for name in RUN_FILES + ("logs", CHECKPOINTS) if os.path.exists(os.path.join(out, name))]
         # Without a committed state: a run of ours that was killed before its first commit (it writes run.json,
         # then state.json) starts afresh; anything else may be another program's files, never deleted unasked.
@@ -256,7 +273,10 @@ class TrainingRun:
             before, build = recorded["config"], recorded["build"]
         else:  # a run of an earlier release: its flags are in its state, its build was not recorded
             legacy = _load(state_path)
-            before, build = legacy.get("config", {}), None
+            if not isinstance(legacy.get("config"), dict):
+                raise ConfigError(f"{out} holds a run without its {run_path}; pass --overwrite to start over, or another "
+                                  "--out")
+            before, build = legacy["config"], None
         now = run_config(cfg)
         changed = [f"--{key.replace('_', '-')} {before.get(key)} → {now.get(key)}"
                    for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
@@ -301,13 +321,14 @@ class TrainingRun:
             if not optimizer.built:
                 optimizer.build(fitted.trainable_variables)
             path = os.path.join(self.checkpoints, self.state.checkpoint)
+            import zipfile
+
             try:
-                saved = np.load(path)
-            except (OSError, ValueError, EOFError) as error:
+                with np.load(path) as saved:
+                    self._assign(saved, path)
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
                 raise ConfigError(f"cannot read the run's checkpoint {path} ({error}); pass --overwrite to start over, "
                                   "or another --out") from None
-            with saved:
-                self._assign(saved, path)
         if self._multi_worker and (self.state.epoch or self.state.step):  # the same decision on every worker
             from dancedata.models.multi_worker import from_chief
 
@@ -377,18 +398,20 @@ class TrainingRun:
     def after_epoch(self, val_accuracy: float | None, save_best) -> bool:
         """After the epoch state.epoch (its validation done): keeps the best weights (save_best(path)),
         commits the checkpoint of the next epoch's start, and returns whether patience ran out."""
-        best, since = self.state.best, self.state.since_best
+        best, since, digest = self.state.best, self.state.since_best, self.state.best_sha256
         if val_accuracy is not None:
             if best is None or val_accuracy > best:
                 best, since = float(val_accuracy), 0
                 if self.chief:
-                    save_best(self.best_path)
+                    self._write(self.best_path, lambda handle: None, save=save_best)
+                    digest = _sha256(self.best_path)
             else:
                 since += 1
         patience = self.cfg.patience
         stop = bool(patience and val_accuracy is not None and since >= patience)
         self.commit(RunState(epoch=self.state.epoch + 1, step=0, best=best, since_best=since,
-                             status="stopped early" if stop else "training", checkpoint=self.state.checkpoint))
+                             status="stopped early" if stop else "training", checkpoint=self.state.checkpoint,
+                             best_sha256=digest, history_sha256=self._history_digest()))
         if self.stop_requested:
             raise KeyboardInterrupt
         return stop
@@ -416,16 +439,35 @@ class TrainingRun:
         if self.chief:
             self._write(os.path.join(self.checkpoints, STATE), dataclasses.asdict(self.state))
 
-    def _write(self, path: str, content) -> None:
-        """An atomic write; a failure (disk full, permissions) reads as the build's do: the path, what is
-        kept, what to do, exit status 1."""
+    def _write(self, path: str, content, save=None) -> None:
+        """An atomic write (or save(path): a writer of its own, e.g. Keras'); a failure (disk full,
+        permissions) reads as the build's do: the path, what is kept, what to do, exit status 1."""
         try:
-            _write_atomically(path, content if callable(content) else _json_writer(content))
+            if save is not None:
+                save(path)
+            else:
+                _write_atomically(path, content if callable(content) else _json_writer(content))
         except OSError as error:
             kept = (f"its last checkpoint ({self.state.describe(self.cfg.epochs, self.steps)}) is kept"
                     if self.state.checkpoint else "nothing was committed yet")
-            raise EnvironmentFailure(f"cannot write {path}: {error.strerror or error}; the run in {self.out} stops and "
+            reason = str(error.strerror or error).strip().splitlines()[0][:200]
+            raise EnvironmentFailure(f"cannot write {path}: {reason}; the run in {self.out} stops and "
                                      f"{kept}: free space (or fix the folder) and run the same command to continue") from None
+
+    def _history_digest(self) -> str | None:
+        path = os.path.join(self.out, "history.csv") if self.chief else None
+        return _sha256(path) if path and os.path.exists(path) else None
+
+    def best_weights(self) -> str | None:
+        """The path of the best epoch's weights, checked against the state; None when no epoch was validated."""
+        if self.state.best is None or not self.chief:
+            return None
+        if not os.path.exists(self.best_path):
+            raise ConfigError(f"{self.best_path} is missing (the run's best weights); pass --overwrite to start over")
+        if self.state.best_sha256 is not None and _sha256(self.best_path) != self.state.best_sha256:
+            raise ConfigError(f"{self.best_path} does not match the run's state (changed or damaged); pass --overwrite to "
+                              "start over")
+        return self.best_path
 
     # --- the build ---------------------------------------------------------------------------------
     def check_build(self) -> None:
@@ -453,8 +495,11 @@ class TrainingRun:
         path = os.path.join(self.out, "history.csv")
         if not os.path.exists(path):
             return {}
-        with open(path, newline="") as handle:
-            rows = list(csv.reader(handle))
+        try:
+            with open(path, newline="", encoding="utf-8") as handle:
+                rows = list(csv.reader(handle))
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise ConfigError(f"{path} is not a history dancedata wrote ({error}); pass --overwrite to start over") from None
         if cut and len(rows) > self.state.epoch + 1:
             import io
 
@@ -520,6 +565,16 @@ class TrainingRun:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _load(path: str):

@@ -1,0 +1,128 @@
+"""The readers' fast paths give what the plain paths give: the mapped reader's pooled batches stay intact
+while they are held, grain's batched path is ExampleSource's order, and a dataset without repeat has its
+true cardinality and counts an epoch only when one was read to its end (issue 30)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dancedata import DatasetBuilder, ExampleConfig, ExampleSource, Holdout, ReadConfig
+
+HALF = ExampleConfig(cast=False)
+
+
+def _epoch(source: ExampleSource, batch_size: int, epoch: int, **order) -> list:
+    """The oracle: each example's feature bytes of one epoch, from the NumPy source (no TensorFlow)."""
+    return [row.tobytes() for keys in source.batches(batch_size, epoch=epoch, **order)
+            for row in source.batch(keys)["features"]]
+
+
+def _rows(batches) -> list:
+    return [row.tobytes() for (features, _), _ in batches for row in features.numpy()]
+
+
+def test_mapped_batches_held_by_the_caller_are_never_overwritten(built):
+    builder, source = DatasetBuilder(str(built["out"])), ExampleSource(str(built["out"]), "train")
+    dataset = builder.as_dataset("train", batch_size=3, read_config=ReadConfig(shuffle=True, seed=5, shuffle_buffer=4),
+                                 example_config=HALF)
+    held = [(features, mask, label) for (features, mask), label in dataset]  # every batch's tensors kept alive
+    expected = [source.batch(keys) for keys in source.batches(3, seed=5, epoch=0, window=4)]
+    assert len(held) == len(expected)
+    for (features, mask, label), want in zip(held, expected):
+        assert features.numpy().tobytes() == want["features"].tobytes()
+        assert np.array_equal(mask.numpy(), want["mask"]) and np.array_equal(label.numpy(), want["label"])
+        assert features.dtype == tf.float16 and mask.dtype == tf.bool and label.dtype == tf.int32
+
+
+def test_grain_batches_are_the_sources_batches_epoch_after_epoch(built):
+    grain = pytest.importorskip("grain.python")
+    source = ExampleSource(str(built["out"]), "train")
+    batches = source.grain_batches(4, seed=2, num_epochs=2, first_epoch=1, window=4)
+    expected = [source.batch(keys) for epoch in (1, 2) for keys in source.batches(4, seed=2, epoch=epoch, window=4)]
+    assert len(batches) == len(expected)
+    iterated = list(batches.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)))
+    for got in (iterated, [batches[k] for k in reversed(range(len(batches)))][::-1]):  # random access too
+        assert [b["features"].tobytes() for b in got] == [b["features"].tobytes() for b in expected]
+        assert all(np.array_equal(g["label"], e["label"]) and np.array_equal(g["mask"], e["mask"])
+                   for g, e in zip(got, expected))
+    dropped = source.grain_batches(4, seed=2, drop_remainder=True)
+    assert len(dropped) == len(source) // 4 and all(len(b["label"]) == 4 for b in dropped)
+
+
+@pytest.mark.parametrize("read", [dict(), dict(source="stream"), dict(cache=True),
+                                  dict(holdout=Holdout(0.3, part="rest")),
+                                  dict(source="stream", holdout=Holdout(0.3, part="held"))])
+def test_without_repeat_the_cardinality_is_the_epochs_batches(built, read):
+    builder = DatasetBuilder(str(built["out"]))
+    dataset = builder.as_dataset("train", batch_size=3, read_config=ReadConfig(shuffle=True, seed=1, **read))
+    counted = sum(1 for _ in dataset)
+    assert counted > 1 and dataset.cardinality().numpy() == counted
+    assert sum(1 for _ in dataset) == counted  # the next epoch: the same count (asserted by tf.data too)
+
+
+def test_a_peek_does_not_move_the_epochs_and_a_whole_pass_does(built):
+    builder, source = DatasetBuilder(str(built["out"])), ExampleSource(str(built["out"]), "train")
+    order = dict(seed=4, window=4)
+    for read in (dict(), dict(source="stream"), dict(cache=True)):
+        dataset = builder.as_dataset("train", batch_size=3, example_config=HALF,
+                                     read_config=ReadConfig(shuffle=True, seed=4, shuffle_buffer=4, epoch=2, **read))
+        next(iter(dataset))
+        iterator = iter(dataset)
+        next(iterator), next(iterator)  # left before its end
+        assert _rows(dataset) == _epoch(source, 3, 2, **order), read
+        assert _rows(dataset) == _epoch(source, 3, 3, **order), read  # each whole pass is the next epoch
+
+
+def test_fit_sees_consecutive_epochs_and_no_ran_out_of_data_warning(built):
+    import keras
+
+    builder, source = DatasetBuilder(str(built["out"])), ExampleSource(str(built["out"]), "train")
+    dataset = builder.as_dataset("train", batch_size=4, read_config=ReadConfig(shuffle=True, seed=6, shuffle_buffer=4))
+    next(iter(dataset))  # a peek first, as docs/index.md shows
+    frames, dim = builder.info.num_frames, builder.info.feature_dim
+    features, mask = keras.Input((frames, dim)), keras.Input((frames,), dtype="bool")
+    pooled = keras.layers.GlobalAveragePooling1D()(features, mask=mask)
+    model = keras.Model([features, mask], keras.layers.Dense(len(builder.info.classes))(pooled))
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(dataset, epochs=3, verbose=0)
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+    # fit trained epochs 0, 1, 2: the next pass is epoch 3
+    expected = [source.batch(keys)["label"].tolist() for keys in source.batches(4, seed=6, epoch=3, window=4)]
+    assert [label.numpy().tolist() for _, label in dataset] == expected
+
+
+def test_a_shard_cut_short_still_stops_the_streamed_reader_naming_it(built, tmp_path):
+    import shutil
+
+    from dancedata.record_files import shard_error
+
+    folder = tmp_path / "copy"
+    shutil.copytree(built["out"], folder)
+    builder = DatasetBuilder(str(folder))
+    victim = builder.files("train")[1]
+    data = open(victim, "rb").read()
+    open(victim, "wb").write(data[: len(data) - 100])
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        for _ in builder.as_dataset("train", batch_size=3, read_config=ReadConfig(source="stream")):
+            pass
+    assert victim in str(shard_error(raised.value))
+
+
+def test_a_missing_shard_stops_the_streamed_reader_instead_of_hanging(built, tmp_path):
+    import shutil
+
+    from dancedata.errors import ShardError
+
+    folder = tmp_path / "copy"
+    shutil.copytree(built["out"], folder)
+    victim = sorted(folder.glob("train-00000-of-*.tfrecord"))[0]
+    victim.unlink()
+    read = ReadConfig(source="stream", repeat=True, steps_per_epoch=11, shuffle=True, seed=3, shuffle_buffer=4)
+    with pytest.raises(ShardError, match=f"shard {victim} is missing"):
+        for _ in DatasetBuilder(str(folder)).as_dataset("train", batch_size=3, read_config=read).take(30):
+            pass
