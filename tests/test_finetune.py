@@ -209,3 +209,19 @@ def test_finetune_refuses_a_build_without_frames_and_flags_without_it(tmp_path, 
     assert _train(["--shards", tmp_path / "shards", "--freeze-epochs", "2"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "train.py: error: freeze_epochs apply to finetune only: add --finetune, or leave them out"]
+
+
+def test_the_head_follows_the_run_seed_though_the_backbone_reseeds():
+    """A --weights none backbone re-seeds Keras with its weights_seed; the head is built after it with the
+    run's --seed, so other seeds give other heads and the same seed the same one."""
+    from dancedata.config import ExtractorConfig
+
+    extractor = ExtractorConfig(backbone="ResNet50", weights="none", image_size=32)
+
+    def head(seed):
+        model = finetune.build(extractor, "gru", 4, 4, np.zeros(2048, np.float32), np.ones(2048, np.float32), seed=seed)
+        return next(layer for layer in model.layers if layer.name.startswith("dancedata_gru")).get_weights()
+
+    first, other, again = head(1), head(2), head(1)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
