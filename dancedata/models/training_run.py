@@ -568,13 +568,9 @@ class TrainingRun:
 
 
 def _sha256(path: str) -> str:
-    import hashlib
+    from dancedata import fs
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return fs.sha256(path)
 
 
 def _load(path: str):
