@@ -11,7 +11,6 @@ import os
 import sys
 
 from dancedata import cli, config, run_data
-from dancedata.errors import ConfigError
 
 
 # TrainConfig lives in its own module (run_data imports it: no import circle); its names stay here too.

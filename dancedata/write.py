@@ -8,7 +8,6 @@ are complete, and a shard counts as built only when its record matches (build_fo
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 
 from dancedata import fs, manifest, shard_index
@@ -25,16 +24,6 @@ def write_json(path: str, document: dict) -> None:
     folder, name = path.rsplit("/", 1) if fs.is_remote(path) else os.path.split(path)
     with output_errors(path):
         manifest.write(folder, document, name)
-
-
-def read_json(path: str):
-    import tensorflow as tf
-
-    try:
-        with fs.open_file(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError, tf.errors.OpError):
-        return None
 
 
 @contextlib.contextmanager

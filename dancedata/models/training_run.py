@@ -44,7 +44,6 @@ STATUSES = ("training", "stopped early", "trained", "done")
 # The only files a state may name: what commit() writes (epoch-NNNNN.npz: runs of earlier releases).
 _CHECKPOINT = re.compile(r"(epoch-\d{5}|epoch-\d{5}-step-\d{9})\.npz")
 _TEMPORARY = re.compile(r"\.(state\.json|epoch-\d{5}(-step-\d{9})?\.npz)\.\d+")
-KINDS = ("weights", "optimizer", "seeds", "metrics")
 
 
 class BuildChanged(ConfigError):
@@ -152,11 +151,6 @@ def build_changes(before: dict, now: dict) -> list:
         elif a[1] != b[1]:
             changed.append(f"the shards of {name}")
     return changed or ["its manifest"]
-
-
-def _read_json(path: str):
-    with open(path) as handle:
-        return json.load(handle)
 
 
 def _write_atomically(path: str, write) -> None:
@@ -575,7 +569,8 @@ def _sha256(path: str) -> str:
 
 def _load(path: str):
     try:
-        return _read_json(path)
+        with open(path) as handle:
+            return json.load(handle)
     except (OSError, ValueError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read {path} ({error}); pass --overwrite to start the run over, or another --out") from None
 
