@@ -12,11 +12,10 @@ import dataclasses
 
 import numpy as np
 
-from dancedata import pipelines, schema
+from dancedata import pipelines, record_files, schema
 from dancedata.errors import ConfigError
 from dancedata.read import window_positions
 from dancedata.read_config import ExampleConfig, ReadConfig, check_int, from_keywords
-from dancedata.record_files import checked_records
 
 
 @dataclasses.dataclass
@@ -64,18 +63,18 @@ class RecordTable:
     """The serialized records of some shard files in memory, gathered by index and parsed per batch: the
     cache of a reader that wants every field (ExampleConfig(with_metadata=True) with ReadConfig(cache=True))."""
 
-    def __init__(self, builder, paths: list):
+    def __init__(self, builder, paths: list, held=None):
         import tensorflow as tf
 
         counts = _counts(builder, paths)
-        records = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64))).flat_map(checked_records)
+        records = record_files.records_of(paths, counts, held)  # a lost record b"": kept in place, never gathered
         self.records = tf.constant(list(records.as_numpy_iterator()) or [b""])[: sum(counts)]
         self.builder = builder
 
     def sequences(self) -> np.ndarray:
         import tensorflow as tf
 
-        spec = {schema.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string)}
+        spec = {schema.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string, default_value="")}
         return tf.io.parse_example(self.records, spec)[schema.SEQUENCE_ID].numpy()
 
     def decoder(self):
@@ -87,15 +86,21 @@ class RecordTable:
         return decode
 
 
-def load_paths(builder, paths: list, counts: list | None = None) -> Table:
-    """The examples of the shard files `paths` in that order (record counts checked as everywhere)."""
+def load_paths(builder, paths: list, counts: list | None = None, held=None, intact=None) -> Table:
+    """The examples of the shard files `paths` in that order (record counts checked as everywhere);
+    held, intact: damaged shards' records in memory (DatasetBuilder._held) and which examples are intact:
+    a lost example's place is kept (zeros), never gathered."""
     import tensorflow as tf
 
     counts = _counts(builder, paths) if counts is None else counts
     keys = schema.TRAINING_KEYS + (schema.SEQUENCE_ID,)
-    records = tf.data.Dataset.from_tensor_slices((paths, tf.constant(counts, tf.int64))).flat_map(checked_records)
+    records = record_files.records_of(paths, counts, held)
+    if held is not None:
+        records = records.filter(lambda record: tf.strings.length(record) > 0)
     parts = [{key: value.numpy() for key, value in batch.items()}
              for batch in records.batch(512).map(lambda s: builder.decode(s, keys, cast=False))]
+    if parts and intact is not None:
+        parts = [_placed({key: np.concatenate([part[key] for part in parts]) for key in parts[0]}, intact)]
     if not parts:
         frames, dim = builder.info.num_frames, builder.info.feature_dim
         return Table(np.zeros((0, frames, dim), builder.info.feature_dtype), np.zeros((0, frames), bool),
@@ -105,13 +110,25 @@ def load_paths(builder, paths: list, counts: list | None = None) -> Table:
                  joined[schema.SEQUENCE_ID], {})
 
 
-def load_table(builder, splits: list, skip_bad_shards: bool = False) -> Table:
-    """Reads `splits` once, file after file in manifest order (record counts checked as everywhere)."""
+def _placed(columns: dict, intact: np.ndarray) -> dict:
+    """Columns of the intact examples spread to every example's place (a lost one's: zeros)."""
+    placed = {}
+    for key, values in columns.items():
+        placed[key] = np.zeros((len(intact), *values.shape[1:]), values.dtype)
+        placed[key][intact] = values
+    return placed
+
+
+def load_table(builder, splits: list, skip_bad_shards: bool = False, on_damage: str = "stop") -> Table:
+    """Reads `splits` once, file after file in manifest order (record counts checked as everywhere);
+    on_damage="skip" (or skip_bad_shards) keeps a lost example's place, never gathered (index_dataset)."""
     parts, offsets, start = [], {}, 0
+    read = ReadConfig(on_damage=on_damage, skip_bad_shards=skip_bad_shards)
     for split in splits:
-        paths, counts = builder.usable_files(split, skip_bad_shards)
+        paths, counts = builder.files(split), builder.usable_files(split, False)[1]
+        damage = builder._damage(split, read)
         offsets[split] = start
-        parts.append(load_paths(builder, paths, counts))
+        parts.append(load_paths(builder, paths, counts, builder._held(damage), None if damage is None else damage.intact))
         start += len(parts[-1].labels)
     if not start:
         raise ConfigError(f"no examples in {', '.join(splits)}")
@@ -131,7 +148,8 @@ def index_dataset(builder, split: str, table: Table, *, batch_size: int = 32, re
     _, sampler = builder.ordered_files(split, read)
     offset, counts = table.offsets[split], sampler.counts
     training = read.shuffle if example.training is None else example.training
-    keep = builder._kept(split, table.sequence_ids[offset:offset + sum(counts)], read.holdout)
+    keep = builder._keep(builder._kept(split, table.sequence_ids[offset:offset + sum(counts)], read.holdout),
+                         builder._damage(split, read))
     windows = example.seq_len is not None and training
     counter = None if read.repeat else pipelines.EpochCounter(read.epoch)
     batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder, keep, windows,

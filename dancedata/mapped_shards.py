@@ -22,17 +22,27 @@ class MappedShards:
     in place while mapped ends the process (SIGBUS), as for any mmap reader; builds never do that
     (they write new files and rename them over old ones)."""
 
-    def __init__(self, folder: str, manifest: dict, shards: list):
+    def __init__(self, folder: str, manifest: dict, shards: list, salvaged: dict | None = None):
+        """salvaged: {position in `shards`: damage.Salvage} of damaged shards read under
+        on_damage="skip": their intact records are gathered, and a lost record's row is another's,
+        which no reader asks for (`intact` says which are lost)."""
         self.frames = manifest["num_frames"]
         self.dtype = np.dtype(manifest["feature_dtype"]).newbyteorder("<")
         self.shape = (self.frames, manifest["feature_dim"])
         self.width = shard_index.feature_bytes(manifest)
         self.maps, starts, masks, labels, self._sequences = [], [], [], [], []
+        salvaged = salvaged or {}
         classes = len(manifest["classes"])
-        for shard in shards:
+        for position, shard in enumerate(shards):
             path = fs.join(folder, shard["file"])
-            header, table = shard_index.load(folder, shard)
-            mapped = shard_index.mapped(path, header, table, shard, self.frames, self.width) if len(table) else shard_index.empty(path)
+            if position in salvaged:
+                table, mapped = salvaged[position].table, salvaged[position].data
+                if mapped is None:  # nothing of it is left: every row a placeholder
+                    table, mapped = np.zeros((0, len(shard_index.COLUMNS)), np.uint64), np.zeros(0, np.uint8)
+            else:
+                header, table = shard_index.load(folder, shard)
+                mapped = shard_index.mapped(path, header, table, shard, self.frames, self.width) if len(table) \
+                    else shard_index.empty(path)
             data = table[:, 0].astype(np.int64) + 12
             self.maps.append(mapped)
             starts.append(data + table[:, 3].astype(np.int64))
@@ -45,8 +55,17 @@ class MappedShards:
         counts = [len(s) for s in starts]
         self.masks = (np.concatenate(masks) if masks else np.zeros((0, self.frames), np.uint8)) != 0
         self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-        self._labels = self.labels.astype(np.int32)  # as the model takes them
         self._rows, self.start = _spanning_rows(self.maps, counts, starts, self.width)
+        self.intact = None
+        if salvaged:  # a shard with nothing left holds its examples' places: each points at the first live row
+            full = [int(shard["num_examples"]) for shard in shards]
+            self.intact = np.concatenate([salvaged[p].intact if p in salvaged else np.ones(n, bool)
+                                          for p, n in enumerate(full)])
+            self.masks, self.labels, self.start = (_placed(values, counts, full) for values in
+                                                   (self.masks, self.labels, self.start))
+            self._sequences = [entry if len(entry[1]) else (entry[0], np.zeros(n, np.int64), np.zeros(n, np.int64))
+                               for entry, n in zip(self._sequences, full)]
+        self._labels = self.labels.astype(np.int32)  # as the model takes them
 
     def sequences(self) -> np.ndarray:
         """Every example's sequence id (bytes), in table order."""
@@ -138,6 +157,16 @@ def _spanning_rows(maps: list, counts: list, starts: list, width: int) -> tuple:
     rows = np.asarray(_Span(base, span, width, [m for m, _ in live]))
     start = np.concatenate([s + (a - base) for a, (_, s) in zip(addresses, live)]).astype(np.int64)
     return rows, start
+
+
+def _placed(values: np.ndarray, counts: list, full: list) -> np.ndarray:
+    """`values` (rows of the shards with rows, counts[i] each) with each shard that has none given
+    full[i] rows copied from the first row there is (a lost example's place, never read for it)."""
+    parts, at = [], 0
+    for count, wanted in zip(counts, full):
+        parts.append(values[at:at + count] if count else np.repeat(values[:1], wanted, axis=0))
+        at += count
+    return np.concatenate(parts) if parts else values
 
 
 def _labels(mapped: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:

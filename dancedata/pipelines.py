@@ -166,7 +166,7 @@ def index_batches(sampler: sampler_lib.Sampler, first: int, repeat: bool, batch_
     return started(batches) if step else batches
 
 
-def streamed_windows(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: bool = False, entry=None):
+def streamed_windows(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: bool = False, entry=None, held=None):
     """The records of one epoch (an int64 scalar tensor) in the sampler's order, as its windows: string
     batches of up to sampler.window records, each already permuted (the caller rebatches them, which
     copies each record once; splitting them into single records costs a step per record). Read shard
@@ -174,7 +174,9 @@ def streamed_windows(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: b
     Graph ops only: the tf.data service can run it. afresh: windows permuted by a random draw each time
     they are read instead (a service job is the same graph every epoch; without it every epoch would
     repeat one order). entry: a sampler.Entry's (shards, records, phase, window) as int64 tensors: the
-    epoch from that window on, its first shards not read (the caller drops the window's first `dropped`)."""
+    epoch from that window on, its first shards not read (the caller drops the window's first `dropped`).
+    held: (records, bounds) of damaged shards kept in memory (record_files.checked_chunks), their lost
+    records b"" in the windows (the caller leaves them out)."""
     import tensorflow as tf
 
     count = len(sampler.counts)
@@ -190,12 +192,19 @@ def streamed_windows(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: b
     skips = tf.zeros_like(shards)
     if entry is not None:
         skips = tf.concat([tf.reshape(tf.cast(records_skipped, tf.int64), [1]), skips], 0)[:tf.size(shards)]
-    files = tf.data.Dataset.from_tensor_slices((tf.gather(tf.constant(paths), shards),
-                                                tf.gather(tf.constant(sampler.counts, tf.int64), shards), skips))
+    columns = (tf.gather(tf.constant(paths), shards), tf.gather(tf.constant(sampler.counts, tf.int64), shards), skips)
+    if held is None:
+        read = checked_chunks
+    else:
+        columns += (tf.gather(tf.constant(held[1], tf.int64), shards),)
+
+        def read(path, expected, skip, bounds):
+            return checked_chunks(path, expected, skip, held[0], bounds)
+    files = tf.data.Dataset.from_tensor_slices(columns)
     # Shard after shard, whole: a block as long as the longest shard's chunks takes each one out before the next,
     # while the parallel interleave reads the following shards ahead (remote latency, parsing on several cores).
-    chunks = -(-max(sampler.counts, default=1) // CHUNK) + 1  # and its end's check, an empty chunk
-    records = files.interleave(checked_chunks, cycle_length=max(1, min(count, 4)), block_length=chunks,
+    chunks = -(-max(sampler.counts, default=1) // CHUNK) + 1  # and its end's check, an empty chunk (a held shard: first)
+    records = files.interleave(read, cycle_length=max(1, min(count, 4)), block_length=chunks,
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if count < sampler.workers:
         windows = records.unbatch().shard(sampler.workers, phase).batch(sampler.window)

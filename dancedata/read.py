@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from dancedata import manifest as manifest_lib
-from dancedata import cli, fs, mapped_shards, pipelines, record_files, schema, shard_index
+from dancedata import cli, damage as damage_lib, fs, mapped_shards, pipelines, record_files, schema, shard_index
 from dancedata.errors import ConfigError, ShardError
 from dancedata.read_config import (DanceDataDeprecationWarning, ExampleConfig, Holdout, ReadConfig, check_int,
                                    from_keywords)
@@ -89,6 +89,7 @@ class DatasetBuilder:
         self._default_source = "auto" if rows and map_rows else "stream"
         self._holdout_parts: dict = {}
         self._said: set = set()
+        self._damages: dict = {}
         self.manifest = manifest_lib.load(self.path)
         m = self.manifest
         self.info = DatasetInfo(
@@ -175,8 +176,7 @@ class DatasetBuilder:
         Every order is a dancedata.sampler.Sampler's: the same batches from mapped shards, a cache,
         streamed TFRecords or ExampleSource. Damaged shards raise ShardError naming the file before
         anything is read (mapped), or tf.errors.InvalidArgumentError when reached (streamed:
-        `shard_error(error)` turns it into a ShardError); ReadConfig(skip_bad_shards=True) leaves them
-        out. Through a tf.data service (ReadConfig(data_service=...)) each shard is read by one worker
+        `shard_error(error)` turns it into a ShardError); ReadConfig(on_damage="skip") leaves the damaged records with on_damage="skip" (`damage(split)` lists them). Through a tf.data service (ReadConfig(data_service=...)) each shard is read by one worker
         per epoch and the order is the workers' (files handed out in the sampler's order, windows of
         each worker's stream permuted afresh every epoch: not reproducible); the result's cardinality is
         unknown: repeat and give fit steps_per_epoch.
@@ -196,16 +196,17 @@ class DatasetBuilder:
         if input_context is not None:
             batch_size = input_context.get_per_replica_batch_size(batch_size)
         paths, sampler = self.ordered_files(split, read, worker, workers)
+        damage = self._damage(split, read)
 
         training = read.shuffle if example.training is None else example.training
         windows = example.seq_len is not None and training
         to_inputs = self._to_inputs(example.seq_len, training, example.with_metadata, example.cast)
-        table = None if read.data_service else self._table(split, paths, read, example.with_metadata)
+        table = None if read.data_service else self._table(split, paths, read, example.with_metadata, damage)
         # Without repeat, an iteration's epoch is counted by the consumer (pipelines.EpochCounter).
         counter = None if read.repeat or read.data_service else pipelines.EpochCounter(read.epoch)
         keep = None
         if table is not None:
-            keep = self._kept(split, table.sequences(), read.holdout)
+            keep = self._keep(self._kept(split, table.sequences(), read.holdout), damage)
             if read.steps_per_epoch and not len(sampler.order(0, keep)):  # its epochs would be cycled without end
                 raise ConfigError(f"input pipeline {worker} of {workers} has no example of {split} to read")
             batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder, keep,
@@ -230,8 +231,8 @@ class DatasetBuilder:
         batches = batches.prefetch(tf.data.AUTOTUNE)
         if counter is None:
             return batches
-        if table is None and read.holdout is not None and self.epoch_batches(sampler, read, batch_size) is not None:
-            keep = self._kept(split, self._sequences(paths, sampler.counts), read.holdout)  # one pass: its count
+        if table is None and (read.holdout is not None or damage) and self.epoch_batches(sampler, read, batch_size) is not None:
+            keep = self._streamed_keep(split, paths, sampler, read, damage)  # with a holdout, one pass: its count
         return pipelines.counted(batches, counter, self.epoch_batches(sampler, read, batch_size, keep))
 
     def epoch_batches(self, sampler: Sampler, read: ReadConfig, batch_size: int, keep=None) -> int | None:
@@ -243,11 +244,13 @@ class DatasetBuilder:
         return pipelines.batch_count(len(sampler.order(read.epoch, keep)), batch_size, read.drop_remainder)
 
     def ordered_files(self, split: str, read: ReadConfig, worker: int = 0, workers: int = 1) -> tuple:
-        """(shard paths, Sampler) of `split` as `read` reads it: shards checked first with read.verify,
-        damaged ones left out with read.skip_bad_shards; the sampler of input pipeline `worker`."""
-        if read.verify:
+        """(shard paths, Sampler) of `split` as `read` reads it: shards checked first with read.verify (not
+        with on_damage="skip": its scan checks every byte), and with on_damage="skip" scanned for damage
+        (warned once per file); the sampler of input pipeline `worker`."""
+        if read.verify and read.on_damage == "stop":
             self.verify(split)
-        paths, counts = self.usable_files(split, read.skip_bad_shards)
+        self._damage(split, read)
+        paths, counts = self.files(split), [shard["num_examples"] for shard in self.manifest["splits"][split]["shards"]]
         return paths, Sampler(counts, seed=read.seed, shuffle=read.shuffle, window=read.shuffle_buffer, worker=worker,
                               workers=workers)
 
@@ -267,15 +270,23 @@ class DatasetBuilder:
                 if not fs.exists(path):
                     raise ShardError(f"shard {path} is missing. {shard_index.REBUILD}")
 
+        damage = self._damage(split, read)
+        in_memory = self._held(damage)
+        if in_memory is not None:  # a shard with lost records is read from memory: it may be missing
+            paths_read = [path for path, (start, end) in zip(paths, in_memory[1]) if start == end]
+        else:
+            paths_read = paths
         if not read.data_service and (read.repeat or not read.step):
-            present(paths)
+            present(paths_read)
         held = None
         if read.holdout is not None and read.holdout.by != "sequence":
             held = self.holdout_part(split, read.holdout.fraction, read.holdout.by)[0]
 
         def one_epoch(epoch, entry=None, first=0):
             windows = pipelines.streamed_windows(sampler, paths, epoch, afresh=bool(read.data_service),
-                                                 entry=None if entry is None else tf.unstack(entry)[:4])
+                                                 entry=None if entry is None else tf.unstack(entry)[:4], held=in_memory)
+            if in_memory is not None:  # the lost records' places, after the permutation: the intact order minus them
+                windows = windows.map(lambda window: tf.boolean_mask(window, tf.strings.length(window) > 0))
             if read.holdout is not None:
                 windows = record_files.select(windows, read.holdout.fraction, read.holdout.part == "held", held)
             if entry is not None:  # the records of the entry's window before the start position
@@ -291,12 +302,12 @@ class DatasetBuilder:
         if not read.step:
             return pipelines.epochs(read.epoch, read.repeat, counter).flat_map(
                 lambda epoch: pipelines.exactly(one_epoch(epoch), read.steps_per_epoch))
-        keep = self._kept(split, self._sequences(paths, sampler.counts), read.holdout) if read.holdout else None
+        keep = self._streamed_keep(split, paths, sampler, read, damage)
         examples = len(sampler.order(read.epoch, keep))
         first = pipelines.first_batch(read.step, read.steps_per_epoch, examples, batch_size, read.drop_remainder)
         located = sampler.locate(read.epoch, first * batch_size, keep)
         if not read.repeat:  # one epoch, from its entry on: the shards before it are never opened
-            present([paths[shard] for shard in sampler.shards(read.epoch)[located.shards:]])
+            present([paths[shard] for shard in sampler.shards(read.epoch)[located.shards:] if paths[shard] in paths_read])
         whole = (0, 0, sampler.worker, 0, 0)  # an epoch from its start (sampler.Entry)
 
         def started_epoch(epoch):  # the first epoch from `located`, the others from their start
@@ -310,35 +321,83 @@ class DatasetBuilder:
 
         return pipelines.started(pipelines.epochs(read.epoch, read.repeat, counter).flat_map(started_epoch))
 
-    def _sequences(self, paths: list, counts) -> np.ndarray:
-        """Every record's sequence id (bytes) in `paths`, read in that order (counts checked)."""
+    def damage(self, split: str) -> list:
+        """What ReadConfig(on_damage="skip") leaves out of `split`, and damage that cost nothing: one dict
+        per lost record, {"split", "file", "record" (its number in the file), "offset" (its byte, None when
+        unknown), "cause"}, and one with record None for damage that lost no record (an index derived
+        again in memory, bytes appended). [] for an intact split. Checks every byte of the split once
+        per builder (dancedata.damage.split_damage)."""
+        self.files(split)  # an unknown split is a ConfigError
+        if split not in self._damages:
+            self._damages[split] = damage_lib.split_damage(self.path, self.manifest, split)
+        return list(self._damages[split].problems)
+
+    def _damage(self, split: str, read: ReadConfig) -> damage_lib.SplitDamage | None:
+        """The damage of `split` under read.on_damage="skip" (warned once per file), else None; None too
+        when the split is intact."""
+        if read.on_damage != "skip":
+            return None
+        self.damage(split)
+        found = self._damages[split]
+        damage_lib.warn(found, self._said)
+        return found if found.problems else None
+
+    @staticmethod
+    def _keep(kept, damage: damage_lib.SplitDamage | None):
+        return kept if damage is None else damage.keep(kept)
+
+    def _held(self, damage: damage_lib.SplitDamage | None):
+        """(records, bounds) of the shards with lost records, for record_files.checked_chunks: each such
+        shard's records in memory (lost ones b""), read once; None when no record is lost."""
+        if damage is None or damage.intact is None:
+            return None
         import tensorflow as tf
 
-        spec = {schema.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string)}
-        records = tf.data.Dataset.from_tensor_slices((paths, tf.constant(list(counts), tf.int64)))
-        ids = records.flat_map(record_files.checked_records).batch(1024).map(
+        records, bounds = [], np.zeros((len(self.files(damage.split)), 2), np.int64)
+        for position, found in sorted(damage.salvaged.items()):
+            if not found.intact.all():
+                bounds[position] = (len(records), len(records) + len(found.intact))
+                records += found.records()
+        return tf.constant(records, tf.string), bounds
+
+    def _streamed_keep(self, split: str, paths: list, sampler: Sampler, read: ReadConfig, damage) -> np.ndarray | None:
+        """The keep mask of a streamed read: its holdout's (one pass over the sequence ids) and the damage's."""
+        kept = None
+        if read.holdout is not None:
+            kept = self._kept(split, self._sequences(paths, sampler.counts, self._held(damage)), read.holdout)
+        return self._keep(kept, damage)
+
+    def _sequences(self, paths: list, counts, held=None) -> np.ndarray:
+        """Every record's sequence id (bytes) in `paths`, read in that order (counts checked; a lost
+        record held as b"" has the empty id)."""
+        import tensorflow as tf
+
+        spec = {schema.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string, default_value="")}
+        ids = record_files.records_of(paths, counts, held).batch(1024).map(
             lambda serialized: tf.io.parse_example(serialized, spec)[schema.SEQUENCE_ID])
         return np.concatenate([batch.numpy() for batch in ids] or [np.zeros(0, object)])
 
-    def _table(self, split: str, paths: list, read: ReadConfig, metadata: bool):
+    def _table(self, split: str, paths: list, read: ReadConfig, metadata: bool, damage=None):
         """The examples of `paths` as a table gathered by index (mapped_shards.MappedShards, or with
-        cache a copy in memory), or None to stream them."""
+        cache a copy in memory), or None to stream them. A lost record (damage) keeps its place there,
+        never gathered."""
         if metadata:  # every field: the records themselves
             from dancedata.device_table import RecordTable
 
-            return RecordTable(self, paths) if read.cache else None
+            return RecordTable(self, paths, self._held(damage)) if read.cache else None
         source = self._default_source if read.source == "auto" else read.source
         shards = self._mappable(split, paths) if source != "stream" else None
         if source == "mapped" and shards is None:
             raise ConfigError(f"source='mapped' needs local schema-4 shards on a little-endian host, and at most "
                               f"{_mappable_files()} of them: {self.path} cannot be mapped; use source='auto'")
-        mapped = mapped_shards.MappedShards(self.path, self.manifest, shards) if shards is not None else None
+        salvaged = damage.salvaged if damage is not None else None
+        mapped = mapped_shards.MappedShards(self.path, self.manifest, shards, salvaged) if shards is not None else None
         if not read.cache:
             return mapped
         from dancedata.device_table import Table, load_paths
 
         if mapped is None:
-            return load_paths(self, paths)
+            return load_paths(self, paths, held=self._held(damage), intact=None if damage is None else damage.intact)
         return Table(mapped.gather(np.arange(len(mapped.labels))), mapped.masks, mapped.labels.astype(np.int32),
                      mapped.sequences(), {})
 
@@ -389,24 +448,11 @@ class DatasetBuilder:
         return self._holdout_parts[key]
 
     def usable_files(self, split: str, skip_bad_shards: bool) -> tuple:
-        """(paths, counts) of `split`, leaving out damaged shards (with one warning) when asked."""
-        paths = self.files(split)
-        counts = [shard["num_examples"] for shard in self.manifest["splits"][split]["shards"]]
+        """(paths, counts) of every shard of `split`; skip_bad_shards scans it for damage first (warned
+        once per file). Readers now leave out damaged records, not shards (ReadConfig(on_damage="skip"))."""
         if skip_bad_shards:
-            bad = dict(self.bad_shards(split))
-            if bad:
-                import warnings
-
-                listed = "; ".join(f"{path} ({reason})" for path, reason in bad.items())
-                message = f"skipping {len(bad)} damaged shard(s) of {split}: {listed}"
-                if message not in self._said:  # once per builder: a run reads train for its data and statistics
-                    self._said.add(message)
-                    warnings.warn(message, stacklevel=3)
-                kept = [(p, c) for p, c in zip(paths, counts) if p not in bad]
-                paths, counts = [p for p, _ in kept], [c for _, c in kept]
-            if not paths:
-                raise ShardError(f"every shard of split {split} is damaged; rebuild with the same build command")
-        return paths, counts
+            self._damage(split, ReadConfig(on_damage="skip"))
+        return self.files(split), [shard["num_examples"] for shard in self.manifest["splits"][split]["shards"]]
 
     def _to_inputs(self, seq_len, training: bool, with_metadata: bool, cast: bool = True):
         """Decoded batch (features in the stored dtype) -> ((features, mask), label[, metadata]), features

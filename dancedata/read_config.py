@@ -20,6 +20,7 @@ from dancedata.errors import ConfigError
 
 HOLDOUT_UNITS = ("sequence", "dancer")
 SOURCES = ("auto", "mapped", "stream")
+ON_DAMAGE = ("stop", "skip")
 
 
 def check_config(name: str, value, cls: type):
@@ -82,7 +83,12 @@ class ReadConfig:
       `step`), then the following epochs whole. Nothing before it is read again (docs/reading.md).
     cache: keep the split's examples in memory, read once (cache_bytes(split) of it).
     verify: compare every shard's sha256 with the manifest first (reads stay CRC-checked regardless).
-    skip_bad_shards: leave out damaged shards, with one warning listing them, instead of stopping.
+    on_damage: "stop" (the default) raises ShardError naming the first damaged file; "skip" leaves out
+      exactly the records that fail their checks (a corrupted record, the records after a cut, those of
+      a missing shard), with one warning per damaged file, and reads every other example in the order an
+      intact build gives (DatasetBuilder.damage lists what was left out; see dancedata.damage).
+    skip_bad_shards: the spelling of on_damage="skip" before it existed (it now costs the damaged
+      records, not their shards).
     source: "mapped" memory-maps local schema-4 shards (fastest), "stream" reads TFRecords (any
       filesystem), "auto" maps what it can.
     data_service: "grpc://HOST:PORT" of a tf.data service dispatcher whose workers read and batch.
@@ -99,6 +105,7 @@ class ReadConfig:
     cache: bool = False
     drop_remainder: bool = False
     verify: bool = False
+    on_damage: str = "stop"
     skip_bad_shards: bool = False
     source: str = "auto"
     data_service: str | None = None
@@ -111,6 +118,10 @@ class ReadConfig:
                               f"{'' if self.repeat else ' without repeat'}")
         if self.steps_per_epoch is not None and self.step >= self.steps_per_epoch:
             raise ConfigError(f"step must be less than steps_per_epoch ({self.steps_per_epoch}), got {self.step}")
+        if self.on_damage not in ON_DAMAGE:
+            raise ConfigError(f"on_damage must be one of {', '.join(ON_DAMAGE)}, got {self.on_damage!r}")
+        if self.skip_bad_shards:
+            object.__setattr__(self, "on_damage", "skip")
         if self.source not in SOURCES:
             raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         check_config("holdout", self.holdout, Holdout)

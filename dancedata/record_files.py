@@ -35,17 +35,29 @@ def shard_error(error) -> ShardError | None:
 CHUNK = 64  # records checked per step: the count check's cost, once a chunk, vanishes beside reading them
 
 
-def checked_chunks(path, expected, skip=0):
+def checked_chunks(path, expected, skip=0, held=None, bounds=None):
     """The records of one shard file as [<= CHUNK] string batches, from its record `skip` on, then a
     check that all `expected` were readable: a damaged record ends the file early (ignore_errors), and
     the check fails naming the file, which TFRecordDataset's own error does not. Counted a chunk at a
-    time (one function call per CHUNK records, not one per record)."""
+    time (one function call per CHUNK records, not one per record).
+
+    held, bounds (on_damage="skip"): the records of damaged shards, read once and kept in memory (a
+    lost record is b"" there, or a stand-in the reader never asks for); where bounds (start, end) is
+    not empty, the shard's records are held[start:end] instead of its file's."""
     import tensorflow as tf
 
-    records = tf.data.TFRecordDataset(path, buffer_size=8 << 20).ignore_errors()  # large reads: fewer calls, remote-friendly
+    skip = tf.cast(skip, tf.int64)
+    files = path
+    if held is not None:  # graph ops only (a tf.data service runs them): no file to read for a held shard
+        from_file = tf.equal(bounds[0], bounds[1])
+        files = tf.reshape(path, [1])[: tf.cast(from_file, tf.int32)]
+        expected = tf.where(from_file, tf.cast(expected, tf.int64), tf.zeros([], tf.int64))
+        skip_file = tf.where(from_file, skip, tf.zeros_like(skip))
+    else:
+        skip_file = skip
+    records = tf.data.TFRecordDataset(files, buffer_size=8 << 20).ignore_errors()  # large reads: fewer calls, remote-friendly
     # The end is an empty chunk (batch never makes one): the count is checked there.
-    chunks = records.skip(tf.cast(skip, tf.int64)).batch(CHUNK).concatenate(
-        tf.data.Dataset.from_tensors(tf.zeros([0], tf.string)))
+    chunks = records.skip(skip_file).batch(CHUNK).concatenate(tf.data.Dataset.from_tensors(tf.zeros([0], tf.string)))
 
     def count(seen, chunk):
         seen += tf.size(chunk, tf.int64)
@@ -54,12 +66,29 @@ def checked_chunks(path, expected, skip=0):
         with tf.control_dependencies([check]):
             return seen, tf.identity(chunk)
 
-    return chunks.scan(tf.cast(skip, tf.int64), count)
+    checked = chunks.scan(skip_file, count)
+    if held is None:
+        return checked
+    start = tf.minimum(bounds[0] + tf.where(from_file, tf.zeros_like(skip), skip), bounds[1])
+    return checked.concatenate(tf.data.Dataset.from_tensor_slices(held[start:bounds[1]]).batch(CHUNK))
 
 
-def checked_records(path, expected):
+def checked_records(path, expected, held=None, bounds=None):
     """The records of one shard file, then a check that all `expected` of them were readable (checked_chunks)."""
-    return checked_chunks(path, expected).unbatch()
+    return checked_chunks(path, expected, 0, held, bounds).unbatch()
+
+
+def records_of(paths: list, counts: list, held=None):
+    """The records of the shard files `paths` (counts each, checked), file after file; held: a
+    (records, bounds [len(paths), 2]) pair of records kept in memory for damaged shards (checked_chunks)."""
+    import tensorflow as tf
+
+    files = (paths, tf.constant(list(counts), tf.int64))
+    if held is None:
+        return tf.data.Dataset.from_tensor_slices(files).flat_map(checked_records)
+    records, bounds = held
+    return tf.data.Dataset.from_tensor_slices((*files, bounds)).flat_map(
+        lambda path, count, bound: checked_records(path, count, records, bound))
 
 
 def select(windows, fraction: float, holdout: bool, held_sequences=None):

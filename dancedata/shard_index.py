@@ -371,16 +371,18 @@ def size_problem(path: str, size: int, built: int) -> str | None:
 # the build wrote when given the same unit key (the manifest's `index.key`, or the old index's header).
 
 
-def rows(view, frames: int, feature_bytes: int, path: str, skip: bool = False):
+def rows(view, frames: int, feature_bytes: int, path: str, skip: bool = False, fields: bool = True):
     """(index rows, sha256) of a whole shard's bytes, walking its framing: each record's length and its
     CRC, then its data's CRC, then where its fields sit. Raises ShardError naming `path`, the record and
     its byte offset at the first one that fails (a cut, appended bytes, a flipped bit).
 
-    skip=True (a reader that leaves out damaged records) returns (rows, sha256, problems) instead of
-    raising: a record whose data fails is left out and the walk goes on past it (its length still holds);
-    a length that fails its CRC, or a cut, ends the walk (nothing after it can be found). `problems` is
-    [(record number, byte offset, cause)]; each row's offset says which records are left."""
-    found, problems, at, size = [], [], 0, len(view)
+    skip=True (a reader that leaves out damaged records) returns (rows, sha256, problems, numbers) instead
+    of raising: a record whose data fails is left out and the walk goes on past it (its length still
+    holds); a length that fails its CRC, or a cut, ends the walk (nothing after it can be found).
+    `problems` is [(record number, byte offset, cause)], `numbers` each row's record number.
+    fields=False (a shard without an index: builds before schema 4) checks the framing only; a row is
+    then (offset, length, crc)."""
+    found, numbers, problems, at, size = [], [], [], 0, len(view)
     digest = hashlib.sha256()
     value = _crc32c()
     number = 0
@@ -410,6 +412,8 @@ def rows(view, frames: int, feature_bytes: int, path: str, skip: bool = False):
         row = None
         if crc != struct.unpack("<I", view[at + 12 + length:at + 16 + length])[0]:
             fail(f"is corrupted: {where} fails its checksum")
+        elif not fields:
+            row = (at, length, crc)
         else:
             try:
                 place = locate(data)
@@ -424,9 +428,10 @@ def rows(view, frames: int, feature_bytes: int, path: str, skip: bool = False):
                 fail(f"is damaged: {where} is not an example of this build ({error})")
         if row is not None:
             found.append(row)
+            numbers.append(number)
         at += 16 + length
         number += 1
-    return (found, digest.hexdigest(), problems) if skip else (found, digest.hexdigest())
+    return (found, digest.hexdigest(), problems, numbers) if skip else (found, digest.hexdigest())
 
 
 def rebuild(shard_path: str, frames: int, feature_bytes: int, unit_key: str = "", data=None) -> bytes:

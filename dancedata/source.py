@@ -11,24 +11,34 @@ NumPy loop over the same shards, in the same order as `DatasetBuilder.as_dataset
 shard_options=grain.python.NoSharding(), ...)`: the order is this build's, one process's whole split.
 The shards are memory-mapped and each checked whole (every record's CRCs, against its index) when first
 opened in a process, as the tf.data reader does; a source pickles as its folder and split, so loader
-worker processes open their own mappings.
+worker processes open their own mappings. ExampleSource(folder, split, on_damage="skip") leaves out
+exactly the damaged records, as the tf.data reader does (`damage()` lists them): its examples are then
+the intact ones, renumbered 0..len-1, and its orders the intact build's minus the lost examples.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from dancedata import fs, manifest as manifest_lib
+import warnings
+
+import numpy as np
+
+from dancedata import damage as damage_lib, fs, manifest as manifest_lib
 from dancedata.errors import ConfigError
-from dancedata.read_config import check_bool, check_indices, check_int
+from dancedata.read_config import ON_DAMAGE, check_bool, check_indices, check_int, check_str
 from dancedata.sampler import Sampler
 
 
 class ExampleSource:
     """The examples of `split` in `folder` (a local schema-4 build), example i being the i-th in
-    manifest shard order (the order a Sampler's indices refer to)."""
+    manifest shard order (the order a Sampler's indices refer to); with on_damage="skip", the i-th of
+    the intact ones."""
 
-    def __init__(self, folder: str, split: str):
+    def __init__(self, folder: str, split: str, *, on_damage: str = "stop"):
         self.folder, self.split = folder.rstrip("/"), split
+        self.on_damage = check_str("on_damage", on_damage)
+        if on_damage not in ON_DAMAGE:
+            raise ConfigError(f"on_damage must be one of {', '.join(ON_DAMAGE)}, got {on_damage!r}")
         if fs.is_remote(self.folder):
             raise ConfigError(f"ExampleSource maps local shards; {self.folder} is remote: copy it, or use DatasetBuilder")
         self.manifest = manifest_lib.load(self.folder)
@@ -38,7 +48,7 @@ class ExampleSource:
         if any("index" not in shard for shard in self.shards):
             raise ConfigError(f"{self.folder} was built before schema 4 (no shard indexes): rebuild it to read it without TensorFlow")
         self.counts = tuple(shard["num_examples"] for shard in self.shards)
-        self._table = None
+        self._table = self._damage = self._kept = None
 
     @property
     def table(self):
@@ -46,17 +56,44 @@ class ExampleSource:
         if self._table is None:
             from dancedata.mapped_shards import MappedShards
 
-            self._table = MappedShards(self.folder, self.manifest, self.shards)
+            found = self._damaged()
+            self._table = MappedShards(self.folder, self.manifest, self.shards, found.salvaged if found else None)
         return self._table
 
+    def _damaged(self) -> damage_lib.SplitDamage | None:
+        """With on_damage="skip", the split's damage (scanned once, warned once per file), else None."""
+        if self.on_damage != "skip":
+            return None
+        if self._damage is None:
+            self._damage = damage_lib.split_damage(self.folder, self.manifest, self.split)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always")
+                damage_lib.warn(self._damage, set(), stacklevel=5)
+            self._kept = None if self._damage.intact is None else np.flatnonzero(self._damage.intact)
+        return self._damage
+
+    def damage(self) -> list:
+        """What on_damage="skip" leaves out, as DatasetBuilder.damage lists it ([] when intact)."""
+        return list(self._damaged().problems) if self.on_damage == "skip" else \
+            damage_lib.split_damage(self.folder, self.manifest, self.split).problems
+
     def __getstate__(self):
-        return {**self.__dict__, "_table": None}
+        return {**self.__dict__, "_table": None, "_damage": None, "_kept": None}
 
     def __repr__(self) -> str:  # what it reads: grain checks a restored loader's source by its repr
         return f"ExampleSource({self.folder!r}, {self.split!r}, examples={len(self)})"
 
     def __len__(self) -> int:
+        if self._damaged() is not None and self._kept is not None:
+            return len(self._kept)
         return sum(self.counts)
+
+    def _renumbered(self, order: np.ndarray) -> np.ndarray:
+        """An order of manifest examples as this source's numbers (with damage: the intact ones', lost ones out)."""
+        found = self._damaged()
+        if found is None or self._kept is None:
+            return order
+        return np.searchsorted(self._kept, order[found.intact[order]])
 
     def __getitem__(self, key: int) -> dict:
         key = check_int("index", key)
@@ -77,6 +114,8 @@ class ExampleSource:
         if len(keys) and (keys.min() < 0 or keys.max() >= len(self)):
             raise IndexError(f"examples must be in 0..{len(self) - 1} for {self.split}")
         table = self.table
+        if self._damaged() is not None and self._kept is not None:
+            keys = self._kept[keys]
         return {"features": table.gather(keys), "mask": table.masks[keys], "label": table.labels[keys]}
 
     def sampler(self, *, seed: int | None = None, shuffle: bool = True, window: int = 256, worker: int = 0,
@@ -93,7 +132,7 @@ class ExampleSource:
         (a slice of the epoch's order: no batch before `step` is made)."""
         batch_size, epoch = check_int("batch_size", batch_size, 1), check_int("epoch", epoch, 0)
         step = check_int("step", step, 0)
-        order = self.sampler(seed=seed, shuffle=shuffle, window=window).order(epoch)
+        order = self._renumbered(self.sampler(seed=seed, shuffle=shuffle, window=window).order(epoch))
         stop = len(order) - len(order) % batch_size if check_bool("drop_remainder", drop_remainder) else len(order)
         # A generator expression, not a generator function: bad arguments raise here, not at the first next().
         return (order[start:start + batch_size] for start in range(step * batch_size, stop, batch_size))
@@ -117,7 +156,8 @@ class ExampleSource:
         """A sampler for grain's DataLoader giving epochs first_epoch .. first_epoch + num_epochs - 1 in
         this build's order (grain's own IndexSampler draws another)."""
         num_epochs, first_epoch = check_int("num_epochs", num_epochs, 1), check_int("first_epoch", first_epoch, 0)
-        return GrainSampler(self.sampler(seed=seed, shuffle=shuffle, window=window), num_epochs, first_epoch)
+        return GrainSampler(self.sampler(seed=seed, shuffle=shuffle, window=window), num_epochs, first_epoch,
+                            self if self.on_damage == "skip" else None)
 
 
 class _EpochBatches:
@@ -134,7 +174,7 @@ class _EpochBatches:
         epoch, batch = divmod(int(k), self.per_epoch)
         epoch += self.first
         if self._order[0] != epoch:
-            self._order = (epoch, self.sampler.order(epoch))
+            self._order = (epoch, self.source._renumbered(self.sampler.order(epoch)))
         start = batch * self.batch_size
         return self.source.batch(self._order[1][start:start + self.batch_size])
 
@@ -156,13 +196,14 @@ class GrainSampler:
     sampler: Sampler
     num_epochs: int = 1
     first_epoch: int = 0
+    source: ExampleSource | None = None  # with on_damage="skip": its intact examples' numbers
 
     def __post_init__(self):
         from grain.python import RecordMetadata  # once: grain asks for every record
 
         self._record = RecordMetadata
         self._orders: dict = {}
-        self._length = sum(self.sampler.counts)
+        self._length = len(self.source) if self.source is not None else sum(self.sampler.counts)
 
     def __repr__(self) -> str:  # the order's parameters, not every shard's count: it goes into grain's state
         sampler = self.sampler
@@ -176,5 +217,6 @@ class GrainSampler:
             raise IndexError(index)
         epoch += self.first_epoch
         if epoch not in self._orders:
-            self._orders = {epoch: self.sampler.order(epoch)}  # one epoch at a time in memory
+            order = self.sampler.order(epoch)  # one epoch at a time in memory
+            self._orders = {epoch: order if self.source is None else self.source._renumbered(order)}
         return self._record(index=int(index), record_key=int(self._orders[epoch][position]))
