@@ -60,7 +60,7 @@ def as_dataset(builder, split: str, *, batch_size: int = 32, read_config: ReadCo
     batches = batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
     if counter is None:
         return batches
-    keep = builder._kept(split, builder._sequences(paths, sampler.counts), read.holdout) if read.holdout else None
+    keep = builder._streamed_keep(split, paths, sampler, read, builder._damage(split, read))
     return pipelines.counted(batches, counter, builder.epoch_batches(sampler, read, batch_size, keep))
 
 

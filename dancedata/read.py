@@ -433,7 +433,10 @@ class DatasetBuilder:
 
             fields = ("video_id", schema.SEQUENCE_ID, "genre", "situation", "dancer", "music", "choreography")
             spec = {name: tf.io.FixedLenFeature([], tf.string, default_value="") for name in fields}
-            records = tf.data.TFRecordDataset(self.files(split)).batch(1024).map(lambda s: tf.io.parse_example(s, spec))
+            paths, counts = self.usable_files(split, False)
+            records = record_files.records_of(paths, counts, self._held(self._damages.get(split)))  # damage: as skipped
+            records = records.filter(lambda record: tf.strings.length(record) > 0)
+            records = records.batch(1024).map(lambda s: tf.io.parse_example(s, spec))
             columns = {name: [] for name in fields}
             for batch in records:
                 for name in fields:

@@ -28,7 +28,7 @@ def shard_error(error) -> ShardError | None:
     path, held, expected = found.groups()
     return ShardError(
         f"shard {path} is corrupted or truncated: {held} of its {expected} records are readable. Rebuild it "
-        "(the same build command redoes only damaged shards), or read on without it (skip_bad_shards / --skip-bad-shards)"
+        "(the same build command redoes only damaged shards), or read on without its damaged records (on_damage='skip' / --on-damage skip)"
     )
 
 

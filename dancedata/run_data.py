@@ -58,11 +58,40 @@ def moments(builder, cfg: TrainConfig):
     """(mean, variance) of the training part's real frames: as the build recorded them, or read once."""
     from dancedata.read import build_moments, feature_moments
 
-    found = build_moments(builder) if not holdout_fraction(builder, cfg) and not cfg.skip_bad_shards else None
+    found = build_moments(builder) if not holdout_fraction(builder, cfg) and not lost(builder, cfg, "train") else None
     if found is None:  # an older build, or train is not the whole train split: read it once
         found = feature_moments(builder.as_dataset("train", batch_size=256,
                                                    read_config=unordered(reading(builder, cfg, False)[0])))
     return found
+
+
+def lost(builder, cfg: TrainConfig, split: str) -> int:
+    """Examples of `split` that --on-damage skip leaves out (0 under stop: damage stops the run)."""
+    if cfg.on_damage != "skip":
+        return 0
+    return sum(1 for problem in builder.damage(split) if problem["record"] is not None)
+
+
+def damage_report(builder, cfg: TrainConfig) -> dict:
+    """damage.json: what --on-damage skip left out of each split read, record by record, and what cost nothing."""
+    splits = sorted(usable_splits(builder))
+    return {"on_damage": cfg.on_damage, "lost": {split: lost(builder, cfg, split) for split in splits},
+            "problems": [problem for split in splits for problem in builder.damage(split)]}
+
+
+def examples(builder, cfg: TrainConfig) -> dict:
+    """metrics.json's "examples": each split's examples read and built, and what training saw, in words."""
+    counts = {split: {"read": built - lost(builder, cfg, split), "built": built}
+              for split, built in builder.info.splits.items() if built}
+    train, trained = counts["train"], train_size(builder, cfg)
+    left = [f"{train['built'] - train['read']} damaged left out"] if train["built"] > train["read"] else []
+    if holdout_fraction(builder, cfg):
+        left.append(f"{train['read'] - trained} held out for validation")
+    summary = f"trained on {trained} of {train['built']} examples of train" + (f" ({', '.join(left)})" if left else "")
+    others = [f"{c['built'] - c['read']} of {split}" for split, c in counts.items() if split != "train" and c["built"] > c["read"]]
+    if others:
+        summary += f"; damaged records left out of the other splits: {', '.join(others)}"
+    return {**counts, "summary": summary}
 
 
 def usable_splits(builder) -> set:
@@ -98,7 +127,7 @@ def fits_in_memory(nbytes: int) -> bool:
 def train_size(builder, cfg: TrainConfig) -> int:
     """Examples in the training part of train (all of it, or what the held-out validation leaves)."""
     if not holdout_fraction(builder, cfg):
-        return builder.info.splits["train"]
+        return builder.info.splits["train"] - lost(builder, cfg, "train")
     kept = builder.as_dataset("train", batch_size=256, read_config=unordered(reading(builder, cfg, False)[0]))
     return sum(int(label.shape[0]) for _, label in kept)
 
@@ -173,8 +202,8 @@ def reading(builder, cfg: TrainConfig, cache: bool, epoch: int = 0, steps: int |
     rest, held = (Holdout(fraction, by=by), Holdout(fraction, by=by, part="held")) if fraction else (None, None)
     train = ReadConfig(shuffle=True, seed=cfg.seed, repeat=True, epoch=epoch, step=0 if cfg.data_service else step,
                        steps_per_epoch=steps, cache=cache,
-                       skip_bad_shards=cfg.skip_bad_shards, data_service=cfg.data_service or None, holdout=rest)
-    val = ReadConfig(cache=cache, skip_bad_shards=cfg.skip_bad_shards, holdout=None if "val" in usable_splits(builder) else held)
+                       on_damage=cfg.on_damage, data_service=cfg.data_service or None, holdout=rest)
+    val = ReadConfig(cache=cache, on_damage=cfg.on_damage, holdout=None if "val" in usable_splits(builder) else held)
     return train, val, ExampleConfig(seq_len=cfg.seq_len or None, cast=False)
 
 
@@ -197,7 +226,7 @@ def device_datasets(builder, cfg: TrainConfig, usable: set) -> RunData:
     that are the batches the other cache modes read (same seed, same order, same windows)."""
     from dancedata.device_table import index_dataset, load_table
 
-    table = load_table(builder, ["train"] + (["val"] if "val" in usable else []), cfg.skip_bad_shards)
+    table = load_table(builder, ["train"] + (["val"] if "val" in usable else []), on_damage=cfg.on_damage)
     print(f"--cache device: {table.features.nbytes / 1e9:.2f} GB of features on the accelerator "
           f"({len(table.labels)} examples)", file=sys.stderr)
     steps = max(1, -(-train_size(builder, cfg) // cfg.batch_size))
@@ -257,6 +286,6 @@ def evaluation(builder, cfg: TrainConfig, val_ds):
         if split in usable:
             from dancedata import ExampleConfig, ReadConfig
 
-            return split, reader(builder, cfg)(split, batch_size=cfg.batch_size, read_config=ReadConfig(skip_bad_shards=cfg.skip_bad_shards),
+            return split, reader(builder, cfg)(split, batch_size=cfg.batch_size, read_config=ReadConfig(on_damage=cfg.on_damage),
                                              example_config=ExampleConfig(seq_len=cfg.seq_len or None))
     return ("train-holdout", val_ds) if val_ds is not None else (None, None)

@@ -43,7 +43,7 @@ MAGIC = b"DDINDEX1"
 COLUMNS = ("offset", "length", "crc", "features", "mask", "label", "label_length", "sequence", "sequence_length")
 _MAX_HEADER = 1 << 16
 _MASK_DELTA = 0xA282EAD8
-REBUILD = "Rebuild it (the same build command redoes only damaged shards), or read on without it (skip_bad_shards / --skip-bad-shards)"
+REBUILD = "Rebuild it (the same build command redoes only damaged shards), or read on without its damaged records (on_damage='skip' / --on-damage skip)"
 
 
 def _crc32c():

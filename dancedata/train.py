@@ -2,7 +2,8 @@
 repository, `python train.py --shards tfrecords/`, a thin script over this module).
 
 flags -> TrainConfig -> datasets -> model -> fit (best weights on validation) -> evaluate -> artefacts
-in --out: model.keras, labels.json, metrics.json, history.csv, PNGs, dataset.json (for predict).
+in --out: model.keras, labels.json, metrics.json, history.csv, PNGs, dataset.json (for predict), and
+with --on-damage skip damage.json (the records left out).
 """
 from __future__ import annotations
 
@@ -67,6 +68,15 @@ def _train(cfg: TrainConfig) -> dict:
         run_data.say_what_the_build_said(builder, cfg)
         keras.utils.set_random_seed(cfg.seed)
         data = run_data.datasets(builder, cfg, strategy)
+        if cfg.on_damage == "skip" and run.chief:  # what was left out, before the first step: a user looks there
+            from dancedata.models import report
+
+            damage = run_data.damage_report(builder, cfg)
+            report.write_json(os.path.join(run.out, "damage.json"), damage)
+            if damage["problems"]:
+                lost = ", ".join(f"{n} of {split}" for split, n in damage["lost"].items() if n) or "none"
+                print(f"--on-damage skip: damaged records left out: {lost} (each listed in "
+                      f"{os.path.join(run.out, 'damage.json')})", file=sys.stderr)
         run.steps = data.steps
         model, fitted, compiled_model = _models(cfg, builder, strategy, data, run.position)
         if cfg.strategy == "multi-worker":  # its own loop (Keras' fit fails there), through the same run
@@ -167,6 +177,7 @@ def _metrics(cfg: TrainConfig, builder, strategy, model, val) -> dict:
             metrics["shared_with_train"] = metrics["validation"]["shared_with_train"]
     if evaluation is not None:
         metrics.update(_evaluate(model, evaluation, builder.info.classes))
+    metrics["examples"] = run_data.examples(builder, cfg)
     return metrics
 
 

@@ -6,6 +6,7 @@ import dataclasses
 
 from dancedata import config
 from dancedata.errors import ConfigError
+from dancedata.read_config import ON_DAMAGE
 
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
@@ -32,7 +33,11 @@ class TrainConfig:
         custom=True,
     )
     verify: bool = config.flag("check shard sha256 against the manifest before training", default=False)
-    skip_bad_shards: bool = config.flag("leave out corrupted or truncated shards (listed in one warning) instead of stopping", default=False)
+    on_damage: str = config.flag(
+        "stop: a damaged shard or record stops the run, naming the file; skip: leave out exactly the records that "
+        "fail their checks (a corrupted record, the records after a cut, a missing shard's), warn once per damaged "
+        "file, list them in --out/damage.json and count them in metrics.json", default="stop")
+    skip_bad_shards: bool = config.flag("the same as --on-damage skip (its spelling before it existed)", default=False)
     checkpoint_every: int = config.flag(
         "commit a resumable checkpoint every N training steps (0: at the end of each epoch only); a run also commits "
         "one at the current step on SIGTERM or Ctrl-C. A kill costs at most N steps of work and changes nothing in "
@@ -91,6 +96,9 @@ class TrainConfig:
         if not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         config.check_choice("strategy", self.strategy, STRATEGIES)
+        config.check_choice("on_damage", self.on_damage, ON_DAMAGE)
+        if self.skip_bad_shards:
+            object.__setattr__(self, "on_damage", "skip")
         if self.collective_timeout <= 0:
             raise ConfigError(f"collective_timeout must be positive, got {self.collective_timeout!r}")
         if self.data_service_timeout <= 0:

@@ -181,6 +181,11 @@ def test_example_source_skips_the_same_records(intact, tmp_path):
     assert got == _without(reference, lost)
     assert sorted(_identity(damaged[i]["features"]) for i in range(len(damaged))) == sorted(_without(reference, lost))
     assert [p["record"] for p in damaged.damage()] == [0]
+    pytest.importorskip("grain")
+    sampler = damaged.grain_sampler(seed=3, window=8)  # grain's protocol: the same examples, the same order
+    assert [_identity(damaged[sampler[i].record_key]["features"]) for i in range(len(damaged))] == got
+    batches = damaged.grain_batches(4, seed=3, window=8)
+    assert [_identity(f) for k in range(len(batches)) for f in batches[k]["features"]] == got
 
 
 def test_train_reports_what_it_left_out(intact, tmp_path, capsys):
@@ -191,13 +196,14 @@ def test_train_reports_what_it_left_out(intact, tmp_path, capsys):
     data[at + 20] ^= 0xFF
     shard.write_bytes(bytes(data))
     argv = ["--shards", str(folder), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "4", "--seed", "0"]
-    assert cli.run(train_script.main, "train.py", argv) == 1
+    assert cli.run(train_script.main, "train.py", argv) == 2
     assert shard.name in capsys.readouterr().err
     assert cli.run(train_script.main, "train.py", argv + ["--on-damage", "skip"]) == 0
-    assert "1 of its records left out" in capsys.readouterr().err
+    assert "--on-damage skip: damaged records left out: 1 of train" in capsys.readouterr().err
     damage = json.loads((tmp_path / "run" / "damage.json").read_text())
     assert [(p["split"], p["record"], p["offset"]) for p in damage["problems"]] == [("train", 0, at)]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     total = json.loads((folder / "manifest.json").read_text())["splits"]["train"]["num_examples"]
     assert metrics["examples"]["train"] == {"read": total - 1, "built": total}
-    assert f"trained on {total - 1} of {total} examples" in metrics["examples"]["summary"]
+    summary = metrics["examples"]["summary"]
+    assert summary.startswith("trained on ") and f" of {total} examples of train (1 damaged left out, " in summary

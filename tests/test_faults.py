@@ -191,7 +191,7 @@ def test_a_corrupted_shard_is_named_by_as_dataset_and_train(reference, tmp_path,
     assert str(bad) in str(shard_error(caught.value))
     with pytest.raises(dancedata.ManifestError, match="does not match its sha256"):
         builder.as_dataset("train", read_config=dancedata.ReadConfig(source="stream", verify=True))
-    with pytest.warns(UserWarning, match=f"skipping 1 damaged shard.*{bad.name}"):
+    with pytest.warns(UserWarning, match=f"damaged shard .*{bad.name}: [1-9][0-9]* of its records left out"):
         skipping = dancedata.ReadConfig(source="stream", skip_bad_shards=True)
         kept = sum(len(label) for _, label in builder.as_dataset("train", batch_size=4, read_config=skipping))
     assert kept < builder.info.splits["train"]

@@ -39,7 +39,9 @@ CHECKPOINTS = "checkpoints"
 RUN_FILES = ("model.keras", "metrics.json", "history.csv", "labels.json", "dataset.json", "train_config.json",
              "damage.json", RUN)
 # Flags a resumed run may change: none of them changes what it computes.
-RESUME_FREE = ("out", "overwrite", "data_service_timeout", "checkpoint_every", "accept_other_build")
+# Flags a resume may change. The damage policy among them: a run stopped by damage goes on with --on-damage skip.
+RESUME_FREE = ("out", "overwrite", "data_service_timeout", "checkpoint_every", "accept_other_build", "on_damage",
+               "skip_bad_shards")
 STATUSES = ("training", "stopped early", "trained", "done")
 # The only files a state may name: what commit() writes (epoch-NNNNN.npz: runs of earlier releases).
 _CHECKPOINT = re.compile(r"(epoch-\d{5}|epoch-\d{5}-step-\d{9})\.npz")
@@ -272,6 +274,9 @@ class TrainingRun:
                                   "--out")
             before, build = legacy["config"], None
         now = run_config(cfg)
+        # A flag added since the run started was at its default then.
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+        before = {**{key: defaults[key] for key in set(now) - set(before) if key in defaults}, **before}
         changed = [f"--{key.replace('_', '-')} {before.get(key)} → {now.get(key)}"
                    for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
         if changed:
@@ -545,9 +550,10 @@ class TrainingRun:
             self.check_build()
             raise
 
-    def say_resuming(self, file=sys.stderr) -> None:
-        if self.chief and self.position != (0, 0):
-            print(f"resuming the run in {self.out} {self.state.describe(self.cfg.epochs, self.steps)}", file=file, flush=True)
+    def say_resuming(self, file=None) -> None:
+        if self.chief and self.position != (0, 0):  # sys.stderr now, not as imported: a caller may have replaced it
+            print(f"resuming the run in {self.out} {self.state.describe(self.cfg.epochs, self.steps)}",
+                  file=file or sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.lock is not None:
