@@ -207,3 +207,30 @@ def test_train_reports_what_it_left_out(intact, tmp_path, capsys):
     assert metrics["examples"]["train"] == {"read": total - 1, "built": total}
     summary = metrics["examples"]["summary"]
     assert summary.startswith("trained on ") and f" of {total} examples of train (1 damaged left out, " in summary
+
+
+@pytest.mark.parametrize("reader", ["mapped", "streamed"])
+def test_a_damaged_read_starts_anywhere_and_holds_out_the_same(intact, tmp_path, reader):
+    """A resumed read (ReadConfig(step=k)) of a damaged split gives the batches an uninterrupted one gives
+    from batch k on, with a holdout too: the start is located in the intact order minus the lost examples."""
+    from dancedata import Holdout
+
+    folder = _copy(intact, tmp_path)
+    shard = _train_shards(folder)[0]
+    at, length = _framing(shard)[1]
+    data = bytearray(shard.read_bytes())
+    data[at + 12 + length // 3] ^= 0x08
+    shard.write_bytes(bytes(data))
+    builder = dancedata.DatasetBuilder(str(folder))
+
+    def batches(step, holdout=None):
+        read = ReadConfig(shuffle=True, seed=5, shuffle_buffer=4, on_damage="skip", step=step, holdout=holdout,
+                          **READERS[reader])
+        dataset = builder.as_dataset("train", batch_size=2, read_config=read, example_config=ExampleConfig(cast=False))
+        return [[_identity(f) for f in features.numpy()] for (features, _), _ in dataset]
+
+    with pytest.warns(UserWarning, match="1 of its records left out"):
+        whole = batches(0)
+    for holdout in (None, Holdout(0.3)):
+        whole = batches(0, holdout)
+        assert whole and all(batches(step, holdout) == whole[step:] for step in (1, len(whole) // 2, len(whole) - 1))
