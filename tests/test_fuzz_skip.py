@@ -136,3 +136,20 @@ def test_random_damage_costs_exactly_the_touched_records_in_tf_data(intact, tmp_
         with pytest.warns(UserWarning, match="damaged shard"):
             got = order(folder, on_damage="skip")
         assert got == [identity for identity in reference if identity not in lost], f"case {seed}"
+
+
+def test_random_damage_to_indexes_costs_no_record(intact, tmp_path):
+    """An index of an intact shard, damaged in any way (or another shard's), is derived again in memory."""
+    reference = _source_order(intact)
+    for seed in range(200, 220):
+        rng = random.Random(seed)
+        folder = shutil.copytree(intact, tmp_path / f"index{seed}")
+        shards = rng.sample(_shards(folder), 2)
+        index = shards[0].with_name(shards[0].name + ".index")
+        kind = rng.choice(KINDS[:5] + ("delete", "other"))
+        if kind == "other":
+            shutil.copyfile(shards[1].with_name(shards[1].name + ".index"), index)
+        else:
+            _damage(index, kind, rng)
+        with pytest.warns(UserWarning, match="no record lost"):
+            assert _source_order(folder, on_damage="skip") == reference, f"case {seed} ({kind})"
