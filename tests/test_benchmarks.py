@@ -30,7 +30,8 @@ def check_reader_rows(result, host_readers=True):
         assert row["examples_per_s"] > 0 and row["ratio_to_limit"] > 0 and row["cpu_us_per_example"] > 0, row
         if row["group"] != "limit":
             assert row["examples"] == result["examples"], row
-    for prefix in TF_READERS + ("limit: np.take", "memcpy") + (("ExampleSource.batches",) if host_readers else ()):
+    for prefix in TF_READERS + ("limit: np.take", "limit, prefetched", "memcpy", "tf.data floor") + (
+            ("ExampleSource.batches",) if host_readers else ()):
         assert any(name.startswith(prefix) for name in names), (prefix, names)
     fitted = {row["reader"] for row in result["rows"] if row["fit_step_ratio"]}
     for prefix in TF_READERS:
