@@ -1,6 +1,7 @@
 """The Apache Beam runner on Beam's local runner in multi-process mode: the same bytes as a local build,
 extraction set up once per worker process, resume after a partial build."""
 import json
+import shutil
 
 import pytest
 from conftest import BUILD_FLAGS, SMALL_SHARDS, build_outputs, make_aist_folder
@@ -19,9 +20,15 @@ def videos(tmp_path_factory):
     return root
 
 
-def test_beam_build_equals_the_local_build(videos, tmp_path):
-    reference = tmp_path / "reference"
-    dancedata.build_shards(str(videos), str(reference), **SMALL_SHARDS)
+@pytest.fixture(scope="module")
+def reference(videos, tmp_path_factory):
+    """The local build of `videos`, made once: the tests compare with it and copy it, never change it."""
+    out = tmp_path_factory.mktemp("beam-reference") / "reference"
+    dancedata.build_shards(str(videos), str(out), **SMALL_SHARDS)
+    return out
+
+
+def test_beam_build_equals_the_local_build(videos, reference, tmp_path):
     out = tmp_path / "beam"
     argv = [str(videos), "--out", str(out), *BUILD_FLAGS, "--runner", "beam", "--",
             "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
@@ -33,11 +40,9 @@ def test_beam_build_equals_the_local_build(videos, tmp_path):
     assert counters["worker_setups"] <= 2 < shards  # the extractor loads once per worker, not per unit
 
 
-def test_beam_resumes_a_partial_build_and_says_what_is_wrong(videos, tmp_path, capsys):
-    reference = tmp_path / "reference"
-    dancedata.build_shards(str(videos), str(reference), **SMALL_SHARDS)
+def test_beam_resumes_a_partial_build_and_says_what_is_wrong(videos, reference, tmp_path, capsys):
     out = tmp_path / "beam"
-    dancedata.build_shards(str(videos), str(out), **SMALL_SHARDS)
+    shutil.copytree(reference, out)  # a local build (a copy resumes as the original does: test_resume.py)
     removed = sorted(out.glob("val-*.tfrecord"))
     for shard in removed:
         shard.unlink()  # as if those units had not been built yet

@@ -20,6 +20,15 @@ def videos(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def reference(videos, tmp_path_factory):
+    """The single-machine build of `videos` that every partitioned build must equal, made once (tests
+    only read it)."""
+    out = tmp_path_factory.mktemp("parts-reference") / "reference"
+    dancedata.build_shards(str(videos), str(out), **SMALL_SHARDS)
+    return out
+
+
 def part(videos, out, index, count, *extra):
     return subprocess.Popen(
         [sys.executable, "-m", "dancedata.build_shards", str(videos), "--out", str(out), *FLAGS,
@@ -28,9 +37,7 @@ def part(videos, out, index, count, *extra):
     )
 
 
-def test_two_parts_at_once_equal_a_single_machine_build(videos, tmp_path):
-    reference = tmp_path / "reference"
-    dancedata.build_shards(str(videos), str(reference), **SMALL_SHARDS)
+def test_two_parts_at_once_equal_a_single_machine_build(videos, reference, tmp_path):
     out = tmp_path / "out"
     parts = [part(videos, out, i, 2) for i in range(2)]  # both at once, like two machines on NFS
     built = []
@@ -43,9 +50,7 @@ def test_two_parts_at_once_equal_a_single_machine_build(videos, tmp_path):
     assert len(shards) >= 6 and built == [(len(shards) + 1) // 2, len(shards) // 2]  # each its own share
 
 
-def test_finalize_writes_the_manifest_and_refuses_while_parts_are_missing(videos, tmp_path, capsys):
-    reference = tmp_path / "reference"
-    dancedata.build_shards(str(videos), str(reference), **SMALL_SHARDS)
+def test_finalize_writes_the_manifest_and_refuses_while_parts_are_missing(videos, reference, tmp_path, capsys):
     out = tmp_path / "out"
     first = part(videos, out, 0, 3)
     _, err = first.communicate(timeout=600)
@@ -73,12 +78,10 @@ def test_finalize_writes_the_manifest_and_refuses_while_parts_are_missing(videos
     assert build_outputs(out) == build_outputs(reference)
 
 
-def test_a_part_that_dies_is_rerun_by_the_same_command(videos, tmp_path):
+def test_a_part_that_dies_is_rerun_by_the_same_command(videos, reference, tmp_path):
     import signal
     import time
 
-    reference = tmp_path / "reference"
-    dancedata.build_shards(str(videos), str(reference), **SMALL_SHARDS)
     out = tmp_path / "out"
     dying = part(videos, out, 1, 2)
     deadline = time.time() + 300

@@ -215,38 +215,51 @@ def test_a_killed_multi_worker_peer_ends_the_others_with_one_line(learning_run, 
             worker.wait()
 
 
-def test_a_multi_worker_run_killed_mid_run_continues_to_the_same_result(learning_run, tmp_path):
+def _multi_worker_flags(learning_run, *extra) -> list:
+    base, _ = learning_run
+    return ["--shards", str(base / "shards"), "--epochs", "5", "--batch-size", "8", "--learning-rate", "0.01", "--seed", "0",
+            "--strategy", "multi-worker", *extra]
+
+
+def _finish(workers):
+    for worker in workers:
+        _, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+    return err
+
+
+@pytest.fixture(scope="module")
+def never_stopped(learning_run, tmp_path_factory):
+    """The chief's folder of a multi-worker run never stopped: both tests below end where it did. One run
+    serves both: --checkpoint-every is one of the flags a resume may change (training_run.RESUME_FREE),
+    as it changes when the run saves, never what it computes."""
+    base = tmp_path_factory.mktemp("multi-worker-whole")
+    _finish(_two_workers(_multi_worker_flags(learning_run), base))
+    return base / "run0"
+
+
+def test_a_multi_worker_run_killed_mid_run_continues_to_the_same_result(learning_run, never_stopped, tmp_path):
     """Both workers killed after the chief committed epoch 2, then the same commands again: the run goes on
     from the chief's checkpoint (every worker takes the chief's state) and ends with the history and
     weights of a run never stopped."""
-    _killed_and_resumed(learning_run, tmp_path, [], lambda state: state["epoch"] >= 2)
+    _killed_and_resumed(learning_run, never_stopped, tmp_path, [], lambda state: state["epoch"] >= 2)
 
 
-def test_a_multi_worker_run_killed_inside_an_epoch_continues_to_the_same_result(learning_run, tmp_path):
+def test_a_multi_worker_run_killed_inside_an_epoch_continues_to_the_same_result(learning_run, never_stopped, tmp_path):
     """As above, killed after the chief committed a step inside epoch 2 (--checkpoint-every 1): every
     worker resumes at that step, with the chief's running sums of the epoch."""
-    _killed_and_resumed(learning_run, tmp_path, ["--checkpoint-every", "1"],
+    _killed_and_resumed(learning_run, never_stopped, tmp_path, ["--checkpoint-every", "1"],
                         lambda state: state["epoch"] >= 1 and state["step"] >= 1)
 
 
-def _killed_and_resumed(learning_run, tmp_path, extra: list, reached):
+def _killed_and_resumed(learning_run, whole, tmp_path, extra: list, reached):
     import signal
     import time
 
     import keras
     import numpy as np
 
-    base, _ = learning_run
-    flags = ["--shards", str(base / "shards"), "--epochs", "5", "--batch-size", "8", "--learning-rate", "0.01", "--seed", "0",
-             "--strategy", "multi-worker", *extra]
-
-    def finish(workers):
-        for worker in workers:
-            _, err = worker.communicate(timeout=600)
-            assert worker.returncode == 0, err[-3000:]
-        return err
-
-    finish(_two_workers(flags, tmp_path / "whole"))
+    flags = _multi_worker_flags(learning_run, *extra)
     stopped = _two_workers(flags, tmp_path / "stopped")
     state = tmp_path / "stopped" / "run0" / "checkpoints" / "state.json"
     deadline = time.monotonic() + 600
@@ -267,9 +280,9 @@ def _killed_and_resumed(learning_run, tmp_path, extra: list, reached):
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     resumed = _two_workers(flags, tmp_path / "stopped")
-    (chief_out, _), _ = resumed[0].communicate(timeout=600), finish(resumed[1:])
+    (chief_out, _), _ = resumed[0].communicate(timeout=600), _finish(resumed[1:])
     assert resumed[0].returncode == 0 and "resuming the run in " in chief_out, chief_out[-3000:]
-    whole, again = tmp_path / "whole" / "run0", tmp_path / "stopped" / "run0"
+    again = tmp_path / "stopped" / "run0"
     assert (again / "history.csv").read_text() == (whole / "history.csv").read_text()
     assert len((whole / "history.csv").read_text().splitlines()) == 1 + 5
     assert json.loads((again / "metrics.json").read_text())["test_accuracy"] == json.loads((whole / "metrics.json").read_text())["test_accuracy"]
