@@ -1,18 +1,21 @@
 """A seeded fuzz campaign over every file a build folder holds: does any damage crash a command, hang
 it, make it allocate out of proportion, or go unnoticed?
 
-    python benchmarks/fuzz_campaign.py --cases 10000 --seed 0 [--rerun-every 200] [--out report.json]
+    python benchmarks/fuzz_campaign.py --cases 10000 --seed 0 [--rerun-every 100] [--out report.json]
     python benchmarks/fuzz_campaign.py --cases 0 --run-cases 300     (the run folder only: see RunCampaign)
 
 Builds one tiny folder (tiny synthetic videos, stored frames kept, an extractor without weights), then
 for each case: picks a file of the folder (shards, indexes, manifest.json, feature_statistics.json, the
 TFDS metadata, build_info.json, .build/plan.json and the shards' records), damages it (a flipped bit,
 flipped bytes, a cut, a zeroed 4 KiB page, appended garbage, two records swapped or one duplicated,
-the file deleted), runs one command on it in this process, puts the file back, and sorts the outcome:
+the file deleted), runs one command on it in this process (inspect, inspect --verify, inspect --repair,
+the reader, and every --rerun-every cases the build again: plain, --update or --overwrite in turn),
+puts the file back, and sorts the outcome:
 
   refused      the command stopped with dancedata's one-line error naming the damaged file
   detected     inspect listed the file as DAMAGED (exit 1)
-  repaired     the build's rerun (or inspect --repair) left the folder byte for byte as built
+  repaired     the build's rerun, --update or --overwrite (or inspect --repair) left the folder byte
+               for byte as built
   ignored      the command does not read that file, and succeeded (build_info.json: timings only;
                .build/ for readers; the TFDS metadata and statistics for the reader), or plain
                inspect passed a change inside a record's data, which only --verify finds (documented)
@@ -21,16 +24,18 @@ the file deleted), runs one command on it in this process, puts the file back, a
   WRONG-FILE   our error, naming another file               }
   HANG         no answer within --timeout seconds           }
   ALLOCATION   the process's peak memory grew by > 256 MiB  }
+  KEPT         --overwrite did not start over (it refused)  }
 
 "Silently accepted" is decided by an oracle independent of the checks under test: the damaged bytes
 differ from the original, the command reads that file (its contract covers it), and it reported success.
 
 With --run-cases, it also trains a tiny run, interrupts it after its first epoch, and damages the files of
 that run folder (a resume reads them: state, run.json, the checkpoint, history.csv) and of its finished
-resume (predict reads model.keras, dataset.json and labels.json); the oracle is the undamaged resume (see
-the comment above RunCampaign). Outcomes there: refused, resumed (the reference's exact result), unaffected
-(predict: damage that changed nothing it reads), ignored (a file the command does not read), and the
-failures above, plus EXIT (another exit status). A resume trains an epoch: seconds a case.
+resume (predict reads model.keras, dataset.json and labels.json); three cases in four damage a file the
+command reads. The oracle is the undamaged resume (see the comment above RunCampaign). Outcomes there:
+refused, resumed (the reference's exact result), unaffected (predict: damage that changed nothing it reads),
+ignored (a file the command does not read), and the failures above, plus EXIT (another exit status). A
+resume trains an epoch: seconds a case.
 
 tests/test_fuzz.py runs a few hundred of the same cases in CI; this script runs as many as asked.
 """
@@ -52,9 +57,10 @@ import tempfile
 import time
 import traceback
 
-COMMANDS = ("inspect", "verify", "read", "rerun", "repair")
+COMMANDS = ("inspect", "verify", "read", "rerun", "update", "overwrite", "repair")
+BUILDS = ("rerun", "update", "overwrite")  # the build command again, over the damaged folder
 DAMAGES = ("bit", "bytes", "cut", "page", "append", "swap", "duplicate", "delete")
-FAILURES = ("TRACEBACK", "SILENT", "WRONG-FILE", "HANG", "ALLOCATION")
+FAILURES = ("TRACEBACK", "SILENT", "WRONG-FILE", "HANG", "ALLOCATION", "KEPT")
 OPTIONS = dict(frames=4, shard_mb=0.03, quiet=True, backbone="ResNet50", weights="none", image_size=32, batch_size=8,
                keep_frames="jpeg", workers=1)
 
@@ -227,7 +233,8 @@ def run_command(command: str, folder: str, videos: str, expected: dict) -> tuple
         except DanceDataError as error:
             return "refused", str(error)
         return ("ok" if read == expected["read"] else "different"), ""
-    code, out, err = _run_cli(build_main, "build_shards", [videos, "--out", folder, *_flags(OPTIONS)])
+    again = {"rerun": [], "update": ["--update"], "overwrite": ["--overwrite"]}[command]
+    code, out, err = _run_cli(build_main, "build_shards", [videos, "--out", folder, *_flags(OPTIONS), *again])
     if code == 2:
         return "refused", err.strip()
     return ("ok" if code == 0 else "TRACEBACK"), err.strip()[-400:]
@@ -247,7 +254,7 @@ def covers(command: str, name: str) -> bool:
     if base == "build_info.json":  # timings and host: no check reads it
         return False
     if name.startswith(".build/"):
-        return command == "rerun"
+        return command in BUILDS
     if command == "read":
         return base == "manifest.json" or base.endswith((".tfrecord", ".index"))
     return True
@@ -259,7 +266,9 @@ def classify(command: str, name: str, original: bytes, damaged: bytes | None, st
     if status == "TRACEBACK":
         return "TRACEBACK"
     named = os.path.basename(name).removesuffix(".index")
-    if command == "rerun" and name.startswith(".build/") and name.endswith(".tfrecord.json"):
+    if command == "overwrite":  # it starts over whatever the folder holds
+        return "KEPT" if status in ("refused", "detected") else _repaired(folder, snapshot) or "SILENT"
+    if command in BUILDS and name.startswith(".build/") and name.endswith(".tfrecord.json"):
         named = os.path.basename(name).removesuffix(".json")  # a shard redone is named by the shard
     if status in ("refused", "detected"):
         lines = text.strip().splitlines()
@@ -271,9 +280,8 @@ def classify(command: str, name: str, original: bytes, damaged: bytes | None, st
     if status == "different":
         return "SILENT"
     # The command succeeded.
-    if command in ("rerun", "repair"):
-        now = {path: _read(folder, path) for path in snapshot}
-        if all(now[path] == snapshot[path] for path in snapshot if os.path.basename(path) != "build_info.json"):
+    if command in ("rerun", "update", "repair"):
+        if _repaired(folder, snapshot):
             return "repaired"
         if command == "repair" and (not covers("inspect", name) or data_only(original, damaged, name)):
             return "ignored"  # plain inspect's documented reach (--repair checks as plain inspect does)
@@ -283,6 +291,14 @@ def classify(command: str, name: str, original: bytes, damaged: bytes | None, st
     if command == "inspect" and data_only(original, damaged, name):
         return "ignored"
     return "SILENT"
+
+
+def _repaired(folder: str, snapshot: dict) -> str | None:
+    """"repaired" when the folder holds the build's bytes again (build_info.json aside: its timings)."""
+    now = {path: _read(folder, path) for path in snapshot}
+    if all(now[path] == snapshot[path] for path in snapshot if os.path.basename(path) != "build_info.json"):
+        return "repaired"
+    return None
 
 
 def _read(folder: str, name: str) -> bytes | None:
@@ -419,6 +435,13 @@ def _run_cli_tf(main, prog: str, argv: list) -> tuple[int, str]:
     return code, err.getvalue()
 
 
+def _reads(command: str, name: str) -> bool:
+    """Whether `command` reads the run folder's file `name`, by its contract."""
+    if command == "resume":
+        return name in RESUME_READS or name.endswith(".npz")
+    return name in PREDICT_READS
+
+
 def _run_result(folder: str) -> dict:
     """What a finished run computed: history.csv's bytes, metrics.json, the model's weights."""
     import keras
@@ -490,8 +513,11 @@ class RunCampaign:
         pin the file and the damage, or `edit` (bytes -> bytes) makes it."""
         folder = self.interrupted if command == "resume" else self.finished
         choices = self.names(command)
+        # Three cases in four damage a file the command reads: most of a run folder (logs, plots) is read by neither.
+        read = [n for n in choices if _reads(command, n)]
         for _ in range(100):
-            name_, kind_ = name or rng.choice(choices), kind or rng.choice(DAMAGES)
+            name_ = name or rng.choice(read if read and rng.random() < 0.75 else choices)
+            kind_ = kind or rng.choice(DAMAGES)
             original = _read(folder, name_)
             damaged = edit(original) if edit else damage(original, name_, kind_, rng)
             if damaged != original:
@@ -561,8 +587,7 @@ class RunCampaign:
         reference = self.reference if command == "resume" else self.predicted
         if result != reference:
             return "SILENT"
-        reads = RESUME_READS if command == "resume" else PREDICT_READS
-        if not (name in reads or (command == "resume" and base.endswith(".npz"))):
+        if not _reads(command, name):
             return "ignored"  # a file this command does not read; its result is the reference's
         if base.endswith(".json") and _json_content(damaged) != _json_content(original):
             return "SILENT"  # changed content accepted, though it changed nothing this time
@@ -570,10 +595,11 @@ class RunCampaign:
 
 
 def pick_command(rng: random.Random, rerun_every: int, number: int) -> str:
-    """The command of case `number`: a build rerun every `rerun_every` cases (it loads the extractor and
-    may decode), otherwise inspect, inspect --verify, inspect --repair or the reader."""
+    """The command of case `number`: the build again every `rerun_every` cases (a rerun, --update and
+    --overwrite in turn: it loads the extractor and may decode), otherwise inspect, inspect --verify,
+    inspect --repair or the reader."""
     if rerun_every and number % rerun_every == rerun_every - 1:
-        return "rerun"
+        return BUILDS[number // rerun_every % len(BUILDS)]
     return rng.choice(("inspect", "verify", "read", "read", "repair"))
 
 
@@ -581,7 +607,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rerun-every", type=int, default=200, help="one build rerun per this many cases (0: none)")
+    parser.add_argument("--rerun-every", type=int, default=100,
+                        help="the build again (rerun, --update, --overwrite in turn) once per this many cases (0: never)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a case counts as a hang")
     parser.add_argument("--out", help="write the counts and every failure as JSON here")
     parser.add_argument("--run-cases", type=int, default=0,
@@ -628,9 +655,9 @@ def main(argv=None) -> int:
     print(f"\n{ran} cases ran in {time.time() - started:.0f} s (seed {args.seed})")
     totals = collections.Counter()
     for (command, outcome), n in sorted(counts.items()):
-        print(f"  {command:<8} {outcome:<11} {n}")
+        print(f"  {command:<9} {outcome:<11} {n}")
         totals[outcome] += n
-    print("  all      " + ", ".join(f"{outcome} {n}" for outcome, n in sorted(totals.items())))
+    print("  all       " + ", ".join(f"{outcome} {n}" for outcome, n in sorted(totals.items())))
     print(f"failures: {len(failures)} ({', '.join(f'{k} {totals[k]}' for k in RUN_FAILURES)})")
     if args.out:
         with open(args.out, "w") as handle:

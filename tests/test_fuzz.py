@@ -8,6 +8,7 @@ runs a few hundred of them, bounded by pytest-timeout as the hang guard, and the
 import collections
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -47,11 +48,14 @@ def test_random_damage_is_refused_detected_repaired_or_not_read(campaign):
 
 
 @pytest.mark.timeout(600)
-def test_the_build_rerun_refuses_or_restores_the_build(campaign):
+def test_the_build_again_refuses_or_restores_the_build(campaign):
+    """A rerun and --update refuse damage naming the file or make the folder as built again; --overwrite
+    always starts over (KEPT, a failure, when it refuses)."""
     rng = random.Random(SEED + 1)
-    outcomes = [campaign.case(rng, "rerun", timeout=None) for _ in range(2)]
+    outcomes = [campaign.case(rng, command, timeout=None) for command in fuzz_campaign.BUILDS]
     assert not _failures(outcomes), _failures(outcomes)
     assert all(outcome in ("refused", "repaired") for outcome, _ in outcomes), outcomes
+    assert outcomes[-1][0] == "repaired", outcomes[-1]
 
 
 @pytest.mark.timeout(600)
@@ -168,6 +172,47 @@ def test_a_changed_history_row_is_not_resumed_silently(runs):
 
     outcome, details = runs.case(random.Random(0), "resume", timeout=None, name="history.csv", edit=edit)
     assert outcome == "refused", details
+
+
+def _set(key: bytes, *values: bytes):
+    """An edit: the JSON value of `key` (its first occurrence) becomes the first of `values` that differs from
+    it; the file stays valid JSON."""
+    def edit(data):
+        found = re.search(rb'"' + key + rb'": ([^,\n]+)', data)
+        assert found, (key, data[:400])
+        value = next(v for v in values if v != found.group(1))
+        return data[:found.start(1)] + value + data[found.end(1):]
+    return edit
+
+
+def _duplicate_line(text: bytes):
+    def edit(data):
+        start = data.index(text)
+        start, end = data.rindex(b"\n", 0, start) + 1, data.index(b"\n", start) + 1
+        return data[:end] + data[start:end] + data[end:]
+    return edit
+
+
+# The run campaign's finds (issue 31): damage to run.json or state.json that still parses, as another flag, class,
+# epoch or digest, was read as the run's own (resumed to another result, or refused naming another file). A run
+# seals both with a checksum, so any changed byte is refused naming the file.
+@pytest.mark.parametrize("name, edit", [
+    ("run.json", _set(b"epochs", b"3", b"4")),  # a flag's value: was "holds an interrupted run with other flags"
+    ("run.json", _set(b"val_fraction", b"0.2", b"0.3")),
+    ("run.json", lambda data: data.replace(b'"mixed_precision"', b'"mixed_precTsion"', 1)),  # a flag's name
+    ("run.json", _duplicate_line(b'"BR"')),  # a class listed twice: was resumed without a word
+    ("checkpoints/state.json", _set(b"epoch", b"0", b"1")),  # was refused naming history.csv
+    ("checkpoints/state.json", _set(b"best", b"0.0", b"0.5")),  # was resumed to another best epoch
+    ("checkpoints/state.json", _set(b"since_best", b"1", b"0")),
+    # a digest of the best weights: was refused naming best.weights.h5
+    ("checkpoints/state.json", _set(b"best_sha256", b'"' + b"0" * 64 + b'"', b'"' + b"1" * 64 + b'"')),
+], ids=["run-epochs", "run-val-fraction", "run-flag-name", "run-class-twice", "state-epoch", "state-best",
+        "state-since-best", "state-best-digest"])
+@pytest.mark.timeout(900)
+def test_a_run_document_that_still_parses_is_refused_naming_it(runs, name, edit):
+    outcome, details = runs.case(random.Random(0), "resume", timeout=None, name=name, edit=edit)
+    assert outcome == "refused", details
+    assert "changed or damaged" in details["said"], details
 
 
 @pytest.mark.timeout(900)

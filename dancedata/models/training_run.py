@@ -78,7 +78,7 @@ class RunState:
             raise refuse(f"a JSON {type(found).__name__}, not an object")
         fields = {field.name for field in dataclasses.fields(cls)}
         if set(found) - fields - {"config"} or not {"epoch", "status"} <= set(found):  # config: runs of earlier releases
-            raise refuse(f"keys {', '.join(sorted(map(str, set(found) ^ fields)))}")
+            raise refuse(f"keys {', '.join(sorted(map(str, set(found) ^ fields)))[:200]}")
         values = {}
         for name, kind in (("epoch", int), ("step", int), ("since_best", int)):
             value = found.get(name, 0)
@@ -172,7 +172,11 @@ def _write_atomically(path: str, write) -> None:
 
 
 def _json_writer(document):
-    return lambda handle: handle.write(json.dumps(document, indent=1).encode())
+    """A run document (state.json, run.json) sealed as a build's manifest is: its checksum, so a changed byte
+    is refused naming the file, not read as another epoch, best score or flag (_load checks it)."""
+    from dancedata import manifest
+
+    return lambda handle: handle.write(manifest.dumps(manifest.sealed(document)).encode())
 
 
 class TrainingRun:
@@ -184,12 +188,26 @@ class TrainingRun:
                  strategy=None, chief: bool = True, lock=None):
         self.out, self.cfg, self.identity, self.state = out, cfg, identity, state
         self.shards = cfg.shards.rstrip("/")
-        self.steps, self.strategy, self.chief, self.lock = steps, strategy, chief, lock
+        self._steps, self.strategy, self.chief, self.lock = steps, strategy, chief, lock
         self.checkpoints = os.path.join(out, CHECKPOINTS) if out else None
         self.best_path = os.path.join(self.checkpoints, "best.weights.h5") if out else None
         self.restored_metrics: list | None = None  # the partial epoch's metric accumulators, once restored
         self.stop_requested = False
         self._variables = None
+
+    @property
+    def steps(self) -> int:
+        """Training steps per epoch (set once the datasets know them)."""
+        return self._steps
+
+    @steps.setter
+    def steps(self, steps: int) -> None:
+        if self.state.step >= steps > 0:  # the readers would refuse the position without naming the state
+            where = os.path.join(self.checkpoints, STATE) if self.checkpoints else "the chief's run state"
+            raise ConfigError(f"{where} is at step {self.state.step} of epoch {self.state.epoch + 1}, but an epoch here "
+                              f"has {steps} steps (the state was edited, or the build changed); pass --overwrite to "
+                              "start the run over, or another --out")
+        self._steps = steps
 
     # --- opening ------------------------------------------------------------------------------------
     @classmethod
@@ -227,6 +245,10 @@ class TrainingRun:
         state_path = os.path.join(self.checkpoints, STATE)
         if os.path.exists(state_path) and not cfg.overwrite:
             self.state = RunState.parse(_load(state_path), state_path)
+            if self.state.epoch > cfg.epochs or (self.state.epoch == cfg.epochs and self.state.step):
+                raise ConfigError(f"{state_path} is not a run state dancedata wrote (epoch {self.state.epoch}, step "
+                                  f"{self.state.step} of a run of {cfg.epochs} epochs); pass --overwrite to start the run "
+                                  "over, or another --out")
             if self.state.status == "done":
                 raise ConfigError(f"{out} already holds a finished run; pass --overwrite to replace it, or another --out")
             self._check_resume(state_path)
@@ -254,7 +276,7 @@ class TrainingRun:
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
         os.makedirs(self.checkpoints, exist_ok=True)
         self._write(os.path.join(out, RUN), {"config": run_config(cfg), "build": self.identity})
-        self._write(state_path, dataclasses.asdict(self.state))
+        self._write(state_path, self.state)
 
     def _check_resume(self, state_path: str) -> None:
         """Refuses a resume with other flags or against another build (unless accepted)."""
@@ -262,8 +284,8 @@ class TrainingRun:
         run_path = os.path.join(out, RUN)
         if os.path.exists(run_path):
             recorded = _load(run_path)
-            if not isinstance(recorded, dict) or not isinstance(recorded.get("config"), dict) \
-                    or not isinstance(recorded.get("build"), dict):
+            if not isinstance(recorded, dict) or set(recorded) != {"config", "build"} \
+                    or not isinstance(recorded["config"], dict) or not isinstance(recorded["build"], dict):
                 raise ConfigError(f"{run_path} is not a run description dancedata wrote; pass --overwrite to start the "
                                   "run over, or another --out")
             before, build = recorded["config"], recorded["build"]
@@ -274,14 +296,20 @@ class TrainingRun:
                                   "--out")
             before, build = legacy["config"], None
         now = run_config(cfg)
+        unknown = sorted(set(before) - {f.name for f in dataclasses.fields(cfg)})
+        if unknown:  # a name train.py never had: the file is damaged, or not ours
+            raise ConfigError(f"{run_path if os.path.exists(run_path) else state_path} records flags train.py does not "
+                              f"have ({', '.join(map(str, unknown[:3]))}): it is damaged or not a run description "
+                              "dancedata wrote; pass --overwrite to start the run over, or another --out")
         # A flag added since the run started was at its default then.
         defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
         before = {**{key: defaults[key] for key in set(now) - set(before) if key in defaults}, **before}
         changed = [f"--{key.replace('_', '-')} {before.get(key)} → {now.get(key)}"
                    for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
         if changed:
-            raise ConfigError(f"{out} holds an interrupted run with other flags ({'; '.join(changed)}); run it with its "
-                              "own flags to resume it, or pass --overwrite to start over, or another --out")
+            raise ConfigError(f"{out} holds an interrupted run with other flags ({'; '.join(changed)[:300]}, as its "
+                              f"{RUN} records them); run it with its own flags to resume it, or pass --overwrite to "
+                              "start over, or another --out")
         differences = build_changes(build, self.identity) if build is not None else []
         if differences and not getattr(cfg, "accept_other_build", False):
             raise BuildChanged(f"{cfg.shards} is not the build this run in {out} read ({', '.join(differences)} changed); "
@@ -426,7 +454,7 @@ class TrainingRun:
                   for kind, values in {**self._saved(), "metrics": list(metrics)}.items() for i, v in enumerate(values)}
         previous = self.state.checkpoint
         self._write(os.path.join(self.checkpoints, name), lambda handle: np.savez(handle, **arrays))
-        self._write(os.path.join(self.checkpoints, STATE), dataclasses.asdict(dataclasses.replace(state, checkpoint=name)))
+        self._write(os.path.join(self.checkpoints, STATE), dataclasses.replace(state, checkpoint=name))
         self.state = dataclasses.replace(state, checkpoint=name)
         if previous not in (None, name):
             with contextlib.suppress(OSError):
@@ -436,11 +464,14 @@ class TrainingRun:
         """Commits the run's status ("trained": fitting over; "done": artefacts written)."""
         self.state = dataclasses.replace(self.state, status=status)
         if self.chief:
-            self._write(os.path.join(self.checkpoints, STATE), dataclasses.asdict(self.state))
+            self._write(os.path.join(self.checkpoints, STATE), self.state)
 
     def _write(self, path: str, content, save=None) -> None:
-        """An atomic write (or save(path): a writer of its own, e.g. Keras'); a failure (disk full,
-        permissions) reads as the build's do: the path, what is kept, what to do, exit status 1."""
+        """An atomic write (or save(path): a writer of its own, e.g. Keras'); a document (a dict, or the
+        state) is written sealed (_json_writer). A failure (disk full, permissions) reads as the build's do:
+        the path, what is kept, what to do, exit status 1."""
+        if isinstance(content, RunState):
+            content = dataclasses.asdict(content)
         try:
             if save is not None:
                 save(path)
@@ -574,11 +605,25 @@ def _sha256(path: str) -> str:
 
 
 def _load(path: str):
+    """A run document (state.json, run.json), its seal checked and removed; runs of earlier releases wrote
+    none (their values are still checked one by one). Refuses in one line naming the file."""
+    from dancedata import manifest
+
+    over = "pass --overwrite to start the run over, or another --out"
     try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise ConfigError(f"cannot read {path} ({error}); pass --overwrite to start the run over, or another --out") from None
+        with open(path, "rb") as handle:
+            raw = handle.read((1 << 20) + 1)  # a few hundred bytes; more is not a file a run wrote
+        if len(raw) > 1 << 20:
+            raise ValueError("it holds more than 1 MiB")
+        document = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as error:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ConfigError(f"cannot read {path} ({str(error)[:200]}); {over}") from None
+    if isinstance(document, dict) and manifest.CHECKSUM in document:
+        if manifest.sealed(document) != document or raw != manifest.dumps(document).encode("utf-8"):
+            raise ConfigError(f"{path} was changed or damaged since the run wrote it (its checksum does not match its "
+                              f"bytes); {over}")
+        document = {key: value for key, value in document.items() if key != manifest.CHECKSUM}
+    return document
 
 
 def _lock(out: str):
