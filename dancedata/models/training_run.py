@@ -307,8 +307,8 @@ class TrainingRun:
         changed = [f"--{key.replace('_', '-')} {before.get(key)} → {now.get(key)}"
                    for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
         if changed:
-            raise ConfigError(f"{out} holds an interrupted run with other flags ({'; '.join(changed)[:300]}, as its "
-                              f"{RUN} records them); run it with its own flags to resume it, or pass --overwrite to "
+            raise ConfigError(f"{out} holds an interrupted run with other flags ({'; '.join(changed)[:300]}) than its "
+                              f"{RUN} records; run it with its own flags to resume it, or pass --overwrite to "
                               "start over, or another --out")
         differences = build_changes(build, self.identity) if build is not None else []
         if differences and not getattr(cfg, "accept_other_build", False):
