@@ -138,13 +138,19 @@ class ServiceLost(DanceDataError):
     exit_status = 1
 
 
+# What a dispatcher restarted without its work_dir answers about the job it no longer knows: to the trainer
+# ("Unknown iteration client id", "Iteration client id 8 not found") or, relayed by a worker that asked it
+# for the next split ("Failed to get split: Iteration id 2001 not found"); which comes first is a race.
+_FORGOTTEN = re.compile(r"iteration client id|(iteration|job|dataset) id \d+ not found", re.IGNORECASE)
+
+
 def lost_job(error, address: str | None) -> ServiceLost | None:
     """A ServiceLost for the error a trainer gets when the dispatcher at `address` was restarted without
-    a work_dir (it no longer knows the trainer's job: NotFound "Unknown iteration client id"), else None."""
+    a work_dir (it no longer knows the trainer's job: a NotFoundError, _FORGOTTEN), else None."""
     import tensorflow as tf
 
     text = getattr(error, "message", "") or str(error)
-    if not address or not isinstance(error, tf.errors.NotFoundError) or "iteration client id" not in text:
+    if not address or not isinstance(error, tf.errors.NotFoundError) or not _FORGOTTEN.search(text):
         return None
     host, port = parse_address(address)
     return ServiceLost(f"the tf.data service dispatcher at {host}:{port} was restarted without its state and has forgotten "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,9 +28,28 @@ LAST_RESORT_S = 300
 _stderr_fd = None
 
 
+# Under pytest-xdist (the README's `-n 2 --dist loadfile`) each file goes whole to one of two processes,
+# handed out in the order the processes collected them. These files take minutes each (measured on 2 cores);
+# handed out last, one of them would run alone while the other process idles, so they go first and the many
+# short files fill in behind them. The rest go by their number of tests, as xdist orders files by default.
+SLOW_FILES_FIRST = ("test_finetune.py", "test_training_run.py", "test_folder_names.py", "test_train_resume.py")
+
+
 def pytest_configure(config):
     global _stderr_fd
     _stderr_fd = os.dup(2)  # the terminal's stderr (output capture is not on yet): fd 2 is a capture file in a test
+    if getattr(config.option, "loadscopereorder", None):
+        config.option.loadscopereorder = False  # files go in the collected order: pytest_collection_modifyitems's
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: the files in their usual order
+    import collections
+
+    tests_in = collections.Counter(item.path for item in items)
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), -tests_in[item.path]))  # stable: files stay whole
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -47,6 +67,40 @@ def pytest_timeout_cancel_timer(item):
 
     faulthandler.cancel_dump_traceback_later()
     return None
+
+
+# Put before a command, what a terminal gives the command it starts: SIGINT at its default and unblocked
+# (then exec'd: the same process). A test process can have it ignored from its start: bash ignores SIGINT in
+# what it runs with `&` (a CI step, `nohup pytest ... &`), pytest-xdist's workers inherit that, and an
+# ignored signal stays ignored across exec, so a Ctrl-C test's command would never see its Ctrl-C.
+FROM_A_TERMINAL = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); os.execv(sys.argv[1], sys.argv[1:])"]
+
+
+def _ctrl_c_state():
+    """This process's Ctrl-C as its children inherit it: the main thread's SIGINT handler as Python and as
+    the kernel see it (C code can change the latter alone), and whether the main thread blocks SIGINT. An
+    ignored or blocked signal stays so across exec."""
+    import signal
+
+    kernel = {}
+    try:
+        with open("/proc/thread-self/status") as status:  # this (the main) thread's
+            for line in status:
+                if line.startswith(("SigIgn:", "SigBlk:")):
+                    kernel[line[:6]] = bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    except OSError:  # no /proc: Python's view only
+        pass
+    return signal.getsignal(signal.SIGINT), kernel
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_left_as_found():
+    """A program that calls dancedata keeps its own Ctrl-C: checked after every test, since a test that
+    left SIGINT ignored or blocked also breaks every Ctrl-C test run after it in the same process."""
+    before = _ctrl_c_state()
+    yield
+    assert _ctrl_c_state() == before, f"SIGINT (handler, ignored/blocked) was {before}, left as {_ctrl_c_state()}"
 
 
 def build_outputs(folder, same_input=True):

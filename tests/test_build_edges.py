@@ -13,7 +13,7 @@ import time
 
 import pytest
 from conftest import BUILD_FLAGS as FLAGS
-from conftest import FAST_EXTRACTOR, cli_env, make_aist_folder
+from conftest import FAST_EXTRACTOR, FROM_A_TERMINAL, cli_env, make_aist_folder
 
 from dancedata import decode_pool
 from dancedata.build_shards import INTERRUPTED
@@ -75,8 +75,8 @@ CONSOLE = [sys.executable, "-X", "importtime", os.path.join(os.path.dirname(sys.
 def interrupt(command: list, out, moment: Moment, groups: list) -> tuple:
     """Runs `command` in a process group of its own, sends SIGINT to the whole group (as a terminal's Ctrl-C
     does) once `moment` is reached; returns (exit status, stderr)."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=cli_env(),
-                               start_new_session=True)
+    process = subprocess.Popen([*FROM_A_TERMINAL, *command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, env=cli_env(), start_new_session=True)
     groups.append(process)
     lines: list = []
     reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)

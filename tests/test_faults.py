@@ -15,7 +15,7 @@ import warnings
 import pytest
 from conftest import BUILD_FLAGS as FLAGS
 from conftest import SMALL_SHARDS as OPTIONS
-from conftest import add_bad_files, cli_env, make_aist_folder, write_truncated_avi, write_video
+from conftest import FROM_A_TERMINAL, add_bad_files, cli_env, make_aist_folder, write_truncated_avi, write_video
 from conftest import build_outputs as outputs
 from faulty_decoder import SPEC
 
@@ -150,7 +150,7 @@ def test_sigint_stops_a_build_and_it_resumes(videos, reference, tmp_path):
     documented line, no manifest: it did not run on to the end), and the same command finishes it."""
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-m", "dancedata.build_shards", str(videos), "--out", str(out), *FLAGS],
+        [*FROM_A_TERMINAL, sys.executable, "-m", "dancedata.build_shards", str(videos), "--out", str(out), *FLAGS],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
     )
     deadline = time.monotonic() + 600
@@ -302,7 +302,7 @@ def test_ctrl_c_stops_download_and_its_queued_transfers(tmp_path):
     base = f"http://127.0.0.1:{server.server_address[1]}/"
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dancedata.download", str(tmp_path / "d"), "--accept-terms", "--quiet",
+            [*FROM_A_TERMINAL, sys.executable, "-m", "dancedata.download", str(tmp_path / "d"), "--accept-terms", "--quiet",
              "--list", base + "list.txt", "--base-url", base, "--processes", "2"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
         )

@@ -135,13 +135,25 @@ def test_augment_gives_all_frames_of_an_example_one_crop_and_flip():
     assert not np.array_equal(out[:, 0], image[:, 0])
 
 
-def test_an_interrupted_finetune_run_resumes_to_the_uninterrupted_result(runs, tmp_path, monkeypatch):
+def _resume_flags(runs) -> list:
+    base, _ = runs
+    return ["--shards", base / "shards", "--epochs", "3", "--batch-size", "16", "--seed", "2", "--finetune",
+            "--freeze-epochs", "1", "--backbone-lr-multiplier", "0.001"]
+
+
+@pytest.fixture(scope="module")
+def never_stopped(runs, tmp_path_factory):
+    """The run both resume tests below must end as: the same flags, never stopped (made once: a finetune
+    run is among the suite's costliest)."""
+    out = tmp_path_factory.mktemp("finetune-whole") / "whole"
+    assert _train([*_resume_flags(runs), "--out", out]) == 0
+    return out
+
+
+def test_an_interrupted_finetune_run_resumes_to_the_uninterrupted_result(runs, never_stopped, tmp_path, monkeypatch):
     """Interrupted right after its frozen epoch (the phase boundary), the run continues to the
     history and weights of a run never stopped."""
-    base, _ = runs
-    flags = ["--shards", base / "shards", "--epochs", "3", "--batch-size", "16", "--seed", "2", "--finetune",
-             "--freeze-epochs", "1", "--backbone-lr-multiplier", "0.001"]
-    assert _train([*flags, "--out", tmp_path / "whole"]) == 0
+    flags = _resume_flags(runs)
     original = training.RunProgress.on_epoch_end
 
     def stop_after_first(self, epoch, logs=None):
@@ -154,22 +166,19 @@ def test_an_interrupted_finetune_run_resumes_to_the_uninterrupted_result(runs, t
     monkeypatch.setattr(training.RunProgress, "on_epoch_end", original)
     assert json.loads((tmp_path / "cut" / "checkpoints" / "state.json").read_text())["epoch"] == 1
     assert _train([*flags, "--out", tmp_path / "cut"]) == 0
-    whole, cut = ((tmp_path / run / "history.csv").read_text().splitlines() for run in ("whole", "cut"))
+    whole, cut = ((run / "history.csv").read_text().splitlines() for run in (never_stopped, tmp_path / "cut"))
     assert len(whole) == len(cut) == 4
-    for a, b in zip(keras.saving.load_model(tmp_path / "whole" / "model.keras").get_weights(),
+    for a, b in zip(keras.saving.load_model(never_stopped / "model.keras").get_weights(),
                     keras.saving.load_model(tmp_path / "cut" / "model.keras").get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_a_finetune_run_stopped_inside_epochs_resumes_to_the_uninterrupted_result(runs, tmp_path, monkeypatch):
+def test_a_finetune_run_stopped_inside_epochs_resumes_to_the_uninterrupted_result(runs, never_stopped, tmp_path, monkeypatch):
     """Stopped (with a checkpoint at that step, as SIGTERM does) inside its frozen epoch and inside an
     epoch that trains the backbone, the run continues to the history and weights of a run never stopped."""
     from dancedata.models import training_run
 
-    base, _ = runs
-    flags = ["--shards", base / "shards", "--epochs", "3", "--batch-size", "16", "--seed", "2", "--finetune",
-             "--freeze-epochs", "1", "--backbone-lr-multiplier", "0.001"]
-    assert _train([*flags, "--out", tmp_path / "whole"]) == 0
+    flags = _resume_flags(runs)
     original = training_run.RunProgress.on_train_batch_end
     stops = []
 
@@ -188,11 +197,11 @@ def test_a_finetune_run_stopped_inside_epochs_resumes_to_the_uninterrupted_resul
     state = json.loads((tmp_path / "cut" / "checkpoints" / "state.json").read_text())
     assert (state["epoch"], state["step"]) == (2, 1)
     assert _train([*flags, "--out", tmp_path / "cut"]) == 0
-    whole, cut = ((tmp_path / run / "history.csv").read_text().splitlines() for run in ("whole", "cut"))
+    whole, cut = ((run / "history.csv").read_text().splitlines() for run in (never_stopped, tmp_path / "cut"))
     assert len(whole) == len(cut) == 4
     for a, b in zip(whole[1:], cut[1:]):
         np.testing.assert_allclose([float(v) for v in a.split(",")], [float(v) for v in b.split(",")], rtol=1e-4)
-    for a, b in zip(keras.saving.load_model(tmp_path / "whole" / "model.keras").get_weights(),
+    for a, b in zip(keras.saving.load_model(never_stopped / "model.keras").get_weights(),
                     keras.saving.load_model(tmp_path / "cut" / "model.keras").get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 

@@ -176,7 +176,9 @@ def test_a_dispatcher_killed_without_a_work_dir_stops_training_with_one_line(bui
         processes(*SERVICE, "dispatcher", "--port", str(port)).wait_for(f"dispatcher on port {port} \\(no --work-dir")
 
     assert trainer.finish() == 1, trainer.text()
-    [line] = _error_lines(trainer)
+    lines = _error_lines(trainer)
+    assert len(lines) == 1, trainer.text()
+    [line] = lines
     if restarted:
         assert f"the tf.data service dispatcher at 127.0.0.1:{port} was restarted without its state" in line
     else:

@@ -45,3 +45,23 @@ def test_an_epoch_that_ends_during_the_check_is_not_stopped():
     watchdog, stops = _stalled_watchdog(lambda w: w.on_epoch_end(0))  # the checkpoint is not the service's time
     watchdog._run()
     assert stops == []
+
+
+def test_every_answer_of_a_dispatcher_that_forgot_the_job_is_one_line():
+    """A dispatcher restarted without its work_dir answers the trainer, or a worker relays its answer (the
+    texts are TensorFlow 2.21's, the second seen in a CI run's traceback); other NotFound errors stay theirs."""
+    import tensorflow as tf
+
+    from dancedata.data_service import ServiceLost, lost_job
+
+    forgot = ["Unknown iteration client id 8",
+              "Failed to get element from worker localhost:47647: Failed to get an element, with a nonretryable error: "
+              "Failed to get element: Failed to get split: Iteration id 2001 not found",
+              "Job id 3 not found"]
+    for text in forgot:
+        lost = lost_job(tf.errors.NotFoundError(None, None, text), "127.0.0.1:5050")
+        assert isinstance(lost, ServiceLost) and "127.0.0.1:5050 was restarted without its state" in str(lost), text
+        assert lost_job(tf.errors.NotFoundError(None, None, text), None) is None  # no service: not about one
+    assert lost_job(tf.errors.NotFoundError(None, None, "/data/shards/train-00001.tfrecord; No such file or directory"),
+                    "127.0.0.1:5050") is None
+    assert lost_job(tf.errors.UnavailableError(None, None, "Iteration id 2001 not found"), "127.0.0.1:5050") is None
