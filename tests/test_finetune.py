@@ -16,7 +16,7 @@ import dancedata
 from dancedata import ExampleConfig, ReadConfig, cli, frames_input, schema
 from dancedata import predict as predict_module
 from dancedata import train as train_script
-from dancedata.models import finetune, training
+from dancedata.models import finetune
 
 # Random ResNet50 weights are a fragile start: without real batch statistics its features grow ~1500x
 # within one epoch at a backbone rate of 1e-3 and still drift 10 % an epoch at 1e-5 (measured); at
@@ -141,67 +141,42 @@ def _resume_flags(runs) -> list:
             "--freeze-epochs", "1", "--backbone-lr-multiplier", "0.001"]
 
 
-@pytest.fixture(scope="module")
-def never_stopped(runs, tmp_path_factory):
-    """The run both resume tests below must end as: the same flags, never stopped (made once: a finetune
-    run is among the suite's costliest)."""
-    out = tmp_path_factory.mktemp("finetune-whole") / "whole"
-    assert _train([*_resume_flags(runs), "--out", out]) == 0
-    return out
-
-
-def test_an_interrupted_finetune_run_resumes_to_the_uninterrupted_result(runs, never_stopped, tmp_path, monkeypatch):
-    """Interrupted right after its frozen epoch (the phase boundary), the run continues to the
-    history and weights of a run never stopped."""
-    flags = _resume_flags(runs)
-    original = training.RunProgress.on_epoch_end
-
-    def stop_after_first(self, epoch, logs=None):
-        original(self, epoch, logs)
-        if epoch == 0:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training.RunProgress, "on_epoch_end", stop_after_first)
-    assert _train([*flags, "--out", tmp_path / "cut"]) == 130
-    monkeypatch.setattr(training.RunProgress, "on_epoch_end", original)
-    assert json.loads((tmp_path / "cut" / "checkpoints" / "state.json").read_text())["epoch"] == 1
-    assert _train([*flags, "--out", tmp_path / "cut"]) == 0
-    whole, cut = ((run / "history.csv").read_text().splitlines() for run in (never_stopped, tmp_path / "cut"))
-    assert len(whole) == len(cut) == 4
-    for a, b in zip(keras.saving.load_model(never_stopped / "model.keras").get_weights(),
-                    keras.saving.load_model(tmp_path / "cut" / "model.keras").get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-
-
-def test_a_finetune_run_stopped_inside_epochs_resumes_to_the_uninterrupted_result(runs, never_stopped, tmp_path, monkeypatch):
-    """Stopped (with a checkpoint at that step, as SIGTERM does) inside its frozen epoch and inside an
-    epoch that trains the backbone, the run continues to the history and weights of a run never stopped."""
+def test_a_finetune_run_stopped_anywhere_resumes_to_the_uninterrupted_result(runs, tmp_path, monkeypatch):
+    """Stopped inside its frozen epoch (a checkpoint at that step, as SIGTERM does), by Ctrl-C right after
+    the frozen epoch (the phase boundary) and inside an epoch that trains the backbone, the run continues
+    to the history and weights of a run never stopped. (One run stopped three times: a finetune run is
+    among the suite's costliest.)"""
     from dancedata.models import training_run
 
     flags = _resume_flags(runs)
-    original = training_run.RunProgress.on_train_batch_end
-    stops = []
+    assert _train([*flags, "--out", tmp_path / "whole"]) == 0
+    on_batch, on_epoch = training_run.RunProgress.on_train_batch_end, training_run.RunProgress.on_epoch_end
+    stops = [(0, 1), "end of 0", (2, 1)]
 
     def stop_at(self, batch, logs=None):
-        if (self.run.state.epoch, self.offset + batch + 1) in stops:
-            stops.remove((self.run.state.epoch, self.offset + batch + 1))
+        if stops and (self.run.state.epoch, self.offset + batch + 1) == stops[0]:
+            stops.pop(0)
             self.run.stop_requested = True
-        original(self, batch, logs)
+        on_batch(self, batch, logs)
+
+    def interrupt_after(self, epoch, logs=None):
+        on_epoch(self, epoch, logs)
+        if stops and stops[0] == f"end of {epoch}":
+            stops.pop(0)
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(training_run.RunProgress, "on_train_batch_end", stop_at)
-    stops[:] = [(0, 1), (2, 1)]
-    assert _train([*flags, "--out", tmp_path / "cut"]) == 130
-    state = json.loads((tmp_path / "cut" / "checkpoints" / "state.json").read_text())
-    assert (state["epoch"], state["step"]) == (0, 1)
-    assert _train([*flags, "--out", tmp_path / "cut"]) == 130
-    state = json.loads((tmp_path / "cut" / "checkpoints" / "state.json").read_text())
-    assert (state["epoch"], state["step"]) == (2, 1)
+    monkeypatch.setattr(training_run.RunProgress, "on_epoch_end", interrupt_after)
+    for stopped_at in [(0, 1), (1, 0), (2, 1)]:
+        assert _train([*flags, "--out", tmp_path / "cut"]) == 130
+        state = json.loads((tmp_path / "cut" / "checkpoints" / "state.json").read_text())
+        assert (state["epoch"], state.get("step", 0)) == stopped_at
     assert _train([*flags, "--out", tmp_path / "cut"]) == 0
-    whole, cut = ((run / "history.csv").read_text().splitlines() for run in (never_stopped, tmp_path / "cut"))
+    whole, cut = ((tmp_path / run / "history.csv").read_text().splitlines() for run in ("whole", "cut"))
     assert len(whole) == len(cut) == 4
     for a, b in zip(whole[1:], cut[1:]):
         np.testing.assert_allclose([float(v) for v in a.split(",")], [float(v) for v in b.split(",")], rtol=1e-4)
-    for a, b in zip(keras.saving.load_model(never_stopped / "model.keras").get_weights(),
+    for a, b in zip(keras.saving.load_model(tmp_path / "whole" / "model.keras").get_weights(),
                     keras.saving.load_model(tmp_path / "cut" / "model.keras").get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
