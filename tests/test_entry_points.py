@@ -173,3 +173,32 @@ def test_predict_takes_a_folders_videos_as_build_does(tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     assert predict.expand_inputs([str(tmp_path)]) == [str(tmp_path / "a.mp4"), str(tmp_path / "sub" / "b.MP4")]
+
+
+PEEK_AND_END = """
+import sys
+import dancedata
+from dancedata import ReadConfig
+if sys.argv[2] == "unprotected":  # as it was: nothing released at exit
+    from dancedata import pipelines
+    pipelines._release_registered = True
+builder = dancedata.DatasetBuilder(sys.argv[1])
+kept = []  # iterators still reading ahead when the script ends
+for batch_size in range(1, 9):
+    kept.append(iter(builder.as_dataset("train", batch_size=batch_size, read_config=ReadConfig(shuffle=True, repeat=True))))
+next(kept[-1])
+print("peeked")
+"""
+
+
+def test_a_script_that_ends_with_half_read_iterators_exits(built, tmp_path):
+    # A plain script that peeks at the default reader and ends: its iterators, still reading ahead, are destroyed
+    # at exit. They were destroyed in the interpreter's teardown, when tf.data's threads could no longer enter
+    # Python for the mapped reader's gather, and the process hung: this script, "unprotected", hung in 3 runs of 8
+    # (so five runs catch it 9 times in 10; an AIST-sized epoch hung 3 runs in 4). Now they are released before
+    # the teardown (pipelines.release_iterators_at_exit). A hang here ends in the per-test timeout.
+    script = tmp_path / "peek.py"
+    script.write_text(PEEK_AND_END)
+    for _ in range(5):
+        done = run(sys.executable, str(script), str(built["base"] / "shards"), "protected")
+        assert done.returncode == 0 and done.stdout == "peeked\n", done.stderr
