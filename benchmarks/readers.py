@@ -363,20 +363,34 @@ def limit_readers(shared: Shared, batch_size: int) -> list:
 
 
 def run_pass(reader: Reader, epoch: int) -> tuple:
-    """(seconds, process CPU seconds, examples) of one epoch of `reader` (made before the clock starts)."""
+    """(seconds, process CPU seconds, examples, seconds to the first batch, examples in it) of one epoch of
+    `reader` (made before the clock starts; its iterator is made on the clock, as each epoch makes one)."""
     batches = reader.epoch(epoch)
-    cpu, start, examples = time.process_time(), time.perf_counter(), 0
+    cpu, start, examples, first = time.process_time(), time.perf_counter(), 0, None
     for batch in batches:
         examples += reader.count(batch)
-    return time.perf_counter() - start, time.process_time() - cpu, examples
+        if first is None:
+            first = (time.perf_counter() - start, examples)
+    first = first or (0.0, 0)
+    return time.perf_counter() - start, time.process_time() - cpu, examples, *first
 
 
-def throughput(readers: list, examples: int, best_of: int, seed: int = 0) -> dict:
-    """{name: (seconds, CPU seconds, examples) of its fastest pass}: one untimed pass each first (caches
+def after_first(result: tuple) -> float | None:
+    """Examples/s of a pass after its first batch (tfds.benchmark's "first excluded"): the rate once the
+    iterator is made and its buffers filled; None for a pass of one batch."""
+    seconds, _, examples, first_seconds, first_examples = result
+    if examples <= first_examples or seconds <= first_seconds:
+        return None
+    return (examples - first_examples) / (seconds - first_seconds)
+
+
+def throughput(readers: list, examples: int, best_of: int, seed: int = 0) -> tuple:
+    """({name: (seconds, CPU seconds, examples, first-batch seconds, its examples) of its fastest pass},
+    {name: its fastest rate after the first batch, or None}): one untimed pass each first (caches
     filled, functions traced, shards mapped and checked), then best_of rounds, each in a new random order."""
-    rng, best = random.Random(seed), {}
+    rng, best, steady = random.Random(seed), {}, {}
     for reader in readers:
-        _, _, seen = run_pass(reader, 0)
+        seen = run_pass(reader, 0)[2]
         if reader.group != "limit" and seen != examples:
             raise RuntimeError(f"{reader.name} gave {seen} examples in an epoch, not {examples}")
     for round_ in range(best_of):
@@ -386,7 +400,11 @@ def throughput(readers: list, examples: int, best_of: int, seed: int = 0) -> dic
             result = run_pass(reader, round_ + 1)
             if reader.name not in best or result[0] / result[2] < best[reader.name][0] / best[reader.name][2]:
                 best[reader.name] = result
-    return best
+            rate = after_first(result)
+            if rate is not None and (steady.get(reader.name) is None or rate > steady[reader.name]):
+                steady[reader.name] = rate
+            steady.setdefault(reader.name, None)
+    return best, steady
 
 
 def epoch_timer():
@@ -476,8 +494,9 @@ def measure(shared: Shared, batch_size: int, best_of: int, steps: int | None, mo
     readers = [reader for reader in make_readers(shared, batch_size)
                if not fed_only or reader.dataset is not None or reader.group == "limit"]
     examples = len(shared.source)
-    best = throughput(readers, examples, best_of)
+    best, steady = throughput(readers, examples, best_of)
     limit = best[LIMIT][2] / best[LIMIT][0]
+    steady_limit = steady[LIMIT]
     prefetched = best[ROTATING_LIMIT][2] / best[ROTATING_LIMIT][0]
     steps_taken = fits = None
     if steps:
@@ -486,16 +505,19 @@ def measure(shared: Shared, batch_size: int, best_of: int, steps: int | None, mo
                          shared.dim, models)
     rows = []
     for reader in readers:
-        seconds, cpu, seen = best[reader.name]
-        rate = seen / seconds
+        seconds, cpu, seen, first_seconds, _ = best[reader.name]
+        rate, rate_after_first = seen / seconds, steady[reader.name]
         step, step_cpu = fits.get(reader.name, (None, None)) if fits else (None, None)
         rows.append({"reader": reader.name, "group": reader.group, "examples_per_s": rate,
                      "ratio_to_limit": rate / limit, "ratio_to_prefetched_limit": rate / prefetched,
                      "cpu_us_per_example": cpu / seen * 1e6, "seconds": seconds,
+                     "first_batch_s": first_seconds, "after_first_examples_per_s": rate_after_first,
+                     "after_first_ratio_to_limit": rate_after_first / steady_limit if rate_after_first else None,
                      "examples": seen,
                      "fit_step_s": step, "fit_step_ratio": step / fits[REFERENCE][0] if step else None,
                      "fit_step_cpu_s": step_cpu, "fit_cpu_ratio": step_cpu / fits[REFERENCE][1] if step else None})
-    result = {"batch_size": batch_size, "examples": examples, "limit_examples_per_s": limit, "rows": rows,
+    result = {"batch_size": batch_size, "examples": examples, "limit_examples_per_s": limit,
+              "after_first_limit_examples_per_s": steady_limit, "rows": rows,
               "fit_steps": steps_taken, "fit_rounds": fit_rounds if steps else None}
     if fits:
         result.update(fit_reference_step_s=fits[REFERENCE][0], fit_reference_step_cpu_s=fits[REFERENCE][1],
@@ -509,14 +531,16 @@ def markdown(result: dict) -> str:
              + (f"; fit: {result['fit_steps']} steps, smallest of {result['fit_rounds']} rounds, the GRU fed "
                 f"{REFERENCE} consumes {result['gru_examples_per_s']:,.0f} examples/s"
                 if result.get("fit_reference_step_s") else ""),
-             "", "| reader | examples/s | × limit | × prefetched limit | CPU µs/example | fit step ÷ in-memory "
-             "| fit CPU/step ÷ in-memory |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "", "| reader | examples/s | × limit | × prefetched limit | first batch ms | × limit, first batch excluded "
+             "| CPU µs/example | fit step ÷ in-memory | fit CPU/step ÷ in-memory |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
         fit = f"{row['fit_step_ratio']:.2f}×" if row["fit_step_ratio"] else ""
         fit_cpu = f"{row['fit_cpu_ratio']:.2f}×" if row["fit_cpu_ratio"] else ""
+        steady = f"{row['after_first_ratio_to_limit']:.2f}" if row["after_first_ratio_to_limit"] else ""
         lines.append(f"| {row['reader']} | {row['examples_per_s']:,.0f} | {row['ratio_to_limit']:.2f} | "
-                     f"{row['ratio_to_prefetched_limit']:.2f} | {row['cpu_us_per_example']:.0f} | {fit} | {fit_cpu} |")
+                     f"{row['ratio_to_prefetched_limit']:.2f} | {row['first_batch_s'] * 1e3:.1f} | {steady} | "
+                     f"{row['cpu_us_per_example']:.0f} | {fit} | {fit_cpu} |")
     return "\n".join(lines)
 
 

@@ -213,11 +213,11 @@ class DatasetBuilder:
                                               windows, read.steps_per_epoch, read.step, counter)
             decode = table.decoder()
         else:
-            batches = self.streamed_batches(split, paths, sampler, read, batch_size, windows, counter)
             keys = None if example.with_metadata else schema.TRAINING_KEYS
+            batches = self.streamed_batches(split, paths, sampler, read, batch_size, windows, counter, True, keys)
 
-            def decode(serialized):
-                return self.decode(serialized, keys, cast=False)
+            def decode(parsed):  # parsed where each record was read
+                return parsed
 
         def prepare(batch, seed=None):  # one vectorised decode per batch
             return to_inputs(decode(batch), seed)
@@ -255,10 +255,14 @@ class DatasetBuilder:
                               workers=workers)
 
     def streamed_batches(self, split: str, paths: list, sampler: Sampler, read: ReadConfig, batch_size: int,
-                         windows_wanted: bool, counter: pipelines.EpochCounter | None = None):
+                         windows_wanted: bool, counter: pipelines.EpochCounter | None = None, decoded: bool = False,
+                         keys=None):
         """Batches of serialized records (windows: with their seeds) in the sampler's order, epoch after
         epoch, each read.steps_per_epoch batches when set; through a service, one epoch (the service's
         job), repeated by the caller. The reader of every field and of stored frames (frames_input).
+        decoded: batches of `keys` (None: every field) decoded instead (self.decode, the stored dtype),
+        each record parsed where it is read and then moved as dense rows; where shards with lost records
+        are held in memory, each batch is parsed as it is made.
         With read.step, the first epoch is entered where sampler.locate says: the shards before the
         window (read.shuffle_buffer examples) holding the start are not opened, and at most the records
         of one shard before it are read and dropped. With a holdout, finding the start also reads every
@@ -281,18 +285,30 @@ class DatasetBuilder:
         held = None
         if read.holdout is not None and read.holdout.by != "sequence":
             held = self.holdout_part(split, read.holdout.fraction, read.holdout.by)[0]
+        early = decoded and in_memory is None  # a lost record (b"" in memory) has nothing to parse
+        sequence_added = early and read.holdout is not None and keys is not None and schema.SEQUENCE_ID not in keys
+        wanted = tuple(keys) + (schema.SEQUENCE_ID,) if sequence_added else keys
+
+        def decode(serialized):
+            return self.decode(serialized, wanted, cast=False)
 
         def one_epoch(epoch, entry=None, first=0):
             windows = pipelines.streamed_windows(sampler, paths, epoch, afresh=bool(read.data_service),
-                                                 entry=None if entry is None else tf.unstack(entry)[:4], held=in_memory)
+                                                 entry=None if entry is None else tf.unstack(entry)[:4], held=in_memory,
+                                                 decode=decode if early else None)
             if in_memory is not None:  # the lost records' places, after the permutation: the intact order minus them
                 windows = windows.map(lambda window: tf.boolean_mask(window, tf.strings.length(window) > 0))
             if read.holdout is not None:
                 windows = record_files.select(windows, read.holdout.fraction, read.holdout.part == "held", held)
+            if sequence_added:  # read for the holdout only
+                windows = windows.map(lambda window: {key: window[key] for key in keys})
             if entry is not None:  # the records of the entry's window before the start position
-                windows = windows.enumerate().map(lambda run, window: window[tf.where(run == 0, entry[4], 0):])
+                windows = windows.enumerate().map(lambda run, window: tf.nest.map_structure(
+                    lambda field: field[tf.where(run == 0, entry[4], 0):], window))
             # Windows to batches without splitting them into records: rebatch copies each record once.
             batches = windows.rebatch(batch_size, drop_remainder=read.drop_remainder)
+            if decoded and not early:
+                batches = batches.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             if not windows_wanted:
                 return batches
             return tf.data.Dataset.zip((batches, pipelines.batch_seeds(sampler, epoch, first)))

@@ -92,15 +92,18 @@ def records_of(paths: list, counts: list, held=None):
 
 
 def select(windows, fraction: float, holdout: bool, held_sequences=None):
-    """Batches of serialized records with only those outside (holdout: inside) the held-out part kept:
-    `fraction` of the hash buckets of each sequence id, or with `held_sequences`, those sequence ids."""
+    """Batches of records (serialized, or decoded: a dict with the sequence id) with only those outside
+    (holdout: inside) the held-out part kept: `fraction` of the hash buckets of each sequence id, or with
+    `held_sequences`, those sequence ids."""
     import tensorflow as tf
 
     spec = {schema.SEQUENCE_ID: tf.io.FixedLenFeature([], tf.string)}
     table = schema.holdout_table(held_sequences)
 
-    def wanted(serialized):
-        held = schema.held_out(tf.io.parse_example(serialized, spec)[schema.SEQUENCE_ID], fraction, table)
-        return tf.boolean_mask(serialized, held if holdout else tf.logical_not(held))
+    def wanted(records):
+        ids = records[schema.SEQUENCE_ID] if isinstance(records, dict) else tf.io.parse_example(records, spec)[schema.SEQUENCE_ID]
+        held = schema.held_out(ids, fraction, table)
+        kept = held if holdout else tf.logical_not(held)
+        return tf.nest.map_structure(lambda field: tf.boolean_mask(field, kept), records)
 
     return windows.map(wanted)
