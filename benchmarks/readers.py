@@ -22,7 +22,8 @@ process, interleaved in a shuffled order each round, the fastest of --best-of sh
 
 Every reader delivers float16 features, a mask and a label per example (what train.py feeds the model)
 and runs in this process (loader workers 0), so process CPU time is all of its work. Printed per batch
-size: examples/s, the ratio to the memmap gather, CPU microseconds per example, and the input overhead:
+size: examples/s, the ratio to the memmap gather, the milliseconds to the first batch and the ratio of
+the rate after it, CPU microseconds per example, and the input overhead:
 Keras `fit` of the GRU classifier fed by each TensorFlow reader, step time divided by the same fit fed
 one batch already in memory, repeated, and the same ratio of the process's CPU time per step (steadier
 on a shared machine; --no-fit skips both). A JSON and the Markdown go to --out.
