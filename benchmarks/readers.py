@@ -532,8 +532,8 @@ def markdown(result: dict) -> str:
              + (f"; fit: {result['fit_steps']} steps, smallest of {result['fit_rounds']} rounds, the GRU fed "
                 f"{REFERENCE} consumes {result['gru_examples_per_s']:,.0f} examples/s"
                 if result.get("fit_reference_step_s") else ""),
-             "", "| reader | examples/s | × limit | × prefetched limit | first batch ms | × limit, first batch excluded "
-             "| CPU µs/example | fit step ÷ in-memory | fit CPU/step ÷ in-memory |",
+             "", "| reader | examples/s | × limit | × prefetched limit | first batch ms "
+             "| × limit, first batch excluded | CPU µs/example | fit step ÷ in-memory | fit CPU/step ÷ in-memory |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in result["rows"]:
         fit = f"{row['fit_step_ratio']:.2f}×" if row["fit_step_ratio"] else ""

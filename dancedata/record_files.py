@@ -101,8 +101,11 @@ def select(windows, fraction: float, holdout: bool, held_sequences=None):
     table = schema.holdout_table(held_sequences)
 
     def wanted(records):
-        ids = records[schema.SEQUENCE_ID] if isinstance(records, dict) else tf.io.parse_example(records, spec)[schema.SEQUENCE_ID]
-        held = schema.held_out(ids, fraction, table)
+        if not isinstance(records, dict):  # serialized: only the sequence ids are parsed
+            records_ids = tf.io.parse_example(records, spec)[schema.SEQUENCE_ID]
+        else:
+            records_ids = records[schema.SEQUENCE_ID]
+        held = schema.held_out(records_ids, fraction, table)
         kept = held if holdout else tf.logical_not(held)
         return tf.nest.map_structure(lambda field: tf.boolean_mask(field, kept), records)
 

@@ -185,7 +185,8 @@ if sys.argv[2] == "unprotected":  # as it was: nothing released at exit
 builder = dancedata.DatasetBuilder(sys.argv[1])
 kept = []  # iterators still reading ahead when the script ends
 for batch_size in range(1, 9):
-    kept.append(iter(builder.as_dataset("train", batch_size=batch_size, read_config=ReadConfig(shuffle=True, repeat=True))))
+    read = ReadConfig(shuffle=True, repeat=True)
+    kept.append(iter(builder.as_dataset("train", batch_size=batch_size, read_config=read)))
 next(kept[-1])
 print("peeked")
 """
