@@ -83,24 +83,25 @@ class MappedShards:
         import tensorflow as tf
 
         stored = tf.dtypes.as_dtype(self.dtype.newbyteorder("="))
-        shape, width, rows, start = self.shape, self.width, self._rows, self.start
-        masks, labels, buffers = self.masks, self._labels, _Buffers(width)
+        shape, rows, start, buffers = self.shape, self._rows, self.start, _Buffers(self.width)
+        # Masks and labels are small (a few hundred KB for AIST): TensorFlow holds them and gathers them in
+        # C++, so the one Python call per batch returns one array (each more costs ~50 us per batch, measured).
+        masks, labels = tf.constant(self.masks), tf.constant(self._labels)
 
-        def batch(indices):
+        def features(indices):
             # Into a pooled buffer TensorFlow takes without a copy: a fresh one costs its page faults, and an
             # unaligned one TensorFlow's copy (together ~0.4x the memmap gather's CPU per example, measured).
-            # numpy has no gather from a strided source into a given buffer, so a loop copies each example's
-            # features: one step per 80 KB copy, well under the copy's own cost.
-            out, starts = buffers.take(len(indices)), start[indices]
-            for k, at in enumerate(starts.tolist()):
-                out[k] = rows[at]
-            return out.view(self.dtype).reshape(len(indices), *shape), masks[indices], labels[indices]
+            # numpy has no gather from a strided source into a given buffer; np.concatenate copies a list of
+            # row views into one, in one call (0.85x the time of a loop assigning each row, measured).
+            out = buffers.take(len(indices))
+            if len(indices):
+                np.concatenate([rows[at] for at in start[indices].tolist()], out=out.reshape(-1))
+            return out.view(self.dtype).reshape(len(indices), *shape)
 
         def decode(indices):
-            # One Python call per batch for all three fields: each call into Python costs more than a mask's copy.
-            features, mask, label = tf.numpy_function(batch, [indices], (stored, tf.bool, tf.int32), stateful=False)
-            return {schema.FEATURES: tf.ensure_shape(features, [None, *shape]),
-                    schema.MASK: tf.ensure_shape(mask, [None, shape[0]]), schema.LABEL: tf.ensure_shape(label, [None])}
+            gathered = tf.numpy_function(features, [indices], stored, stateful=False)
+            return {schema.FEATURES: tf.ensure_shape(gathered, [None, *shape]), schema.MASK: tf.gather(masks, indices),
+                    schema.LABEL: tf.gather(labels, indices)}
 
         return decode
 

@@ -316,8 +316,8 @@ class DatasetBuilder:
         if read.data_service:
             return one_epoch(tf.constant(read.epoch, tf.int64))
         if not read.step:
-            return pipelines.epochs(read.epoch, read.repeat, counter).flat_map(
-                lambda epoch: pipelines.exactly(one_epoch(epoch), read.steps_per_epoch))
+            return pipelines.each_epoch(read.epoch, read.repeat,
+                                        lambda epoch: pipelines.exactly(one_epoch(epoch), read.steps_per_epoch), counter)
         keep = self._streamed_keep(split, paths, sampler, read, damage)
         examples = len(sampler.order(read.epoch, keep))
         first = pipelines.first_batch(read.step, read.steps_per_epoch, examples, batch_size, read.drop_remainder)
@@ -335,7 +335,7 @@ class DatasetBuilder:
             skipped = tf.where(is_first, tf.constant(read.step, tf.int64), 0)
             return pipelines.exactly(batches, read.steps_per_epoch, skipped, one_epoch(epoch))
 
-        return pipelines.started(pipelines.epochs(read.epoch, read.repeat, counter).flat_map(started_epoch))
+        return pipelines.started(pipelines.each_epoch(read.epoch, read.repeat, started_epoch, counter))
 
     def damage(self, split: str) -> list:
         """What ReadConfig(on_damage="skip") leaves out of `split`, and damage that cost nothing: one dict

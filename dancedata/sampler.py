@@ -56,6 +56,27 @@ def hashes(seed: int, epoch: int, run: int, count: int) -> np.ndarray:
         return _splitmix64(base + _GOLDEN * np.arange(1, count + 1, dtype=np.uint64))
 
 
+def window_draws(seed: int, epoch: int, count: int, window: int) -> np.ndarray:
+    """The permutation of range(count) that puts each run of `window` positions (run r: positions r *
+    window on, the last one shorter) in the order draw(seed, epoch, r, its length) gives: the hashes of
+    every run at once, then one sort per row (a loop of a draw per window cost an AIST epoch 5.6 ms)."""
+    positions = np.arange(count, dtype=np.uint64)
+    runs = positions // np.uint64(window)
+    base = np.zeros(1, np.uint64)
+    with np.errstate(over="ignore"):
+        for number in (seed, epoch):
+            base = _splitmix64((base ^ np.uint64(number)) + _GOLDEN)
+        bases = _splitmix64((base ^ runs) + _GOLDEN)  # hashes' starting value for each run
+        keys = _splitmix64(bases + _GOLDEN * (positions - runs * np.uint64(window) + np.uint64(1)))
+    whole = count // window * window
+    order = np.empty(count, np.int64)
+    if whole:
+        rows = np.argsort(keys[:whole].reshape(-1, window), axis=1, kind="stable")
+        order[:whole] = (rows + np.arange(0, whole, window)[:, None]).ravel()
+    order[whole:] = np.argsort(keys[whole:], kind="stable") + whole
+    return order
+
+
 def draw(seed: int, epoch: int, run: int, count: int) -> np.ndarray:
     """A permutation of range(count) drawn for (seed, epoch, run): positions sorted by their hashes."""
     return np.argsort(hashes(seed, epoch, run, count), kind="stable")
@@ -126,10 +147,8 @@ class Sampler:
         """Example indices of `epoch` for this worker; `keep` (bool per example of the split) leaves out
         the others afterwards (a held-out part), without changing the order of the rest."""
         stream = self.stream(epoch)
-        if self.shuffle:
-            for run, start in enumerate(range(0, len(stream), self.window)):
-                part = stream[start:start + self.window]
-                stream[start:start + self.window] = part[self.window_order(epoch, run, len(part))]
+        if self.shuffle:  # each window's part as window_order(epoch, run, its length) puts it
+            stream = stream[window_draws(self.seed, epoch, len(stream), self.window)]
         return stream if keep is None else stream[np.asarray(keep, bool)[stream]]
 
     def locate(self, epoch: int, position: int, keep: np.ndarray | None = None) -> Entry:
