@@ -39,6 +39,18 @@ def test_windows_permute_only_within_themselves_and_shards_are_read_whole():
         assert sorted(order[start:start + 4]) == sorted(stream[start:start + 4])
 
 
+@pytest.mark.parametrize("counts, window", [(COUNTS, 4), (COUNTS, 1), (COUNTS, 100), ((256, 256, 3), 256), ((0, 0), 8)])
+def test_each_window_is_in_its_own_draw(counts, window):
+    # The order draws every window at once; window after window, draw(seed, epoch, run, length) says it.
+    for seed, epoch in [(0, 0), (4, 3), (2**63 - 1, 2**40)]:
+        sampler = Sampler(counts, seed=seed, shuffle=True, window=window)
+        stream, expected = sampler.stream(epoch), []
+        for run, start in enumerate(range(0, len(stream), window)):
+            part = stream[start:start + window]
+            expected += part[sampler_lib.draw(seed, epoch, run, len(part))].tolist()
+        assert sampler.order(epoch).tolist() == expected
+
+
 def test_workers_read_disjoint_parts_that_cover_the_split():
     for counts in (COUNTS, (4, 4)):  # more shards than workers, and fewer
         parts = [Sampler(counts, seed=2, shuffle=True, worker=w, workers=3).order(1) for w in range(3)]
