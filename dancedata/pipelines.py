@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dancedata import fs, sampler as sampler_lib
+from dancedata import sampler as sampler_lib
 from dancedata.record_files import CHUNK, checked_chunks
 
 GOLDEN = 0x9E3779B97F4A7C15
@@ -234,17 +234,10 @@ def streamed_windows(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: b
     columns = (tf.gather(tf.constant(paths), shards), tf.gather(tf.constant(sampler.counts, tf.int64), shards), skips)
     if decode is not None and held is not None:
         raise ValueError("streamed_windows: decode and held exclude each other (a lost record cannot be parsed)")
-    # Local shards are read one at a time, each one's chunks parsed on every core: the first window is out
-    # sooner than with four shards read at once, which share the cores (AIST, 2 cores: ~80 ms sooner, the same
-    # rate after it, measured). Remote ones four at a time, each parsed by its reader: their latency overlaps.
-    remote = any(fs.is_remote(path) for path in paths)
     if held is None:
         def read(path, expected, skip):
             chunks = checked_chunks(path, expected, skip)
-            if decode is None:
-                return chunks
-            return chunks.map(decode) if remote else chunks.map(decode, num_parallel_calls=tf.data.AUTOTUNE,
-                                                                  deterministic=True)
+            return chunks if decode is None else chunks.map(decode)
     else:
         columns += (tf.gather(tf.constant(held[1], tf.int64), shards),)
 
@@ -252,9 +245,9 @@ def streamed_windows(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: b
             return checked_chunks(path, expected, skip, held[0], bounds)
     files = tf.data.Dataset.from_tensor_slices(columns)
     # Shard after shard, whole: a block as long as the longest shard's chunks takes each one out before the next,
-    # while the parallel interleave opens the following shards ahead.
+    # while the parallel interleave reads the following shards ahead (remote latency, parsing on several cores).
     chunks = -(-max(sampler.counts, default=1) // CHUNK) + 1  # and its end's check, an empty chunk (a held shard: first)
-    records = files.interleave(read, cycle_length=max(1, min(count, 4 if remote else 1)), block_length=chunks,
+    records = files.interleave(read, cycle_length=max(1, min(count, 4)), block_length=chunks,
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if count < sampler.workers:
         windows = records.unbatch().shard(sampler.workers, phase).batch(sampler.window)
