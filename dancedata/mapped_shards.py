@@ -92,7 +92,8 @@ class MappedShards:
             # Into a pooled buffer TensorFlow takes without a copy: a fresh one costs its page faults, and an
             # unaligned one TensorFlow's copy (together ~0.4x the memmap gather's CPU per example, measured).
             # numpy has no gather from a strided source into a given buffer; np.concatenate copies a list of
-            # row views into one, in one call (0.85x the time of a loop assigning each row, measured).
+            # row views into one, in one call (in tf.data's threads 15.8 against a loop's 18.5 us of CPU per
+            # example in one run; level with it in another).
             out = buffers.take(len(indices))
             if len(indices):
                 np.concatenate([rows[at] for at in start[indices].tolist()], out=out.reshape(-1))
