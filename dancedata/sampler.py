@@ -49,11 +49,17 @@ def _splitmix64(values: np.ndarray) -> np.ndarray:
 
 def hashes(seed: int, epoch: int, run: int, count: int) -> np.ndarray:
     """`count` uint64 hashes of positions 0..count-1 under (seed, epoch, run)."""
+    with np.errstate(over="ignore"):
+        return _splitmix64(_mixed(seed, epoch, run) + _GOLDEN * np.arange(1, count + 1, dtype=np.uint64))
+
+
+def _mixed(seed: int, epoch: int, runs) -> np.ndarray:
+    """hashes' starting value for (seed, epoch, each of `runs`: a number or a uint64 array)."""
     base = np.zeros(1, np.uint64)
     with np.errstate(over="ignore"):
-        for number in (seed, epoch, run):
+        for number in (seed, epoch):
             base = _splitmix64((base ^ np.uint64(number)) + _GOLDEN)
-        return _splitmix64(base + _GOLDEN * np.arange(1, count + 1, dtype=np.uint64))
+        return _splitmix64((base ^ np.asarray(runs, np.uint64)) + _GOLDEN)
 
 
 def window_draws(seed: int, epoch: int, count: int, window: int) -> np.ndarray:
@@ -62,12 +68,8 @@ def window_draws(seed: int, epoch: int, count: int, window: int) -> np.ndarray:
     every run at once, then one sort per row (a loop of a draw per window cost an AIST epoch 5.6 ms)."""
     positions = np.arange(count, dtype=np.uint64)
     runs = positions // np.uint64(window)
-    base = np.zeros(1, np.uint64)
     with np.errstate(over="ignore"):
-        for number in (seed, epoch):
-            base = _splitmix64((base ^ np.uint64(number)) + _GOLDEN)
-        bases = _splitmix64((base ^ runs) + _GOLDEN)  # hashes' starting value for each run
-        keys = _splitmix64(bases + _GOLDEN * (positions - runs * np.uint64(window) + np.uint64(1)))
+        keys = _splitmix64(_mixed(seed, epoch, runs) + _GOLDEN * (positions - runs * np.uint64(window) + np.uint64(1)))
     whole = count // window * window
     order = np.empty(count, np.int64)
     if whole:
