@@ -31,6 +31,7 @@ class MappedShards:
         self.shape = (self.frames, manifest["feature_dim"])
         self.width = shard_index.feature_bytes(manifest)
         self.maps, starts, masks, labels, self._sequences = [], [], [], [], []
+        self._files = []  # (path, its features' offsets in the file) of each shard with records, in table order
         salvaged = salvaged or {}
         classes = len(manifest["classes"])
         for position, shard in enumerate(shards):
@@ -46,6 +47,8 @@ class MappedShards:
             data = table[:, 0].astype(np.int64) + 12
             self.maps.append(mapped)
             starts.append(data + table[:, 3].astype(np.int64))
+            if len(table) and position not in salvaged:
+                self._files.append((path, starts[-1]))
             masks.append(mapped[(data + table[:, 4].astype(np.int64))[:, None] + np.arange(self.frames)] if len(table)
                          else np.zeros((0, self.frames), np.uint8))
             labels.append(_labels(mapped, data + table[:, 5].astype(np.int64), table[:, 6]))
@@ -66,6 +69,12 @@ class MappedShards:
             self._sequences = [entry if len(entry[1]) else (entry[0], np.zeros(n, np.int64), np.zeros(n, np.int64))
                                for entry, n in zip(self._sequences, full)]
         self._labels = self.labels.astype(np.int32)  # as the model takes them
+        row = shard_index.feature_row(self.frames, self.width)
+        # Builds since the feature row write every shard's features at multiples of it: TensorFlow gathers them
+        # as whole rows, in C++, from the mapped files (aligned_rows). Older builds, and salvaged shards, are
+        # gathered in Python (numpy).
+        self.row = row if not salvaged and all(np.all(offsets % row == 0) for _, offsets in self._files) else None
+        self.gathers_in = "numpy"  # or "tensorflow", once decoder() has mapped the aligned rows
 
     def sequences(self) -> np.ndarray:
         """Every example's sequence id (bytes), in table order."""
@@ -83,10 +92,21 @@ class MappedShards:
         import tensorflow as tf
 
         stored = tf.dtypes.as_dtype(self.dtype.newbyteorder("="))
-        shape, rows, start, buffers = self.shape, self._rows, self.start, _Buffers(self.width)
-        # Masks and labels are small (a few hundred KB for AIST): TensorFlow holds them and gathers them in
-        # C++, so the one Python call per batch returns one array (the two more cost ~100 us per batch, measured).
+        # Masks and labels are small (a few hundred KB for AIST): TensorFlow holds them and gathers them in C++.
         masks, labels = tf.constant(self.masks), tf.constant(self._labels)
+        aligned = self._aligned()
+        if aligned is not None:
+            table, first = aligned
+            steps = tf.range(self.width // self.row, dtype=tf.int64)
+            split = [-1, *self.shape, self.dtype.itemsize]
+
+            def gathered(indices):  # every row of each example's features, then their bytes seen as values
+                rows = tf.reshape(tf.gather(first, indices)[:, None] + steps, [-1])
+                return {schema.FEATURES: tf.bitcast(tf.reshape(tf.gather(table, rows), split), stored),
+                        schema.MASK: tf.gather(masks, indices), schema.LABEL: tf.gather(labels, indices)}
+
+            return gathered
+        shape, rows, start, buffers = self.shape, self._rows, self.start, _Buffers(self.width)
 
         def features(indices):
             # Into a pooled buffer TensorFlow takes without a copy: a fresh one costs its page faults, and an
@@ -99,12 +119,29 @@ class MappedShards:
                 np.concatenate([rows[at] for at in start[indices].tolist()], out=out.reshape(-1))
             return out.view(self.dtype).reshape(len(indices), *shape)
 
-        def decode(indices):
+        def decode(indices):  # one Python call per batch, returning one array (two more cost ~100 us, measured)
             gathered = tf.numpy_function(features, [indices], stored, stateful=False)
             return {schema.FEATURES: tf.ensure_shape(gathered, [None, *shape]), schema.MASK: tf.gather(masks, indices),
                     schema.LABEL: tf.gather(labels, indices)}
 
         return decode
+
+    def _aligned(self):
+        """(table, first): TensorFlow's view of the shards' feature rows (uint8 [rows, self.row], no copy) and
+        each example's first row there (int64 [examples]), or None when the build is not aligned or this host
+        cannot map its files so (then the features are gathered in numpy)."""
+        if self.row is None or not self._files:
+            return None
+        spans = aligned_rows([path for path, _ in self._files], self.row)
+        if spans is None:
+            return None
+        import tensorflow as tf
+
+        self._pages, bases = spans
+        first = np.concatenate([(base + offsets) // self.row for base, (_, offsets) in zip(bases, self._files)])
+        table = tf.experimental.dlpack.from_dlpack(self._pages.__dlpack__())  # shares the mapped pages: no copy
+        self.gathers_in = "tensorflow"
+        return table, tf.constant(first.astype(np.int64))
 
 
 class _Buffers:
@@ -131,6 +168,64 @@ class _Buffers:
     def _rows(self, owner: np.ndarray, rows: int) -> np.ndarray:
         skip = -owner.ctypes.data % self.ALIGN
         return owner[skip:skip + rows * self.width].reshape(rows, self.width)
+
+
+class _Reserved:
+    """A range of address space holding files mapped read-only (aligned_rows), as an array
+    (numpy's __array_interface__); unmapped when nothing refers to it any more."""
+
+    def __init__(self, libc, address: int, size: int, row: int):
+        import weakref
+
+        self.__array_interface__ = {"data": (address, False), "shape": (size // row, row), "typestr": "|u1",
+                                    "version": 3}
+        weakref.finalize(self, libc.munmap, address, size)
+
+
+# Linux's mmap flags (the mmap module names only some of them).
+_PRIVATE, _FIXED, _ANONYMOUS, _NORESERVE = 0x02, 0x10, 0x20, 0x4000
+
+
+def aligned_rows(paths: list, row: int) -> tuple | None:
+    """(rows, bases): the local files `paths`, each the version shard_index.mapped() checked, mapped read-only
+    one after another into one reserved range of address space, file k at bases[k] bytes from its start (a
+    multiple of `row` and of the page size), and rows a uint8 [range // row, row] array over the range. The
+    bytes between files read as zeros; nothing writes any of it (TensorFlow only gathers from it: numpy marks
+    it writable because DLPack hands TensorFlow writable arrays only). None off Linux, or when a file has
+    changed since its check or cannot be mapped: the caller gathers from the checked mappings instead."""
+    import ctypes
+    import math
+    import mmap
+    import os
+
+    if not sys.platform.startswith("linux"):
+        return None
+    unit = math.lcm(row, mmap.PAGESIZE)
+    sizes = [os.path.getsize(path) for path in paths]
+    bases = np.concatenate([[0], np.cumsum([-(-size // unit) * unit for size in sizes])]).astype(np.int64)
+    total = int(bases[-1])
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype, libc.munmap.restype = ctypes.c_void_p, ctypes.c_int
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    address = libc.mmap(None, total, mmap.PROT_READ, _PRIVATE | _ANONYMOUS | _NORESERVE, -1, 0)
+    if address in (None, ctypes.c_void_p(-1).value):
+        return None
+    reserved = _Reserved(libc, address, total, row)  # from here on, unmapped whatever happens
+    for path, base, size in zip(paths, bases.tolist(), sizes):
+        try:
+            handle = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            stat = os.fstat(handle)
+            if (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns) != shard_index.checked_version(path):
+                return None
+            if libc.mmap(address + base, size, mmap.PROT_READ, _PRIVATE | _FIXED, handle, 0) != address + base:
+                return None
+        finally:
+            os.close(handle)
+    return np.asarray(reserved), bases[:-1]
 
 
 class _Span:

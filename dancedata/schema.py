@@ -30,6 +30,11 @@ SEQUENCE_ID = "sequence_id"  # every camera view of one performance shares it
 FRAMES = "frames"  # [T] encoded images (frames.py), only in builds with --keep-frames: TFDS's Video layout
 VIDEO_ID = "video_id"  # the file name without extension: what resume, --update and --from-frames match videos by
 METADATA = (VIDEO_ID, SEQUENCE_ID, "genre", "dancer", "camera", "music", "choreography", "situation")
+# Not a feature: Example field 15, which the Example message does not define (every protobuf parser skips
+# it, tf.io.parse_example and tf.train.Example included). A writer puts it first in a record, zero bytes,
+# where they move the features to a multiple of the build's feature row in the file (shard_index.feature_row),
+# so the mapped reader can gather them as whole rows.
+PADDING_FIELD = 15
 
 
 def feature_spec(num_frames: int, feature_dim: int, feature_dtype: str, frames: dict | None = None) -> dict:

@@ -81,6 +81,7 @@ class Reuse:
             examples = {}
             for serialized in tf.data.TFRecordDataset(path).as_numpy_iterator():
                 example = tf.train.Example.FromString(serialized)
+                example.DiscardUnknownFields()  # its padding (schema.PADDING_FIELD): the writer pads it anew
                 examples[example.features.feature["video_id"].bytes_list.value[0].decode()] = example
             self._shards[path] = examples
             while len(self._shards) > 2:

@@ -1,0 +1,173 @@
+"""Features at row boundaries: the writer pads a record so its features start at a multiple of the build's
+feature row in the shard, and the mapped reader has TensorFlow gather those rows straight from the mapped
+files; builds written before (no padding) are gathered in numpy, as they were.
+
+Oracles independent of the code under test: struct walks the TFRecord framing and protobuf parses each
+record (the features found as bytes inside it), TFRecordDataset reads the files, the bytes of the files
+are read with open(), and the streamed reader (tf.io.parse_example) gives the batches.
+"""
+import hashlib
+import json
+import os
+import shutil
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dancedata import DatasetBuilder, ExampleConfig, ReadConfig, manifest, mapped_shards, schema, shard_index
+
+HALF = ExampleConfig(cast=False)
+
+
+@pytest.mark.parametrize("frames, feature_bytes, row", [
+    (20, 20 * 2048 * 2, 4096),  # AIST: one frame of 2048 float16 a row
+    (8, 8 * 16 * 2, 256),  # small frames: the whole example
+    (3, 3 * 1280 * 2, 2560),  # a 1280-wide backbone: one frame
+    (6, 6 * 512 * 2, 3 * 1024),  # three frames fit, four do not divide six
+    (2, 2 * 2048 * 4, 8192),  # float32: a frame is more than 4 KB, still one row
+])
+def test_a_feature_row_is_the_most_whole_frames_in_4_kb(frames, feature_bytes, row):
+    assert shard_index.feature_row(frames, feature_bytes) == row
+
+
+def test_the_padding_is_a_field_every_parser_skips():
+    example = schema.to_example(np.ones((2, 3), np.float32), np.ones(2), np.arange(2), 1, {"video_id": "v"}, "float16")
+    data = schema.serialize(example)
+    spec = schema.parse_spec(schema.feature_spec(2, 3, "float16"))
+    for row in (4, 240, 4096):
+        for needed in sorted({0, 1, 2, 3, 127, 128, 129, 130, 131, row - 1, row // 2} & set(range(row))):
+            padded = shard_index.padding(needed, row) + data
+            assert (len(padded) - len(data)) % row == needed and len(padded) - len(data) >= 2
+            assert tf.train.Example.FromString(padded).features == example.features  # the padding: an unknown field
+            parsed, plain = (tf.io.parse_example(tf.constant([d]), spec) for d in (padded, data))
+            assert all(np.array_equal(parsed[k].numpy(), plain[k].numpy()) for k in spec)
+
+
+def _records(path):
+    """(offset of its data in the file, the data) of each record, the framing walked with struct."""
+    data, found, at = path.read_bytes(), [], 0
+    while at < len(data):
+        (length,) = struct.unpack_from("<Q", data, at)
+        found.append((at + 12, data[at + 12:at + 12 + length]))
+        at += length + 16
+    assert at == len(data)
+    return found
+
+
+def test_every_records_features_start_at_a_row_boundary(built):
+    document = built["manifest"]
+    row = shard_index.feature_row(document["num_frames"], shard_index.feature_bytes(document))
+    padded = checked = 0
+    for split in document["splits"].values():
+        for shard in split["shards"]:
+            for offset, data in _records(built["out"] / shard["file"]):
+                features = tf.train.Example.FromString(data).features.feature[schema.FEATURES].bytes_list.value[0]
+                assert data.count(features) == 1 and (offset + data.find(features)) % row == 0
+                padded += data[0] == schema.PADDING_FIELD << 3 | 2
+                checked += 1
+    assert checked == sum(s["num_examples"] for s in document["splits"].values()) and padded > 0
+
+
+def _mapped(folder, split="train"):
+    builder = DatasetBuilder(str(folder))
+    paths, _ = builder.usable_files(split, False)
+    return builder._table(split, paths, ReadConfig(), False)
+
+
+def _epochs(folder, **read):
+    """Two shuffled epochs of the train split, each batch's (features, mask, label) bytes."""
+    dataset = DatasetBuilder(str(folder)).as_dataset(
+        "train", batch_size=3, read_config=ReadConfig(shuffle=True, seed=7, **read), example_config=HALF)
+    return [[(f.numpy().tobytes(), m.numpy().tobytes(), y.numpy().tobytes()) for (f, m), y in dataset]
+            for _ in range(2)]
+
+
+def test_the_mapped_reader_gathers_the_rows_in_tensorflow_as_the_stream_reads_them(built):
+    shards = _mapped(built["out"])
+    shards.decoder()
+    assert shards.row is not None and shards.gathers_in == "tensorflow"
+    mapped = _epochs(built["out"])
+    assert mapped[0] != mapped[1] and mapped == _epochs(built["out"], source="stream")
+
+
+class _Exported:
+    def __init__(self, capsule):
+        self.capsule = capsule
+
+    def __dlpack__(self, **_):
+        return self.capsule
+
+    def __dlpack_device__(self):
+        return 1, 0  # the CPU
+
+
+def test_tensorflow_reads_the_mapped_files_own_pages(built):
+    """The table TensorFlow gathers from is the files' bytes where the kernel mapped them: no copy."""
+    shards = _mapped(built["out"])
+    table, first = shards._aligned()
+    pages = np.from_dlpack(_Exported(tf.experimental.dlpack.to_dlpack(table)))
+    assert pages.ctypes.data == shards._pages.ctypes.data and pages.shape == shards._pages.shape
+    flat, at = pages.reshape(-1), 0
+    for path, offsets in shards._files:
+        data = open(path, "rb").read()
+        at = flat.tobytes().index(data[:4096], at)  # each file whole, one after another, at a row boundary
+        assert at % shards.row == 0 and flat[at:at + len(data)].tobytes() == data
+        at += len(data)
+    (path, offsets), row = shards._files[0], int(first.numpy()[0])
+    rows = shards.width // shards.row
+    assert pages[row:row + rows].tobytes() == open(path, "rb").read()[offsets[0]:offsets[0] + shards.width]
+
+
+def test_a_file_replaced_since_its_check_is_gathered_from_the_checked_version(built, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(built["out"], folder)
+    expected = _epochs(folder)
+    shards = _mapped(folder)  # every shard checked and mapped
+    path = shards._files[0][0]
+    shutil.copyfile(path, path + ".new")
+    os.replace(path + ".new", path)  # the same bytes, another file: not the version that was checked
+    assert mapped_shards.aligned_rows([p for p, _ in shards._files], shards.row) is None
+    shards.decoder()
+    assert shards.gathers_in == "numpy"
+    assert _epochs(folder) == expected  # a new dataset checks the new version, and maps it
+
+
+def _unpadded(data: bytes) -> bytes:
+    if data[0] != schema.PADDING_FIELD << 3 | 2:
+        return data
+    length, at = shard_index.varint(data, 1)
+    return data[at + length:]
+
+
+def _as_written_before_the_feature_row(folder):
+    """The build as writers before the feature row wrote it: each record without its padding, the shards,
+    indexes and manifest written again to match."""
+    document = json.loads((folder / "manifest.json").read_text())
+    frames, width = document["num_frames"], shard_index.feature_bytes(document)
+    for split in document["splits"].values():
+        for shard in split["shards"]:
+            path = folder / shard["file"]
+            records = [_unpadded(r) for r in tf.data.TFRecordDataset(str(path)).as_numpy_iterator()]
+            with tf.io.TFRecordWriter(str(path)) as writer:
+                for record in records:
+                    writer.write(record)
+            index = shard_index.rebuild(str(path), frames, width, shard["index"]["key"])
+            (folder / shard["index"]["file"]).write_bytes(index)
+            shard.update(bytes=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+            shard["index"].update(bytes=len(index), sha256=hashlib.sha256(index).hexdigest())
+    (folder / "manifest.json").write_text(manifest.dumps(manifest.sealed(document)))
+
+
+def test_a_build_written_before_the_feature_row_is_gathered_in_numpy(built, tmp_path):
+    folder = tmp_path / "old"
+    shutil.copytree(built["out"], folder)
+    expected = _epochs(folder)
+    _as_written_before_the_feature_row(folder)
+    assert sum(p.stat().st_size for p in folder.glob("*.tfrecord")) < sum(
+        p.stat().st_size for p in built["out"].glob("*.tfrecord"))
+    shards = _mapped(folder)
+    shards.decoder()
+    assert shards.row is None and shards.gathers_in == "numpy"
+    assert _epochs(folder) == expected == _epochs(folder, source="stream")
