@@ -179,7 +179,8 @@ class _Reserved:
 
         self.__array_interface__ = {"data": (address, False), "shape": (size // row, row), "typestr": "|u1",
                                     "version": 3}
-        weakref.finalize(self, libc.munmap, address, size)
+        # Not at exit: an iterator's thread may still be gathering from it then; the process's end unmaps it.
+        weakref.finalize(self, libc.munmap, address, size).atexit = False
 
 
 # Linux's mmap flags (the mmap module names only some of them).

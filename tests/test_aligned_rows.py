@@ -171,3 +171,24 @@ def test_a_build_written_before_the_feature_row_is_gathered_in_numpy(built, tmp_
     shards.decoder()
     assert shards.row is None and shards.gathers_in == "numpy"
     assert _epochs(folder) == expected == _epochs(folder, source="stream")
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/maps"), reason="counts mappings in /proc/self/maps")
+def test_each_datasets_mapping_goes_with_it(built):
+    import gc
+
+    builder = DatasetBuilder(str(built["out"]))
+    shard = str(built["out"] / builder.manifest["splits"]["train"]["shards"][0]["file"])
+
+    def mappings():
+        with open("/proc/self/maps") as handle:
+            return sum(line.rstrip().endswith(shard) for line in handle)
+
+    for _ in range(2):
+        next(iter(builder.as_dataset("train", batch_size=4)))
+    gc.collect()
+    before = mappings()
+    for _ in range(6):
+        next(iter(builder.as_dataset("train", batch_size=4, read_config=ReadConfig(shuffle=True, seed=0))))
+    gc.collect()
+    assert mappings() <= before
