@@ -10,7 +10,8 @@ default (13,939 examples of [20, 2048] float16 in 12 shards: 1.15 GB of /tmp, an
 memory, one per cache), and beside it the same features as one contiguous .npy file. Then, in one
 process, interleaved in a shuffled order each round, the fastest of --best-of shuffled epochs of:
 
-  ours     as_dataset mapped (the default), cached (ReadConfig(cache=True)), the device table
+  ours     as_dataset mapped (the default; and as builds before feature rows have it, gathered by a
+           numpy_function: the same files with their row alignment ignored), cached (ReadConfig(cache=True)), the device table
            (index_dataset, with the gather the model does on its device done here in tf.data),
            streamed (ReadConfig(source="stream")), the ExampleSource NumPy loop, grain over ExampleSource
            (DataLoader with Batch, as docs/reading.md shows; MapDataset per record and per batch), and
@@ -218,6 +219,16 @@ def make_readers(shared: Shared, batch_size: int) -> list:
                                      read_config=ReadConfig(shuffle=True, seed=0, **read))
         return lambda epoch: dataset  # each new iteration of as_dataset takes the next epoch's order
 
+    def gathered_in_numpy():  # the mapped reader of builds before feature rows: one numpy_function per batch
+        from dancedata import mapped_shards
+
+        aligned_rows = mapped_shards.aligned_rows
+        mapped_shards.aligned_rows = lambda paths, row: None  # the same files, as if their rows were not aligned
+        try:
+            return ours()
+        finally:
+            mapped_shards.aligned_rows = aligned_rows
+
     indices = index_dataset(builder, "train", shared.table, batch_size=batch_size,
                             read_config=ReadConfig(shuffle=True, seed=0))
     features, masks, frames = shared.table_features, shared.table_masks, shared.frames
@@ -234,6 +245,7 @@ def make_readers(shared: Shared, batch_size: int) -> list:
 
     readers = [
         Reader("dancedata mapped (as_dataset, default)", "ours", ours(), tf_count),
+        Reader("dancedata mapped, gathered in numpy (builds before feature rows)", "ours", gathered_in_numpy(), tf_count),
         Reader("dancedata cached (ReadConfig(cache=True))", "ours", ours(cache=True), tf_count),
         Reader("dancedata device table (index_dataset + the model's gather)", "ours", lambda epoch: gathered, tf_count,
                dataset=indices, table=shared.table),

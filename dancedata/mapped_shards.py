@@ -17,7 +17,9 @@ class MappedShards:
     as one table: example i is record i - start of the shard whose examples start at `start`.
 
     Masks, labels and sequence ids are read into memory when the table is made; a batch of indices
-    gathers its features with one copy each, from the page cache into the batch. Mapped pages count in
+    gathers its features with one copy each, from the page cache into the batch: in TensorFlow, as whole
+    rows of the files mapped once more for it (decoder(), where the build placed its features on feature
+    rows), or in numpy (gather(), and decoder() for older builds). Mapped pages count in
     the process's resident memory but belong to the page cache, which reclaims them. A shard truncated
     in place while mapped ends the process (SIGBUS), as for any mmap reader; builds never do that
     (they write new files and rename them over old ones)."""

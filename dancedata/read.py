@@ -229,6 +229,8 @@ class DatasetBuilder:
             batches = service.distribute(batches, service.check_reachable(read.data_service))
             batches = batches.repeat() if read.repeat else batches
         batches = batches.prefetch(tf.data.AUTOTUNE)
+        if table is not None:  # its functions capture the whole split: a cache, or a view of the mapped shards
+            batches = pipelines.unrewritten(batches)
         if counter is None:
             return batches
         if table is None and (read.holdout is not None or damage) and self.epoch_batches(sampler, read, batch_size) is not None:

@@ -192,3 +192,54 @@ def test_each_datasets_mapping_goes_with_it(built):
         next(iter(builder.as_dataset("train", batch_size=4, read_config=ReadConfig(shuffle=True, seed=0))))
     gc.collect()
     assert mappings() <= before
+
+
+COPIES = r'''
+import json, os, sys
+sys.path.insert(0, sys.argv[2])
+import readers  # benchmarks/readers.py: a synthetic build, as the build's writer writes it
+from dancedata import DatasetBuilder, ReadConfig
+
+folder = sys.argv[1]
+readers.make_build(folder, 1000, 2)  # 82 MB of features: above glibc's 32 MB, each copy gets a mapping of its own
+split = sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder) if name.endswith(".tfrecord"))
+
+
+def copies():
+    """Anonymous mappings (the process's own memory) at least 90 % of the split's size: copies of it."""
+    found, name = 0, ""
+    with open("/proc/self/smaps") as handle:
+        for line in handle:
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):  # a mapping's first line: range, ..., name
+                name = fields[5] if len(fields) > 5 else ""
+            elif fields[0] == "Anonymous:" and name != "[heap]" and int(fields[1]) * 1024 >= 0.9 * split:
+                found += 1  # (the heap holds the interpreter's and TensorFlow's small objects: ~100 MB here)
+    return found
+
+
+counts = {}
+for name, read in (("mapped", ReadConfig(shuffle=True)), ("cached", ReadConfig(shuffle=True, cache=True))):
+    dataset = DatasetBuilder(folder).as_dataset("train", batch_size=64, read_config=read)
+    for _ in range(2):
+        for batch in dataset:
+            pass
+    counts[name] = copies()
+    del dataset, batch
+print(json.dumps(counts))
+'''
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/smaps"), reason="reads /proc/self/smaps")
+def test_reading_a_split_holds_no_copy_of_it_but_the_cache(tmp_path):
+    """tf.data copies every tensor a pipeline's functions capture when it rewrites the pipeline for an
+    iterator: the readers turn those rewrites off, so the mapped split stays the files' pages and a cache is
+    held once."""
+    import subprocess
+    import sys
+
+    benchmarks = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    result = subprocess.run([sys.executable, "-c", COPIES, str(tmp_path / "build"), benchmarks],
+                            capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"mapped": 0, "cached": 1}
