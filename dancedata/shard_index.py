@@ -138,7 +138,8 @@ ROW_BYTES = 4096  # a feature row holds as many whole frames as fit in this (at 
 def feature_row(frames: int, feature_bytes: int) -> int:
     """The row a build's features are aligned to in its shards and gathered in by the mapped reader:
     the bytes of the most frames (a divisor of `frames`) that fit in ROW_BYTES, at least one frame's.
-    A row of 4 KB copies at memory speed; a padded record costs on average half a row more."""
+    A row of 4 KB copies at memory speed; a record pads what its other fields leave of a row (3.6 KB, +4.4 %,
+    for AIST's [20, 2048] float16)."""
     frame = feature_bytes // frames
     return frame * max(d for d in range(1, frames + 1) if frames % d == 0 and (d == 1 or frame * d <= ROW_BYTES))
 
