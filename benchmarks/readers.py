@@ -114,38 +114,38 @@ def machine() -> dict:
 
 
 def make_build(folder: str, examples: int, shards: int, frames: int = 20, dim: int = 2048, classes: int = 10,
-               distinct: int = 256) -> str:
+               distinct: int = 256, dtype: str = "float16") -> str:
     """A build of one train split in `folder` as the build writes it (write.ShardWriter's shards and
     indexes, a sealed manifest, the TFDS metadata) and `features.npy` beside it: the same features as one
-    contiguous [N, T, D] float16 array. Examples cycle through `distinct` random ones (any values cost
+    contiguous [N, T, D] array of `dtype`. Examples cycle through `distinct` random ones (any values cost
     the same to move); example i has label i % classes. Returns the .npy path."""
     import hashlib
 
     from dancedata import manifest, plan, schema, tfds_metadata, write
 
-    pool = np.random.default_rng(0).standard_normal((min(distinct, examples), frames, dim)).astype(np.float16)
+    pool = np.random.default_rng(0).standard_normal((min(distinct, examples), frames, dim)).astype(dtype)
     os.makedirs(os.path.join(folder, write.STATE_DIR), exist_ok=True)  # where commit() leaves each shard's record
     entries, mask = [], np.ones(frames, bool)
     for index in range(shards):
         name = plan.shard_name("train", index, shards)
-        writer = write.ShardWriter(folder, name, frames, frames * dim * 2)
+        writer = write.ShardWriter(folder, name, frames, frames * dim * np.dtype(dtype).itemsize)
         for i in range(index * examples // shards, (index + 1) * examples // shards):
             row = {"video_id": f"v{i}", "sequence_id": f"v{i}", "genre": f"c{i % classes}"}
-            example = schema.to_example(pool[i % len(pool)], mask, np.arange(frames), i % classes, row, "float16")
+            example = schema.to_example(pool[i % len(pool)], mask, np.arange(frames), i % classes, row, dtype)
             writer.write(schema.serialize(example))
         # A build's unit key is a content hash; any hex string stands in for one here.
         record = writer.commit({"key": hashlib.sha256(name.encode()).hexdigest()})
         entries.append({key: record[key] for key in ("file", "num_examples", "bytes", "sha256", "index")})
     document = {
-        "schema_version": schema.SCHEMA_VERSION, "feature_spec": schema.feature_spec(frames, dim, "float16"),
+        "schema_version": schema.SCHEMA_VERSION, "feature_spec": schema.feature_spec(frames, dim, dtype),
         "classes": [f"c{i}" for i in range(classes)], "num_frames": frames, "feature_dim": dim,
-        "feature_dtype": "float16", "extractor": {"backbone": "synthetic"},
+        "feature_dtype": dtype, "extractor": {"backbone": "synthetic"},
         "splits": {"train": {"num_examples": examples, "shards": entries}},
     }
     tfds_metadata.write(folder, document, {entry["file"]: entry["bytes"] for entry in entries})
     manifest.write(folder, manifest.sealed(document))  # readers refuse a schema-4 manifest without its checksum
     path = os.path.join(folder, "features.npy")
-    contiguous = np.lib.format.open_memmap(path, "w+", np.float16, (examples, frames, dim))
+    contiguous = np.lib.format.open_memmap(path, "w+", dtype, (examples, frames, dim))
     for start in range(0, examples, 1024):
         stop = min(start + 1024, examples)
         contiguous[start:stop] = pool[np.arange(start, stop) % len(pool)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import warnings
 
 import numpy as np
 
@@ -20,7 +21,8 @@ class MappedShards:
     gathers its features with one copy each, from the page cache into the batch: in TensorFlow, as whole
     rows of the files mapped once more for it (decoder(), where the build placed its features on feature
     rows), or in numpy (gather(), and decoder() for older builds). Mapped pages count in
-    the process's resident memory but belong to the page cache, which reclaims them. A shard truncated
+    the process's resident memory (twice, with the second mapping) but belong to the page cache, which
+    reclaims them. A shard truncated
     in place while mapped ends the process (SIGBUS), as for any mmap reader; builds never do that
     (they write new files and rename them over old ones)."""
 
@@ -33,7 +35,7 @@ class MappedShards:
         self.shape = (self.frames, manifest["feature_dim"])
         self.width = shard_index.feature_bytes(manifest)
         self.maps, starts, masks, labels, self._sequences = [], [], [], [], []
-        self._files = []  # (path, its features' offsets in the file) of each shard with records, in table order
+        self._files = []  # (path, its features' offsets, the version checked) of each shard with records, in order
         salvaged = salvaged or {}
         classes = len(manifest["classes"])
         for position, shard in enumerate(shards):
@@ -50,7 +52,7 @@ class MappedShards:
             self.maps.append(mapped)
             starts.append(data + table[:, 3].astype(np.int64))
             if len(table) and position not in salvaged:
-                self._files.append((path, starts[-1]))
+                self._files.append((path, starts[-1], shard_index.checked_version(mapped)))
             masks.append(mapped[(data + table[:, 4].astype(np.int64))[:, None] + np.arange(self.frames)] if len(table)
                          else np.zeros((0, self.frames), np.uint8))
             labels.append(_labels(mapped, data + table[:, 5].astype(np.int64), table[:, 6]))
@@ -75,8 +77,10 @@ class MappedShards:
         # Builds since the feature row write every shard's features at multiples of it: TensorFlow gathers them
         # as whole rows, in C++, from the mapped files (aligned_rows). Older builds, and salvaged shards, are
         # gathered in Python (numpy).
-        self.row = row if not salvaged and all(np.all(offsets % row == 0) for _, offsets in self._files) else None
+        self.row = row if not salvaged and all(np.all(offsets % row == 0) for _, offsets, _ in self._files) else None
         self.gathers_in = "numpy"  # or "tensorflow", once decoder() has mapped the aligned rows
+        self._unaligned = self.row is None and not salvaged and bool(self._files)  # an older build: said in decoder()
+        self._folder = folder
 
     def sequences(self) -> np.ndarray:
         """Every example's sequence id (bytes), in table order."""
@@ -108,6 +112,10 @@ class MappedShards:
                         schema.MASK: tf.gather(masks, indices), schema.LABEL: tf.gather(labels, indices)}
 
             return gathered
+        if self._unaligned:
+            warnings.warn(f"{self._folder} was written before feature rows (or resumed or updated from such a build): "
+                          "the mapped reader gathers its features in Python, slower (docs/reading.md); a build with "
+                          "--overwrite writes them", stacklevel=3)
         shape, rows, start, buffers = self.shape, self._rows, self.start, _Buffers(self.width)
 
         def features(indices):
@@ -134,14 +142,15 @@ class MappedShards:
         cannot map its files so (then the features are gathered in numpy)."""
         if self.row is None or not self._files:
             return None
-        spans = aligned_rows([path for path, _ in self._files], self.row)
+        spans = aligned_rows([(path, version) for path, _, version in self._files], self.row)
         if spans is None:
             return None
         import tensorflow as tf
 
         self._pages, bases = spans
-        first = np.concatenate([(base + offsets) // self.row for base, (_, offsets) in zip(bases, self._files)])
+        first = np.concatenate([(base + offsets) // self.row for base, (_, offsets, _) in zip(bases, self._files)])
         table = tf.experimental.dlpack.from_dlpack(self._pages.__dlpack__())  # shares the mapped pages: no copy
+        self._pages.flags.writeable = False  # (writable only for DLPack's sake: the pages are read-only)
         self.gathers_in = "tensorflow"
         return table, tf.constant(first.astype(np.int64))
 
@@ -185,46 +194,50 @@ class _Reserved:
         weakref.finalize(self, libc.munmap, address, size).atexit = False
 
 
-# Linux's mmap flags (the mmap module names only some of them).
-_PRIVATE, _FIXED, _ANONYMOUS, _NORESERVE = 0x02, 0x10, 0x20, 0x4000
+_FIXED = 0x10  # Linux's MAP_FIXED (the mmap module does not name it), the same on every architecture
 
 
-def aligned_rows(paths: list, row: int) -> tuple | None:
-    """(rows, bases): the local files `paths`, each the version shard_index.mapped() checked, mapped read-only
-    one after another into one reserved range of address space, file k at bases[k] bytes from its start (a
-    multiple of `row` and of the page size), and rows a uint8 [range // row, row] array over the range. The
-    bytes between files read as zeros; nothing writes any of it (TensorFlow only gathers from it: numpy marks
-    it writable because DLPack hands TensorFlow writable arrays only). None off Linux, or when a file has
-    changed since its check or cannot be mapped: the caller gathers from the checked mappings instead."""
+def aligned_rows(files: list, row: int) -> tuple | None:
+    """(rows, bases): the local files of `files` ((path, version) pairs, the version the file's check
+    recorded: shard_index.checked_version), mapped read-only one after another into one reserved range of
+    address space, file k at bases[k] bytes from its start (a multiple of `row` and of the page size), and
+    rows a uint8 [range // row, row] array over the range. The bytes between files read as zeros; nothing
+    writes any of it (TensorFlow only gathers from it; the array is writable only because DLPack hands
+    TensorFlow writable arrays alone). None off 64-bit Linux, or when a file is not the version checked or
+    cannot be mapped: the caller gathers from the checked mappings instead."""
     import ctypes
     import math
     import mmap
     import os
 
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or sys.maxsize < 2**63 - 1 or any(v is None for _, v in files):
         return None
     unit = math.lcm(row, mmap.PAGESIZE)
-    sizes = [os.path.getsize(path) for path in paths]
+    sizes = [version[2] for _, version in files]
     bases = np.concatenate([[0], np.cumsum([-(-size // unit) * unit for size in sizes])]).astype(np.int64)
     total = int(bases[-1])
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype, libc.munmap.restype = ctypes.c_void_p, ctypes.c_int
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64]
     libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-    address = libc.mmap(None, total, mmap.PROT_READ, _PRIVATE | _ANONYMOUS | _NORESERVE, -1, 0)
+    anonymous = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    address = libc.mmap(None, total, mmap.PROT_READ, anonymous, -1, 0)
     if address in (None, ctypes.c_void_p(-1).value):
         return None
     reserved = _Reserved(libc, address, total, row)  # from here on, unmapped whatever happens
-    for path, base, size in zip(paths, bases.tolist(), sizes):
+    for (path, version), base, size in zip(files, bases.tolist(), sizes):
         try:
             handle = os.open(path, os.O_RDONLY)
         except OSError:
             return None
         try:
             stat = os.fstat(handle)
-            if (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns) != shard_index.checked_version(path):
+            if (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns) != tuple(version):
                 return None
-            if libc.mmap(address + base, size, mmap.PROT_READ, _PRIVATE | _FIXED, handle, 0) != address + base:
+            if libc.mmap(address + base, size, mmap.PROT_READ, mmap.MAP_PRIVATE | _FIXED, handle, 0) != address + base:
+                # A failed MAP_FIXED may have unmapped the range: taken back, so no other mapping can land in it
+                # before the reservation is unmapped whole.
+                libc.mmap(address + base, size, mmap.PROT_NONE, anonymous | _FIXED, -1, 0)
                 return None
         finally:
             os.close(handle)

@@ -156,6 +156,14 @@ def padding(needed: int, row: int) -> bytes:
     raise ValueError(f"no padding of {needed} mod {row} bytes")
 
 
+def unpadded(data: bytes) -> bytes:
+    """A serialized Example without the padding a writer put first in it, if any."""
+    if not data or data[0] != schema.PADDING_FIELD << 3 | 2:
+        return data
+    length, at = varint(data, 1)
+    return data[at + length:]
+
+
 def _varint_bytes(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -178,6 +186,7 @@ class RecordWriter:
         self._digest = hashlib.sha256()
 
     def write(self, data: bytes) -> None:
+        data = unpadded(data)  # a record copied from a shard: padded for its old place
         where = locate(data)
         if needed := -(self._offset + 12 + where[schema.FEATURES][0]) % self.row:
             data = padding(needed, self.row) + data
@@ -387,12 +396,12 @@ def mapped(path: str, header: dict, table: np.ndarray, shard: dict, frames: int,
             return array
 
 
-def checked_version(path: str) -> tuple | None:
-    """(device, inode, size, mtime in ns) of the version of the local file `path` that mapped() checked in
-    this process, or None: another mapping of the file is that version when its fstat says so."""
+def checked_version(array: np.ndarray) -> tuple | None:
+    """(device, inode, size, mtime in ns) of the file version whose checked mapping mapped() returned as
+    `array`, or None once a newer version of that file has replaced it: another mapping of the file holds
+    the bytes that were checked when its fstat gives that version."""
     with _CHECKING:
-        found = [key for key in _MAPPED if key[0] == path]
-    return found[-1][1:5] if found else None
+        return next((key[1:5] for key, value in _MAPPED.items() if value is array), None)
 
 
 def empty(path: str) -> np.ndarray:

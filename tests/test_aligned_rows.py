@@ -110,12 +110,12 @@ def test_tensorflow_reads_the_mapped_files_own_pages(built):
     pages = np.from_dlpack(_Exported(tf.experimental.dlpack.to_dlpack(table)))
     assert pages.ctypes.data == shards._pages.ctypes.data and pages.shape == shards._pages.shape
     flat, at = pages.reshape(-1), 0
-    for path, offsets in shards._files:
+    for path, offsets, _ in shards._files:
         data = open(path, "rb").read()
         at = flat.tobytes().index(data[:4096], at)  # each file whole, one after another, at a row boundary
         assert at % shards.row == 0 and flat[at:at + len(data)].tobytes() == data
         at += len(data)
-    (path, offsets), row = shards._files[0], int(first.numpy()[0])
+    (path, offsets, _), row = shards._files[0], int(first.numpy()[0])
     rows = shards.width // shards.row
     assert pages[row:row + rows].tobytes() == open(path, "rb").read()[offsets[0]:offsets[0] + shards.width]
 
@@ -128,10 +128,13 @@ def test_a_file_replaced_since_its_check_is_gathered_from_the_checked_version(bu
     path = shards._files[0][0]
     shutil.copyfile(path, path + ".new")
     os.replace(path + ".new", path)  # the same bytes, another file: not the version that was checked
-    assert mapped_shards.aligned_rows([p for p, _ in shards._files], shards.row) is None
+    assert mapped_shards.aligned_rows([(p, v) for p, _, v in shards._files], shards.row) is None
+    newer = _mapped(folder)  # the new version checked too (a rebuild read by another dataset): the old one's is gone
     shards.decoder()
-    assert shards.gathers_in == "numpy"
-    assert _epochs(folder) == expected  # a new dataset checks the new version, and maps it
+    assert shards.gathers_in == "numpy"  # the old table reads the mapping it checked, not the newer file
+    newer.decoder()
+    assert newer.gathers_in == "tensorflow"
+    assert _epochs(folder) == expected
 
 
 def _unpadded(data: bytes) -> bytes:
@@ -141,13 +144,13 @@ def _unpadded(data: bytes) -> bytes:
     return data[at + length:]
 
 
-def _as_written_before_the_feature_row(folder):
-    """The build as writers before the feature row wrote it: each record without its padding, the shards,
-    indexes and manifest written again to match."""
+def _as_written_before_the_feature_row(folder, shards=None):
+    """The build as writers before the feature row wrote it (its first `shards` shards of each split; None:
+    all): each record without its padding, the shards, indexes and manifest written again to match."""
     document = json.loads((folder / "manifest.json").read_text())
     frames, width = document["num_frames"], shard_index.feature_bytes(document)
     for split in document["splits"].values():
-        for shard in split["shards"]:
+        for shard in split["shards"][:shards]:
             path = folder / shard["file"]
             records = [_unpadded(r) for r in tf.data.TFRecordDataset(str(path)).as_numpy_iterator()]
             with tf.io.TFRecordWriter(str(path)) as writer:
@@ -160,17 +163,58 @@ def _as_written_before_the_feature_row(folder):
     (folder / "manifest.json").write_text(manifest.dumps(manifest.sealed(document)))
 
 
-def test_a_build_written_before_the_feature_row_is_gathered_in_numpy(built, tmp_path):
+@pytest.mark.parametrize("shards", [None, 1])  # a whole older build; one resumed or updated from it (one shard old)
+def test_a_build_written_before_the_feature_row_is_gathered_in_numpy_and_says_so(built, tmp_path, shards):
     folder = tmp_path / "old"
     shutil.copytree(built["out"], folder)
     expected = _epochs(folder)
-    _as_written_before_the_feature_row(folder)
+    _as_written_before_the_feature_row(folder, shards)
     assert sum(p.stat().st_size for p in folder.glob("*.tfrecord")) < sum(
         p.stat().st_size for p in built["out"].glob("*.tfrecord"))
-    shards = _mapped(folder)
-    shards.decoder()
-    assert shards.row is None and shards.gathers_in == "numpy"
-    assert _epochs(folder) == expected == _epochs(folder, source="stream")
+    table = _mapped(folder)
+    with pytest.warns(UserWarning, match="was written before feature rows .* gathers its features in Python"):
+        table.decoder()
+    assert table.row is None and table.gathers_in == "numpy"
+    with pytest.warns(UserWarning, match="written before feature rows"):
+        old = _epochs(folder)
+    assert old == expected == _epochs(folder, source="stream")
+
+
+def test_a_copied_record_is_padded_for_its_new_place_only(built, tmp_path):
+    """A record taken from a shard (with its padding) and written again elsewhere gets one padding, its own."""
+    shard = built["manifest"]["splits"]["train"]["shards"][0]
+    records = list(tf.data.TFRecordDataset(str(built["out"] / shard["file"])).as_numpy_iterator())
+    frames, width = built["manifest"]["num_frames"], shard_index.feature_bytes(built["manifest"])
+    path = tmp_path / "copy.tfrecord"
+    with open(path, "wb") as handle:
+        writer = shard_index.RecordWriter(handle, frames, width)
+        for record in reversed(records):  # other places than before
+            writer.write(record)
+    row = shard_index.feature_row(frames, width)
+    for (offset, data), original in zip(_records(path), reversed(records)):
+        assert tf.train.Example.FromString(data).features == tf.train.Example.FromString(original).features
+        assert _unpadded(_unpadded(data)) == _unpadded(data) == _unpadded(original)  # one padding at most
+        features = tf.train.Example.FromString(data).features.feature[schema.FEATURES].bytes_list.value[0]
+        assert (offset + data.find(features)) % row == 0
+
+
+@pytest.mark.parametrize("frames, dim, dtype", [(6, 512, "float16"), (2, 2048, "float32"), (8, 16, "float16")])
+def test_other_shapes_and_float32_are_gathered_as_written(tmp_path, frames, dim, dtype):
+    """Rows other than 4 KB (3 KB: three frames of 512 float16; 8 KB: one float32 frame of 2048, more than 4 KB;
+    256 bytes: a whole small example), read against the same features written as one .npy array."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import readers
+
+    folder = tmp_path / "build"
+    written = np.load(readers.make_build(str(folder), 40, 3, frames=frames, dim=dim, dtype=dtype))
+    table = _mapped(folder)
+    table.decoder()
+    assert table.gathers_in == "tensorflow" and table.row == shard_index.feature_row(frames, frames * dim * written.itemsize)
+    dataset = DatasetBuilder(str(folder)).as_dataset("train", batch_size=7, read_config=ReadConfig(), example_config=HALF)
+    read = np.concatenate([features.numpy() for (features, _), _ in dataset])
+    assert read.dtype == written.dtype and read.tobytes() == written.tobytes()
 
 
 @pytest.mark.skipif(not os.path.isfile("/proc/self/maps"), reason="counts mappings in /proc/self/maps")
