@@ -179,6 +179,8 @@ class OutputFolder:
         path = fs.join(self.out, name)
         if not fs.exists(path) or fs.size(path) != record.get("bytes"):
             return False
+        if companions and not self._on_rows(name, record):
+            return False  # written before feature rows: written again from its own examples (nothing is decoded)
         if self._framed(name, record):
             return True
         # Otherwise the whole bytes decide, as before the fast check: the shard's sha256, and its index's.
@@ -190,6 +192,19 @@ class OutputFolder:
         index_path = fs.join(self.out, str(index.get("file", "")))
         return bool(index.get("file")) and fs.exists(index_path) and fs.size(index_path) == index.get("bytes") \
             and sha256(index_path) == index.get("sha256")
+
+    def _on_rows(self, name: str, record: dict) -> bool:
+        """Whether the shard `name` has its features on feature rows (shard_index.feature_row), as this
+        release writes them: by its index alone, True when that cannot be read (the other checks decide)."""
+        planned = ((self.plan or {}).get("manifest") or {}) if isinstance(self.plan, dict) else {}
+        shard = {"file": name, "sha256": record.get("sha256"), "index": record.get("index"),
+                 "num_examples": record.get("num_examples")}
+        try:
+            _, table = shard_index.load(self.out, shard)
+            width = shard_index.feature_bytes({key: planned[key] for key in ("num_frames", "feature_dim", "feature_dtype")})
+            return shard_index.on_rows(table, planned["num_frames"], width)
+        except (ShardError, KeyError, TypeError, ValueError):
+            return True
 
     def _framed(self, name: str, record: dict) -> bool:
         """Whether the shard `name`, of the recorded size, is the one its recorded index describes (see is_built)."""

@@ -114,8 +114,8 @@ class MappedShards:
             return gathered
         if self._unaligned:
             warnings.warn(f"{self._folder} was written before feature rows (or resumed or updated from such a build): "
-                          "the mapped reader gathers its features in Python, slower (docs/reading.md); a build with "
-                          "--overwrite writes them", stacklevel=3)
+                          "the mapped reader gathers its features in Python, slower (docs/reading.md); the build "
+                          "command run again writes them from the shards' own examples, decoding nothing", stacklevel=3)
         shape, rows, start, buffers = self.shape, self._rows, self.start, _Buffers(self.width)
 
         def features(indices):

@@ -144,6 +144,12 @@ def feature_row(frames: int, feature_bytes: int) -> int:
     return frame * max(d for d in range(1, frames + 1) if frames % d == 0 and (d == 1 or frame * d <= ROW_BYTES))
 
 
+def on_rows(table: np.ndarray, frames: int, feature_bytes: int) -> bool:
+    """Whether every record of an index table has its features at a multiple of the feature row in its shard."""
+    row = feature_row(frames, feature_bytes)
+    return bool(np.all((table[:, 0] + np.uint64(12) + table[:, 3]) % np.uint64(row) == 0))
+
+
 def padding(needed: int, row: int) -> bytes:
     """Example field schema.PADDING_FIELD (its tag, length and zeros) of a length k >= 2 with k = needed
     mod row: put before a record's fields, it moves them k bytes on."""

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dancedata import DatasetBuilder, ExampleConfig, ReadConfig, manifest, mapped_shards, schema, shard_index
+from dancedata import DatasetBuilder, ExampleConfig, ReadConfig, manifest, mapped_shards, schema, shard_index, write
 
 HALF = ExampleConfig(cast=False)
 
@@ -160,6 +160,11 @@ def _as_written_before_the_feature_row(folder, shards=None):
             (folder / shard["index"]["file"]).write_bytes(index)
             shard.update(bytes=path.stat().st_size, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
             shard["index"].update(bytes=len(index), sha256=hashlib.sha256(index).hexdigest())
+            state = folder / ".build" / (shard["file"] + ".json")  # the build's own record of the shard
+            record = json.loads(state.read_text())
+            record.update(bytes=shard["bytes"], sha256=shard["sha256"])
+            record["index"].update(bytes=shard["index"]["bytes"], sha256=shard["index"]["sha256"])
+            write.write_json(str(state), manifest.sealed(record))  # as the build writes it: byte for byte checked
     (folder / "manifest.json").write_text(manifest.dumps(manifest.sealed(document)))
 
 
@@ -178,6 +183,25 @@ def test_a_build_written_before_the_feature_row_is_gathered_in_numpy_and_says_so
     with pytest.warns(UserWarning, match="written before feature rows"):
         old = _epochs(folder)
     assert old == expected == _epochs(folder, source="stream")
+
+
+def test_the_build_command_puts_an_older_builds_features_on_rows_without_decoding(built, tmp_path, capsys):
+    """The same command again, over a build written before feature rows: every shard written anew from its
+    own examples, no video decoded, and the result byte for byte a fresh build's."""
+    import dancedata
+    from conftest import FAST_EXTRACTOR, build_outputs
+
+    folder = tmp_path / "old"
+    shutil.copytree(built["out"], folder)
+    _as_written_before_the_feature_row(folder)
+    assert build_outputs(folder) != build_outputs(built["out"])
+    capsys.readouterr()
+    dancedata.build_shards(str(built["root"]), str(folder), frames=8, shard_mb=0.1, quiet=True, **FAST_EXTRACTOR)
+    assert "; 0 to decode" in capsys.readouterr().err
+    assert build_outputs(folder) == build_outputs(built["out"])
+    table = _mapped(folder)
+    table.decoder()
+    assert table.gathers_in == "tensorflow"
 
 
 def test_a_copied_record_is_padded_for_its_new_place_only(built, tmp_path):
