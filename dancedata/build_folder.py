@@ -193,29 +193,34 @@ class OutputFolder:
         return bool(index.get("file")) and fs.exists(index_path) and fs.size(index_path) == index.get("bytes") \
             and sha256(index_path) == index.get("sha256")
 
+    def _dims(self) -> dict:
+        """The planned examples' num_frames, feature_dim and feature_dtype (KeyError or TypeError if the plan lacks them)."""
+        planned = ((self.plan or {}).get("manifest") or {}) if isinstance(self.plan, dict) else {}
+        return {key: planned[key] for key in ("num_frames", "feature_dim", "feature_dtype")}
+
+    @staticmethod
+    def _entry(name: str, record: dict) -> dict:
+        """The manifest entry of shard `name` as its record states it (what shard_index.load checks against)."""
+        return {"file": name, "sha256": record.get("sha256"), "index": record.get("index"),
+                "num_examples": record.get("num_examples")}
+
     def _on_rows(self, name: str, record: dict) -> bool:
         """Whether the shard `name` has its features on feature rows (shard_index.feature_row), as this
         release writes them: by its index alone, True when that cannot be read (the other checks decide)."""
-        planned = ((self.plan or {}).get("manifest") or {}) if isinstance(self.plan, dict) else {}
-        shard = {"file": name, "sha256": record.get("sha256"), "index": record.get("index"),
-                 "num_examples": record.get("num_examples")}
         try:
-            _, table = shard_index.load(self.out, shard)
-            width = shard_index.feature_bytes({key: planned[key] for key in ("num_frames", "feature_dim", "feature_dtype")})
-            return shard_index.on_rows(table, planned["num_frames"], width)
+            dims = self._dims()
+            _, table = shard_index.load(self.out, self._entry(name, record))
+            return shard_index.on_rows(table, dims["num_frames"], shard_index.feature_bytes(dims))
         except (ShardError, KeyError, TypeError, ValueError):
             return True
 
     def _framed(self, name: str, record: dict) -> bool:
         """Whether the shard `name`, of the recorded size, is the one its recorded index describes (see is_built)."""
-        planned = ((self.plan or {}).get("manifest") or {}) if isinstance(self.plan, dict) else {}
-        index = record.get("index")
-        if not isinstance(index, dict) or not isinstance(planned, dict):
+        if not isinstance(record.get("index"), dict):
             return False
-        shard = {"file": name, "sha256": record.get("sha256"), "index": index, "num_examples": record.get("num_examples")}
         path = fs.join(self.out, name)
         try:
-            dims = {key: planned[key] for key in ("num_frames", "feature_dim", "feature_dtype")}
+            dims, shard = self._dims(), self._entry(name, record)
             header, table = shard_index.load(self.out, shard)
             if not fs.is_remote(path) or self.manifest is not None:
                 return shard_index.problem(self.out, dims, shard) is None
@@ -283,11 +288,8 @@ class OutputFolder:
         (no video decoded), byte for byte the one the build wrote; True when the shard is built after it."""
         if record is None or "index" not in record or not self.is_built(unit.name, unit.key, record, companions=False):
             return False
-        shard = {"file": unit.name, "sha256": record["sha256"], "index": record["index"], "num_examples": record.get("num_examples")}
-        planned = (self.plan or {}).get("manifest") or {}
         try:
-            shard_index.repair(self.out, {"num_frames": planned["num_frames"], "feature_dim": planned["feature_dim"],
-                                          "feature_dtype": planned["feature_dtype"]}, shard, unit.content_key)
+            shard_index.repair(self.out, self._dims(), self._entry(unit.name, record), unit.content_key)
         except (ShardError, KeyError, TypeError):
             return False  # not rebuildable as it was: the shard is redone
         return self.is_built(unit.name, unit.key, record)

@@ -37,6 +37,7 @@ class MappedShards:
         self.maps, starts, masks, labels, self._sequences = [], [], [], [], []
         self._files = []  # (path, its features' offsets, the version checked) of each shard with records, in order
         salvaged = salvaged or {}
+        on_rows = not salvaged
         classes = len(manifest["classes"])
         for position, shard in enumerate(shards):
             path = fs.join(folder, shard["file"])
@@ -53,6 +54,7 @@ class MappedShards:
             starts.append(data + table[:, 3].astype(np.int64))
             if len(table) and position not in salvaged:
                 self._files.append((path, starts[-1], shard_index.checked_version(mapped)))
+                on_rows = on_rows and shard_index.on_rows(table, self.frames, self.width)
             masks.append(mapped[(data + table[:, 4].astype(np.int64))[:, None] + np.arange(self.frames)] if len(table)
                          else np.zeros((0, self.frames), np.uint8))
             labels.append(_labels(mapped, data + table[:, 5].astype(np.int64), table[:, 6]))
@@ -73,11 +75,10 @@ class MappedShards:
             self._sequences = [entry if len(entry[1]) else (entry[0], np.zeros(n, np.int64), np.zeros(n, np.int64))
                                for entry, n in zip(self._sequences, full)]
         self._labels = self.labels.astype(np.int32)  # as the model takes them
-        row = shard_index.feature_row(self.frames, self.width)
         # Builds since the feature row write every shard's features at multiples of it: TensorFlow gathers them
         # as whole rows, in C++, from the mapped files (aligned_rows). Older builds, and salvaged shards, are
         # gathered in Python (numpy).
-        self.row = row if not salvaged and all(np.all(offsets % row == 0) for _, offsets, _ in self._files) else None
+        self.row = shard_index.feature_row(self.frames, self.width) if on_rows else None
         self.gathers_in = "numpy"  # or "tensorflow", once decoder() has mapped the aligned rows
         self._unaligned = self.row is None and not salvaged and bool(self._files)  # an older build: said in decoder()
         self._folder = folder
