@@ -166,6 +166,8 @@ def index_dataset(builder, split: str, table: Table, *, batch_size: int = 32, re
             positions = tf.broadcast_to(tf.range(frames)[None, :], [tf.shape(index)[0], frames])
         return (index, positions), tf.gather(labels, index)
 
-    batches = batches.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
-    return batches if counter is None else pipelines.counted(batches, counter,
-                                                             builder.epoch_batches(sampler, read, batch_size, keep))
+    if counter is None:
+        return batches.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    batches = pipelines.light_map(batches, to_inputs, parallel=True)  # a new iterator each epoch: its start counts
+    return pipelines.counted(batches.prefetch(tf.data.AUTOTUNE), counter,
+                             builder.epoch_batches(sampler, read, batch_size, keep), pipelines.dtypes_of(batches))

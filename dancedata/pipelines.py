@@ -6,6 +6,8 @@ repeat, a dataset's epoch is counted by the consumer (EpochCounter, counted).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from dancedata import sampler as sampler_lib
@@ -91,32 +93,130 @@ def _release_iterators() -> None:
             del found._iterator_resource  # the last reference to the C++ iterator: it stops its threads now
 
 
+# A tf.data function carrying this attribute is instantiated as a single-device function: TensorFlow skips
+# grappler's optimization of it, which costs each function ~3-5 ms every time an iterator starts (most of a
+# fresh epoch's start on the readers by index, measured). tf.data's functions run on the host's CPU and ours
+# name no device, so what the attribute says (int32 kept in device memory) changes nothing there, except this:
+# such a function returns an int32 through a _DeviceRetval, and tf.data's optimizations that look for the
+# pipeline's end (inject_prefetch, slack, ...) then take the function for the pipeline and fail ("Expected only
+# one fetch node", TF 2.21). So light_map's functions return no int32.
+_SINGLE_DEVICE = {"experimental_ints_on_device": True}
+
+
+def light_map(dataset, fn, parallel: bool = False):
+    """dataset.map(fn) (parallel: num_parallel_calls=AUTOTUNE, deterministic) with fn instantiated without
+    grappler each time an iterator starts (see _SINGLE_DEVICE): a faster start, per-batch speed level
+    (measured). fn's int32 outputs come out as int64: `narrow(element, dtypes_of(the result))` in a stage of
+    TensorFlow's own gives them back (counted's stage does). Where TensorFlow lacks the private pieces this
+    needs, the public stage, its int32 kept."""
+    import tensorflow as tf
+
+    if _light_stage() is None:
+        return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True) if parallel else dataset.map(fn)
+    return _light_stage()(dataset, fn, "parallel_map" if parallel else "map")
+
+
+def light_flat_map(dataset, fn):
+    """dataset.flat_map(fn), fn instantiated as light_map's are (it returns a dataset: no int32 to widen)."""
+    return dataset.flat_map(fn) if _light_stage() is None else _light_stage()(dataset, fn, "flat_map")
+
+
+def dtypes_of(dataset):
+    """The dtypes its function gave a light_map stage's elements (int32 where it returned int32), or None
+    for any other dataset: what narrow restores."""
+    return getattr(dataset, "function_dtypes", None)
+
+
+def narrow(element, dtypes):
+    """`element` with the int32 light_map widened cast back (dtypes: dtypes_of its stage; None: as it is).
+    In a function TensorFlow optimizes: see _SINGLE_DEVICE."""
+    import tensorflow as tf
+
+    if dtypes is None:
+        return element
+    return tf.nest.map_structure(lambda tensor, dtype: tf.cast(tensor, dtype) if tensor.dtype != dtype else tensor,
+                                 element, dtypes)
+
+
+@functools.cache
+def _light_stage():
+    """The Dataset class of light_map's stages, or None where this TensorFlow lacks what it builds on (the
+    private classes and ops its own map and flat_map use, present from 2.16 to 2.21 at least)."""
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.data.ops import dataset_ops, structured_function
+        from tensorflow.python.ops import gen_dataset_ops
+
+        base, wrapper = dataset_ops.UnaryDataset, structured_function.StructuredFunctionWrapper
+        ops = {"map": gen_dataset_ops.map_dataset, "parallel_map": gen_dataset_ops.parallel_map_dataset_v2,
+               "flat_map": gen_dataset_ops.flat_map_dataset}
+    except (ImportError, AttributeError):
+        return None
+
+    class LightStage(base):
+        def __init__(self, input_dataset, fn, kind: str):
+            self._input_dataset, self._name, self.function_dtypes = input_dataset, None, None
+            self._map_func = wrapper(fn if kind == "flat_map" else self._widening(fn), f"Dataset.{kind}()",
+                                     dataset=input_dataset, defun_kwargs=dict(_SINGLE_DEVICE))
+            function, output = self._map_func.function, self._map_func.output_structure
+            if kind == "flat_map" and not isinstance(output, dataset_ops.DatasetSpec):
+                raise TypeError(f"a flat_map's function must return a Dataset, not {output!r}")
+            self._structure = output._element_spec if kind == "flat_map" else output  # noqa: SLF001
+            options = {} if kind == "flat_map" else {"preserve_cardinality": True}
+            if kind == "parallel_map":
+                options.update(num_parallel_calls=tf.constant(tf.data.AUTOTUNE, tf.int64), deterministic="true")
+            variant = ops[kind](input_dataset._variant_tensor, function.captured_inputs, f=function,  # noqa: SLF001
+                                **options, **self._common_args)
+            super().__init__(input_dataset, variant)
+
+        def _widening(self, fn):
+            def widened(*args):
+                element = fn(*args)
+                self.function_dtypes = tf.nest.map_structure(lambda tensor: tf.convert_to_tensor(tensor).dtype,
+                                                             element)
+                return tf.nest.map_structure(
+                    lambda tensor: tf.cast(tensor, tf.int64) if tensor.dtype == tf.int32 else tensor, element)
+
+            return widened
+
+        def _functions(self):
+            return [self._map_func]
+
+        @property
+        def element_spec(self):
+            return self._structure
+
+    return LightStage
+
+
 def each_epoch(first: int, repeat: bool, one_epoch, counter: EpochCounter | None = None):
     """one_epoch(epoch) for epochs first, first + 1, ... (repeat), or for the one epoch `counter` says
     when each iteration starts (without repeat: so fit(..., epochs=N) takes a new order each epoch).
-    The counter is read inside the flat_map's own function: each function a new iterator instantiates
-    costs it ~5 ms (TensorFlow optimizes each one), a fifth of a fresh epoch's start (measured). Every
+    The counter is read inside the flat_map's own function, not in a stage of its own: each function a
+    new iterator instantiates costs it time (see light_map). Every
     reader's pipeline starts here: it registers release_iterators_at_exit."""
     import tensorflow as tf
 
     release_iterators_at_exit()
 
     if repeat:
-        return tf.data.Dataset.range(first, 2**62).flat_map(one_epoch)
+        return light_flat_map(tf.data.Dataset.range(first, 2**62), one_epoch)
     # A Python counter, read each time an iterator starts: no TensorFlow variable, so a dataset made under a
     # tf.distribute strategy's scope does not get a distributed one.
     counter = EpochCounter(first) if counter is None else counter
-    return tf.data.Dataset.from_tensors(np.int64(0)).flat_map(
-        lambda _: one_epoch(tf.ensure_shape(tf.numpy_function(counter.read, [], tf.int64, stateful=True), [])))
+    return light_flat_map(tf.data.Dataset.from_tensors(np.int64(0)), lambda _: one_epoch(
+        tf.ensure_shape(tf.numpy_function(counter.read, [], tf.int64, stateful=True), [])))
 
 
 def batch_count(examples: int, batch_size: int, drop_remainder: bool) -> int:
     return examples // batch_size if drop_remainder else -(-examples // batch_size)
 
 
-def counted(batches, counter: EpochCounter, count: int | None):
+def counted(batches, counter: EpochCounter, count: int | None, dtypes=None):
     """The final stage of a dataset without repeat: its cardinality is `count` batches (None: unknown),
-    and `counter` advances when the consumer takes the last one (or, count unknown, asks past the end)."""
+    and `counter` advances when the consumer takes the last one (or, count unknown, asks past the end).
+    dtypes: those of a light_map stage within `batches` (dtypes_of), whose int32 this stage gives back."""
     import tensorflow as tf
 
     def advance():
@@ -128,14 +228,15 @@ def counted(batches, counter: EpochCounter, count: int | None):
         def mark(position, batch):
             done = tf.cond(tf.equal(position, count - 1), advance, lambda: tf.constant(0, tf.int64))
             with tf.control_dependencies([done]):
-                return tf.nest.map_structure(tf.identity, batch)
+                return tf.nest.map_structure(tf.identity, narrow(batch, dtypes))
 
-        return batches.enumerate().map(mark)
+        return batches.enumerate().map(mark)  # TensorFlow's own stage, so it may return int32 (see _SINGLE_DEVICE)
 
     def nothing(_):  # no element, with the batches' structure: the end's marker only
         return tf.nest.map_structure(lambda spec: tf.zeros([0 if d is None else d for d in spec.shape], spec.dtype),
                                      batches.element_spec)
 
+    batches = batches if dtypes is None else batches.map(lambda *batch: narrow(batch if len(batch) > 1 else batch[0], dtypes))
     end = tf.data.Dataset.from_tensors(np.int64(0)).map(lambda _: advance()).filter(lambda _: False).map(nothing)
     return batches.concatenate(end)
 

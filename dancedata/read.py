@@ -222,7 +222,11 @@ class DatasetBuilder:
         def prepare(batch, seed=None):  # one vectorised decode per batch
             return to_inputs(decode(batch), seed)
 
-        batches = batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if table is not None and counter is not None:  # a new iterator each epoch: its start counts (light_map)
+            batches = pipelines.light_map(batches, prepare, parallel=True)
+        else:
+            batches = batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        dtypes = pipelines.dtypes_of(batches)
         if read.data_service:
             from dancedata import data_service as service
 
@@ -235,7 +239,7 @@ class DatasetBuilder:
             return batches
         if table is None and (read.holdout is not None or damage) and self.epoch_batches(sampler, read, batch_size) is not None:
             keep = self._streamed_keep(split, paths, sampler, read, damage)  # with a holdout, one pass: its count
-        return pipelines.counted(batches, counter, self.epoch_batches(sampler, read, batch_size, keep))
+        return pipelines.counted(batches, counter, self.epoch_batches(sampler, read, batch_size, keep), dtypes)
 
     def epoch_batches(self, sampler: Sampler, read: ReadConfig, batch_size: int, keep=None) -> int | None:
         """The batches of each iteration of a dataset without repeat, or None where they differ: started

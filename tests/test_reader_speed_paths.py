@@ -126,3 +126,80 @@ def test_a_missing_shard_stops_the_streamed_reader_instead_of_hanging(built, tmp
     with pytest.raises(ShardError, match=f"shard {victim} is missing"):
         for _ in DatasetBuilder(str(folder)).as_dataset("train", batch_size=3, read_config=read).take(30):
             pass
+
+
+def _functions(dataset) -> dict:
+    """{name: FunctionDef} of the functions `dataset`'s serialized graph runs: what TensorFlow instantiates."""
+    graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())  # noqa: SLF001
+    return {function.signature.name: function for function in graph.library.function}
+
+
+def _stage_functions(dataset) -> list:
+    """The FunctionDefs the graph's map and flat_map stages name (not those their bodies call)."""
+    graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())  # noqa: SLF001
+    library = _functions(dataset)
+    return [library[node.attr["f"].func.name] for node in graph.node
+            if node.op in ("MapDataset", "ParallelMapDatasetV2", "FlatMapDataset")]
+
+
+def test_light_stages_give_what_the_public_stages_give_with_functions_tensorflow_does_not_optimize():
+    from dancedata import pipelines
+    from dancedata.pipelines import light_flat_map, light_map
+
+    numbers = tf.data.Dataset.range(23)
+    pairs = [
+        (light_map(numbers, lambda x: (x * 3, tf.strings.as_string(x))), numbers.map(lambda x: (x * 3, tf.strings.as_string(x)))),
+        (light_map(numbers.batch(4), lambda x: {"sum": tf.reduce_sum(x)}, parallel=True),
+         numbers.batch(4).map(lambda x: {"sum": tf.reduce_sum(x)})),
+        (light_flat_map(numbers.take(5), lambda x: tf.data.Dataset.range(x)), numbers.take(5).flat_map(tf.data.Dataset.range)),
+    ]
+    for light, public in pairs:
+        assert light.element_spec == public.element_spec
+        assert [tf.nest.map_structure(np.asarray, element) for element in light.as_numpy_iterator()] == \
+            [tf.nest.map_structure(np.asarray, element) for element in public.as_numpy_iterator()]
+        functions = _stage_functions(light)
+        assert functions and all(f.attr["experimental_ints_on_device"].b for f in functions)
+        assert not any(f.attr["experimental_ints_on_device"].b for f in _stage_functions(public))
+    assert light_map(numbers, lambda x: x).cardinality() == 23  # the cardinality is kept
+    widened = light_map(numbers, lambda x: (tf.cast(x, tf.int32), x))  # its int32 leave as int64; narrow restores them
+    assert [spec.dtype for spec in widened.element_spec] == [tf.int64, tf.int64]
+    assert pipelines.dtypes_of(widened) == (tf.int32, tf.int64) and pipelines.dtypes_of(numbers) is None
+    restored = widened.map(lambda *element: pipelines.narrow(element, pipelines.dtypes_of(widened)))
+    assert [spec.dtype for spec in restored.element_spec] == [tf.int32, tf.int64]
+    assert list(restored.as_numpy_iterator()) == [(np.int32(i), i) for i in range(23)]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="odd"):  # and errors raised in the function reach the caller
+        list(light_map(numbers, lambda x: tf.debugging.Assert(x < 7, ["odd"]) and x, parallel=True))
+    with pytest.raises(TypeError, match="must return a Dataset"):
+        light_flat_map(numbers, lambda x: x)
+
+
+@pytest.mark.parametrize("read", [{}, {"cache": True}, {"holdout": Holdout(0.3, part="rest")}])
+def test_a_fresh_epochs_iterator_has_grappler_optimize_only_the_count_stage(built, read):
+    """Each function TensorFlow optimizes costs every new iterator ~3-5 ms: a fresh epoch's start (issue 30).
+    The count's stage is TensorFlow's own, and gives back the int32 label the others widen."""
+    dataset = DatasetBuilder(str(built["out"])).as_dataset("train", batch_size=3, example_config=HALF,
+                                                           read_config=ReadConfig(shuffle=True, seed=1, **read))
+    optimized = [f for f in _stage_functions(dataset) if not f.attr["experimental_ints_on_device"].b]
+    assert len(_stage_functions(dataset)) == 3 and len(optimized) == 1
+    assert dataset.element_spec[1].dtype == tf.int32
+
+
+@pytest.mark.parametrize("option", ["inject_prefetch", "slack", "map_and_batch_fusion", "deterministic"])
+@pytest.mark.parametrize("read", [{}, {"cache": True}, {"source": "stream"}])
+def test_the_readers_work_with_tf_data_options_a_user_turns_on(built, read, option):
+    """light_map's functions return no int32: one would make these options fail ("Expected only one fetch
+    node", TF 2.21: its int32 leave through a _DeviceRetval)."""
+    options = tf.data.Options()
+    if option == "slack":
+        options.experimental_slack = True
+    elif option == "deterministic":
+        options.deterministic = False
+    else:
+        setattr(options.experimental_optimization, option, True)
+    builder = DatasetBuilder(str(built["out"]))
+    plain = builder.as_dataset("train", batch_size=3, example_config=HALF, read_config=ReadConfig(**read))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # slack's "no final prefetch" notice on a pipeline that ends in our count
+        batches = list(plain.with_options(options))
+    assert [label.dtype for _, label in batches] == [tf.int32] * len(batches)
+    assert _rows(batches) == _rows(plain)
