@@ -213,6 +213,26 @@ def batch_count(examples: int, batch_size: int, drop_remainder: bool) -> int:
     return examples // batch_size if drop_remainder else -(-examples // batch_size)
 
 
+def counter_advance(counter: EpochCounter):
+    """A graph op advancing `counter` (the next iteration reads the next epoch); its new value."""
+    import tensorflow as tf
+
+    return tf.ensure_shape(tf.numpy_function(counter.advance, [], tf.int64, stateful=True), [])
+
+
+def labelled(batches, labels, count: int):
+    """The final stage of a dataset by index without repeat, in place of counted's: `batches` of inputs
+    (a light_map's, prefetched: none of them int32) zipped with the epoch's `labels` (index_batches with
+    values and count: they advance the epoch as the consumer takes its last batch, with no function on
+    the consumer's thread until then). counted's stage runs a function per batch on that thread, ~100 us
+    at any batch size (single-device or not, measured); and it must return the int32 labels, so it cannot
+    be a light one (see _SINGLE_DEVICE)."""
+    import tensorflow as tf
+
+    zipped = tf.data.Dataset.zip(batches, labels)
+    return zipped.apply(tf.data.experimental.assert_cardinality(count))
+
+
 def counted(batches, counter: EpochCounter, count: int | None, dtypes=None):
     """The final stage of a dataset without repeat: its cardinality is `count` batches (None: unknown),
     and `counter` advances when the consumer takes the last one (or, count unknown, asks past the end).
@@ -220,7 +240,7 @@ def counted(batches, counter: EpochCounter, count: int | None, dtypes=None):
     import tensorflow as tf
 
     def advance():
-        return tf.ensure_shape(tf.numpy_function(counter.advance, [], tf.int64, stateful=True), [])
+        return counter_advance(counter)
 
     if count is not None:
         batches = batches.apply(tf.data.experimental.assert_cardinality(count))
@@ -277,12 +297,18 @@ def unrewritten(dataset):
     mapped reader's view of the shards) is not copied. What they would do, our pipelines do already: maps
     are parallel, batches are of indices, and each pipeline ends in its own prefetch (level within this
     machine's noise, measured). A stage a user appends (a .map) is not parallelized for them:
-    `num_parallel_calls` does that; turning a rewrite back on (Dataset.with_options) brings the copy back."""
+    `num_parallel_calls` does that; turning a rewrite back on (Dataset.with_options) brings the copy back.
+    Autotuning is off too: the iterator it tunes took 30-150 ms, now and then 500, to go away at the end
+    of an epoch (waiting on its model's thread; a plain tf.data pipeline as well, TF 2.21), on the
+    consumer's clock, every epoch fit reads afresh. Without it a parallel map runs as many calls as there
+    are cores, and prefetch grows its buffer while the consumer finds it empty: per batch the same
+    (measured)."""
     import tensorflow as tf
 
     options = tf.data.Options()
     for name in DEFAULT_REWRITES:
         setattr(options.experimental_optimization, name, False)
+    options.autotune.enabled = False
     return dataset.with_options(options)
 
 
@@ -293,12 +319,28 @@ def first_batch(step: int, steps: int | None, examples: int, batch_size: int, dr
     return step % count if steps is not None and count else step
 
 
+def sliced(values, batch_size: int, drop_remainder: bool):
+    """from_tensor_slices(values).batch(batch_size, drop_remainder) of a 1-D tensor, each batch one slice of
+    a reshape instead of batch_size steps of its own (a few us a batch on the consumer's thread)."""
+    import tensorflow as tf
+
+    whole = tf.size(values, out_type=tf.int64) // batch_size * batch_size
+    batches = tf.data.Dataset.from_tensor_slices(tf.reshape(values[:whole], [-1, batch_size]))
+    if drop_remainder:
+        return batches
+    rest = tf.data.Dataset.from_tensors(values[whole:]).take(tf.cast(tf.size(values, out_type=tf.int64) > whole, tf.int64))
+    return batches.concatenate(rest)
+
+
 def index_batches(sampler: sampler_lib.Sampler, first: int, repeat: bool, batch_size: int, drop_remainder: bool,
                   keep: np.ndarray | None = None, seeds: bool = False, steps: int | None = None, step: int = 0,
-                  counter: EpochCounter | None = None):
+                  counter: EpochCounter | None = None, values=None, count: int | None = None):
     """Batches of example indices [B] int64 in the sampler's order (seeds: (indices, window seed [2])),
     each epoch `steps` batches when given (see exactly); epoch `first` from its batch `step`: a slice of
-    its order and its seeds, whatever the step costs the same. Without repeat, `counter` gives the epoch."""
+    its order and its seeds, whatever the step costs the same. Without repeat, `counter` gives the epoch.
+    values (a 1-D tensor, one value per example): batches of values[indices] instead, with no function
+    between them and the consumer, and with `count` (each epoch's batches) the counter advanced as the
+    consumer takes an epoch's last one (see labelled)."""
     import tensorflow as tf
 
     def numbers(epoch):
@@ -308,16 +350,29 @@ def index_batches(sampler: sampler_lib.Sampler, first: int, repeat: bool, batch_
                 np.int64(first_batch(skipped, steps, len(order), batch_size, drop_remainder)))
 
     def batched(order, batch_seeds):
+        if values is not None:
+            return sliced(tf.gather(values, order), batch_size, drop_remainder)
         batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder)
         return tf.data.Dataset.zip((batches, tf.data.Dataset.from_tensor_slices(batch_seeds))) if seeds else batches
 
-    def one_epoch(epoch):
+    def ordered(epoch):
         order, batch_seeds, skipped, start = tf.numpy_function(numbers, [epoch], (tf.int64,) * 4, stateful=False)
         order, batch_seeds = tf.ensure_shape(order, [None]), tf.ensure_shape(batch_seeds, [None, 2])
         if not step:
             return exactly(batched(order, batch_seeds), steps)
         rest = batched(order[start * batch_size:], batch_seeds[start:])
         return rest if steps is None else exactly(rest, steps, skipped, batched(order, batch_seeds))
+
+    def one_epoch(epoch):
+        batches = ordered(epoch)
+        if values is None or count is None:
+            return batches
+
+        def last(_):  # run as the consumer asks for the epoch's last batch: this epoch is read
+            with tf.control_dependencies([counter_advance(counter)]):
+                return batches.skip(count - 1)
+
+        return batches.take(count - 1).concatenate(light_flat_map(tf.data.Dataset.from_tensors(np.int64(0)), last))
 
     batches = each_epoch(first, repeat, one_epoch, counter)
     return started(batches) if step else batches

@@ -222,7 +222,15 @@ class DatasetBuilder:
         def prepare(batch, seed=None):  # one vectorised decode per batch
             return to_inputs(decode(batch), seed)
 
-        if table is not None and counter is not None:  # a new iterator each epoch: its start counts (light_map)
+        # A new iterator each epoch: its start and the consumer's thread count (pipelines.light_map, labelled).
+        count = self.epoch_batches(sampler, read, batch_size, keep) if table is not None and counter else None
+        labels = None
+        if count and not example.with_metadata:
+            labels = pipelines.index_batches(sampler, read.epoch, False, batch_size, read.drop_remainder, keep,
+                                             steps=read.steps_per_epoch, counter=counter, count=count,
+                                             values=tf.constant(np.asarray(table.labels, np.int32)))
+            batches = pipelines.light_map(batches, lambda batch, seed=None: prepare(batch, seed)[0], parallel=True)
+        elif table is not None and counter is not None:
             batches = pipelines.light_map(batches, prepare, parallel=True)
         else:
             batches = batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -233,9 +241,11 @@ class DatasetBuilder:
             batches = service.distribute(batches, service.check_reachable(read.data_service))
             batches = batches.repeat() if read.repeat else batches
         batches = batches.prefetch(tf.data.AUTOTUNE)
+        if labels is not None:
+            batches = pipelines.labelled(batches, labels, count)
         if table is not None:  # its functions capture the whole split: a cache, or a view of the mapped shards
             batches = pipelines.unrewritten(batches)
-        if counter is None:
+        if counter is None or labels is not None:
             return batches
         if table is None and (read.holdout is not None or damage) and self.epoch_batches(sampler, read, batch_size) is not None:
             keep = self._streamed_keep(split, paths, sampler, read, damage)  # with a holdout, one pass: its count
