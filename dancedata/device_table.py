@@ -152,11 +152,21 @@ def index_dataset(builder, split: str, table: Table, *, batch_size: int = 32, re
                          builder._damage(split, read))
     windows = example.seq_len is not None and training
     counter = None if read.repeat else pipelines.EpochCounter(read.epoch)
+    frames = builder.info.num_frames
+    length = example.seq_len if example.seq_len is not None else frames
+    count = builder.epoch_batches(sampler, read, batch_size, keep) if counter is not None else None
+    if count and not windows:  # every batch taken whole from values: no function, nothing to prefetch
+        rows = np.arange(offset, offset + sum(counts))
+        positions = np.broadcast_to(np.arange(frames, dtype=np.int32), (len(rows), frames))
+        if length < frames:
+            positions = window_positions(table.masks[rows], length, False, None).numpy()
+        values = ((tf.constant(rows), tf.constant(positions)), tf.constant(np.asarray(table.labels[rows], np.int32)))
+        return pipelines.index_batches(sampler, read.epoch, False, batch_size, read.drop_remainder, keep,
+                                       counter=counter, values=values, count=count).apply(
+            tf.data.experimental.assert_cardinality(count))
     batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder, keep, windows,
                                       read.steps_per_epoch, read.step, counter)
     masks, labels = tf.constant(table.masks), tf.constant(table.labels)
-    frames = builder.info.num_frames
-    length = example.seq_len if example.seq_len is not None else frames
 
     def to_inputs(index, seed=None):  # seed: only with random windows
         index = index + offset
@@ -166,8 +176,5 @@ def index_dataset(builder, split: str, table: Table, *, batch_size: int = 32, re
             positions = tf.broadcast_to(tf.range(frames)[None, :], [tf.shape(index)[0], frames])
         return (index, positions), tf.gather(labels, index)
 
-    if counter is None:
-        return batches.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
-    batches = pipelines.light_map(batches, to_inputs, parallel=True)  # a new iterator each epoch: its start counts
-    return pipelines.counted(batches.prefetch(tf.data.AUTOTUNE), counter,
-                             builder.epoch_batches(sampler, read, batch_size, keep), pipelines.dtypes_of(batches))
+    batches = batches.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    return batches if counter is None else pipelines.counted(batches, counter, count)

@@ -320,16 +320,21 @@ def first_batch(step: int, steps: int | None, examples: int, batch_size: int, dr
 
 
 def sliced(values, batch_size: int, drop_remainder: bool):
-    """from_tensor_slices(values).batch(batch_size, drop_remainder) of a 1-D tensor, each batch one slice of
-    a reshape instead of batch_size steps of its own (a few us a batch on the consumer's thread)."""
+    """from_tensor_slices(values).batch(batch_size, drop_remainder) of a structure of tensors of one length,
+    each batch one slice of a reshape instead of batch_size steps of its own (a few us a batch)."""
     import tensorflow as tf
 
-    whole = tf.size(values, out_type=tf.int64) // batch_size * batch_size
-    batches = tf.data.Dataset.from_tensor_slices(tf.reshape(values[:whole], [-1, batch_size]))
+    length = tf.shape(tf.nest.flatten(values)[0], out_type=tf.int64)[0]
+    whole = length // batch_size * batch_size
+
+    def batched(tensor):
+        return tf.reshape(tensor[:whole], tf.concat([[-1, batch_size], tf.shape(tensor, out_type=tf.int64)[1:]], 0))
+
+    batches = tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(batched, values))
     if drop_remainder:
         return batches
-    rest = tf.data.Dataset.from_tensors(values[whole:]).take(tf.cast(tf.size(values, out_type=tf.int64) > whole, tf.int64))
-    return batches.concatenate(rest)
+    rest = tf.data.Dataset.from_tensors(tf.nest.map_structure(lambda tensor: tensor[whole:], values))
+    return batches.concatenate(rest.take(tf.cast(length > whole, tf.int64)))
 
 
 def index_batches(sampler: sampler_lib.Sampler, first: int, repeat: bool, batch_size: int, drop_remainder: bool,
@@ -338,9 +343,9 @@ def index_batches(sampler: sampler_lib.Sampler, first: int, repeat: bool, batch_
     """Batches of example indices [B] int64 in the sampler's order (seeds: (indices, window seed [2])),
     each epoch `steps` batches when given (see exactly); epoch `first` from its batch `step`: a slice of
     its order and its seeds, whatever the step costs the same. Without repeat, `counter` gives the epoch.
-    values (a 1-D tensor, one value per example): batches of values[indices] instead, with no function
-    between them and the consumer, and with `count` (each epoch's batches) the counter advanced as the
-    consumer takes an epoch's last one (see labelled)."""
+    values (a structure of tensors [N, ...], one row per example): batches of each one's rows at the
+    indices instead, with no function between them and the consumer, and with `count` (each epoch's
+    batches) the counter advanced as the consumer takes an epoch's last one (see labelled)."""
     import tensorflow as tf
 
     def numbers(epoch):
@@ -351,7 +356,8 @@ def index_batches(sampler: sampler_lib.Sampler, first: int, repeat: bool, batch_
 
     def batched(order, batch_seeds):
         if values is not None:
-            return sliced(tf.gather(values, order), batch_size, drop_remainder)
+            return sliced(tf.nest.map_structure(lambda tensor: tf.gather(tensor, order), values), batch_size,
+                          drop_remainder)
         batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder)
         return tf.data.Dataset.zip((batches, tf.data.Dataset.from_tensor_slices(batch_seeds))) if seeds else batches
 
