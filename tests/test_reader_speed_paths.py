@@ -203,3 +203,17 @@ def test_the_readers_work_with_tf_data_options_a_user_turns_on(built, read, opti
         batches = list(plain.with_options(options))
     assert [label.dtype for _, label in batches] == [tf.int32] * len(batches)
     assert _rows(batches) == _rows(plain)
+
+
+@pytest.mark.parametrize("length", [0, 1, 6, 7, 12])
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_sliced_batches_are_what_batch_gives(length, drop_remainder):
+    from dancedata.pipelines import sliced
+
+    values = ((tf.range(length, dtype=tf.int64), tf.reshape(tf.range(length * 3), [length, 3])),
+              tf.cast(tf.range(length), tf.int32) * 5)
+    expected = tf.data.Dataset.from_tensor_slices(values).batch(3, drop_remainder)
+    got = sliced(values, 3, drop_remainder)
+    assert got.element_spec[0][1].shape.as_list()[1:] == [3] and got.element_spec[1].dtype == tf.int32
+    as_lists = lambda dataset: [tf.nest.map_structure(lambda t: t.tolist(), e) for e in dataset.as_numpy_iterator()]
+    assert as_lists(got) == as_lists(expected)
