@@ -217,3 +217,20 @@ def test_sliced_batches_are_what_batch_gives(length, drop_remainder):
     assert got.element_spec[0][1].shape.as_list()[1:] == [3] and got.element_spec[1].dtype == tf.int32
     as_lists = lambda dataset: [tf.nest.map_structure(lambda t: t.tolist(), e) for e in dataset.as_numpy_iterator()]
     assert as_lists(got) == as_lists(expected)
+
+
+@pytest.mark.parametrize("read", [{}, {"cache": True}, {"repeat": True}])
+def test_without_the_private_stages_the_readers_give_the_same_batches(built, read, monkeypatch):
+    """Where TensorFlow lacks what light_map builds on, the public stages: the same batches and dtypes."""
+    from dancedata import pipelines
+
+    def batches():
+        dataset = DatasetBuilder(str(built["out"])).as_dataset(
+            "train", batch_size=3, example_config=HALF, read_config=ReadConfig(shuffle=True, seed=4, **read))
+        dataset = dataset.take(9) if read.get("repeat") else dataset
+        return dataset.element_spec, [(f.numpy().tobytes(), m.numpy().tolist(), l.numpy().tolist())
+                                      for (f, m), l in dataset]
+
+    light = batches()
+    monkeypatch.setattr(pipelines, "_light_stage", lambda: None)
+    assert batches() == light and light[0][1].dtype == tf.int32
