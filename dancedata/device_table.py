@@ -161,9 +161,8 @@ def index_dataset(builder, split: str, table: Table, *, batch_size: int = 32, re
         if length < frames:
             positions = window_positions(table.masks[rows], length, False, None).numpy()
         values = ((tf.constant(rows), tf.constant(positions)), tf.constant(np.asarray(table.labels[rows], np.int32)))
-        return pipelines.index_batches(sampler, read.epoch, False, batch_size, read.drop_remainder, keep,
-                                       counter=counter, values=values, count=count).apply(
-            tf.data.experimental.assert_cardinality(count))
+        return pipelines.epochs_by_index(sampler, read.epoch, batch_size, read.drop_remainder, keep, False, counter,
+                                         count, values)
     batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder, keep, windows,
                                       read.steps_per_epoch, read.step, counter)
     masks, labels = tf.constant(table.masks), tf.constant(table.labels)

@@ -7,6 +7,7 @@ repeat, a dataset's epoch is counted by the consumer (EpochCounter, counted).
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 
@@ -103,8 +104,13 @@ def _release_iterators() -> None:
 _SINGLE_DEVICE = {"experimental_ints_on_device": True}
 
 
+# How many batches the readers by index gather at once. Without autotuning (see unrewritten) AUTOTUNE would be
+# one call per core: on a GPU host dozens of batches in flight, for a copy that memory bandwidth bounds.
+GATHERS = min(4, os.cpu_count() or 1)
+
+
 def light_map(dataset, fn, parallel: bool = False):
-    """dataset.map(fn) (parallel: num_parallel_calls=AUTOTUNE, deterministic) with fn instantiated without
+    """dataset.map(fn) (parallel: GATHERS calls at once, deterministic) with fn instantiated without
     grappler each time an iterator starts (see _SINGLE_DEVICE): a faster start, per-batch speed level
     (measured). fn's int32 outputs come out as int64: `narrow(element, dtypes_of(the result))` in a stage of
     TensorFlow's own gives them back (counted's stage does). Where TensorFlow lacks the private pieces this
@@ -112,7 +118,7 @@ def light_map(dataset, fn, parallel: bool = False):
     import tensorflow as tf
 
     if _light_stage() is None:
-        return dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True) if parallel else dataset.map(fn)
+        return dataset.map(fn, num_parallel_calls=GATHERS, deterministic=True) if parallel else dataset.map(fn)
     return _light_stage()(dataset, fn, "parallel_map" if parallel else "map")
 
 
@@ -165,7 +171,7 @@ def _light_stage():
             self._structure = output._element_spec if kind == "flat_map" else output  # noqa: SLF001
             options = {} if kind == "flat_map" else {"preserve_cardinality": True}
             if kind == "parallel_map":
-                options.update(num_parallel_calls=tf.constant(tf.data.AUTOTUNE, tf.int64), deterministic="true")
+                options.update(num_parallel_calls=tf.constant(GATHERS, tf.int64), deterministic="true")
             variant = ops[kind](input_dataset._variant_tensor, function.captured_inputs, f=function,  # noqa: SLF001
                                 **options, **self._common_args)
             super().__init__(input_dataset, variant)
@@ -220,17 +226,44 @@ def counter_advance(counter: EpochCounter):
     return tf.ensure_shape(tf.numpy_function(counter.advance, [], tf.int64, stateful=True), [])
 
 
-def labelled(batches, labels, count: int):
-    """The final stage of a dataset by index without repeat, in place of counted's: `batches` of inputs
-    (a light_map's, prefetched: none of them int32) zipped with the epoch's `labels` (index_batches with
-    values and count: they advance the epoch as the consumer takes its last batch, with no function on
-    the consumer's thread until then). counted's stage runs a function per batch on that thread, ~100 us
-    at any batch size (single-device or not, measured); and it must return the int32 labels, so it cannot
-    be a light one (see _SINGLE_DEVICE)."""
+def epochs_by_index(sampler: sampler_lib.Sampler, first: int, batch_size: int, drop_remainder: bool, keep,
+                    seeds: bool, counter: EpochCounter, count: int, values, inputs=None):
+    """A reader by index without repeat, whose epochs have `count` batches: each iteration one epoch
+    (the one `counter` says as it starts, read once), each batch the rows of `values` (a structure of
+    tensors [N, ...], one row per example) at its indices, or with `inputs` (a function of a batch of
+    indices, with seeds also its window seed [2]) (inputs(batch), values' rows): inputs in a light_map,
+    prefetched, and values taken whole by slicing (sliced), with no function between them and the
+    consumer. The counter advances as the consumer takes the epoch's last batch. This replaces counted's
+    stage, which ran a function per batch on the consumer's thread (~100 us at any batch size, measured)
+    and had to return the int32 labels, so it could not be a light one (see _SINGLE_DEVICE)."""
     import tensorflow as tf
 
-    zipped = tf.data.Dataset.zip(batches, labels)
-    return zipped.apply(tf.data.experimental.assert_cardinality(count))
+    def numbers(epoch):
+        order = sampler.order(int(epoch), keep)
+        return order, sampler.batch_seeds(int(epoch), -(-len(order) // batch_size))
+
+    def one_epoch(epoch):
+        order, batch_seeds = tf.numpy_function(numbers, [epoch], (tf.int64, tf.int64), stateful=False)
+        order, batch_seeds = tf.ensure_shape(order, [None]), tf.ensure_shape(batch_seeds, [None, 2])
+        rows = sliced(tf.nest.map_structure(lambda tensor: tf.gather(tensor, order), values), batch_size, drop_remainder)
+
+        def last(_):  # runs as the consumer asks for the epoch's last batch: this epoch is read
+            with tf.control_dependencies([counter_advance(counter)]):
+                return rows.skip(count - 1)
+
+        rows = rows.take(count - 1).concatenate(light_flat_map(tf.data.Dataset.from_tensors(np.int64(0)), last))
+        if inputs is None:
+            return rows
+        indices = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder)
+        if seeds:
+            indices = tf.data.Dataset.zip((indices, tf.data.Dataset.from_tensor_slices(batch_seeds)))
+        # A prefetch inside the epoch's dataset still runs in a thread of its own.
+        return tf.data.Dataset.zip(light_map(indices, inputs, parallel=True).prefetch(tf.data.AUTOTUNE), rows)
+
+    epochs = each_epoch(first, False, one_epoch, counter).apply(tf.data.experimental.assert_cardinality(count))
+    # The zip ends the stream after assert_cardinality's error (an epoch cut short by a failed batch):
+    # without it, a user's ignore_errors() got that error again on every call, without end.
+    return unrewritten(tf.data.Dataset.zip(epochs))
 
 
 def counted(batches, counter: EpochCounter, count: int | None, dtypes=None):
@@ -300,9 +333,8 @@ def unrewritten(dataset):
     `num_parallel_calls` does that; turning a rewrite back on (Dataset.with_options) brings the copy back.
     Autotuning is off too: the iterator it tunes took 30-150 ms, now and then 500, to go away at the end
     of an epoch (waiting on its model's thread; a plain tf.data pipeline as well, TF 2.21), on the
-    consumer's clock, every epoch fit reads afresh. Without it a parallel map runs as many calls as there
-    are cores, and prefetch grows its buffer while the consumer finds it empty: per batch the same
-    (measured)."""
+    consumer's clock, every epoch fit reads afresh. Without it our gathers run GATHERS at once, and
+    prefetch grows its buffer while the consumer finds it empty: per batch the same (measured)."""
     import tensorflow as tf
 
     options = tf.data.Options()
@@ -339,13 +371,10 @@ def sliced(values, batch_size: int, drop_remainder: bool):
 
 def index_batches(sampler: sampler_lib.Sampler, first: int, repeat: bool, batch_size: int, drop_remainder: bool,
                   keep: np.ndarray | None = None, seeds: bool = False, steps: int | None = None, step: int = 0,
-                  counter: EpochCounter | None = None, values=None, count: int | None = None):
+                  counter: EpochCounter | None = None):
     """Batches of example indices [B] int64 in the sampler's order (seeds: (indices, window seed [2])),
     each epoch `steps` batches when given (see exactly); epoch `first` from its batch `step`: a slice of
-    its order and its seeds, whatever the step costs the same. Without repeat, `counter` gives the epoch.
-    values (a structure of tensors [N, ...], one row per example): batches of each one's rows at the
-    indices instead, with no function between them and the consumer, and with `count` (each epoch's
-    batches) the counter advanced as the consumer takes an epoch's last one (see labelled)."""
+    its order and its seeds, whatever the step costs the same. Without repeat, `counter` gives the epoch."""
     import tensorflow as tf
 
     def numbers(epoch):
@@ -355,30 +384,16 @@ def index_batches(sampler: sampler_lib.Sampler, first: int, repeat: bool, batch_
                 np.int64(first_batch(skipped, steps, len(order), batch_size, drop_remainder)))
 
     def batched(order, batch_seeds):
-        if values is not None:
-            return sliced(tf.nest.map_structure(lambda tensor: tf.gather(tensor, order), values), batch_size,
-                          drop_remainder)
         batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder)
         return tf.data.Dataset.zip((batches, tf.data.Dataset.from_tensor_slices(batch_seeds))) if seeds else batches
 
-    def ordered(epoch):
+    def one_epoch(epoch):
         order, batch_seeds, skipped, start = tf.numpy_function(numbers, [epoch], (tf.int64,) * 4, stateful=False)
         order, batch_seeds = tf.ensure_shape(order, [None]), tf.ensure_shape(batch_seeds, [None, 2])
         if not step:
             return exactly(batched(order, batch_seeds), steps)
         rest = batched(order[start * batch_size:], batch_seeds[start:])
         return rest if steps is None else exactly(rest, steps, skipped, batched(order, batch_seeds))
-
-    def one_epoch(epoch):
-        batches = ordered(epoch)
-        if values is None or count is None:
-            return batches
-
-        def last(_):  # run as the consumer asks for the epoch's last batch: this epoch is read
-            with tf.control_dependencies([counter_advance(counter)]):
-                return batches.skip(count - 1)
-
-        return batches.take(count - 1).concatenate(light_flat_map(tf.data.Dataset.from_tensors(np.int64(0)), last))
 
     batches = each_epoch(first, repeat, one_epoch, counter)
     return started(batches) if step else batches

@@ -209,9 +209,15 @@ class DatasetBuilder:
             keep = self._keep(self._kept(split, table.sequences(), read.holdout), damage)
             if read.steps_per_epoch and not len(sampler.order(0, keep)):  # its epochs would be cycled without end
                 raise ConfigError(f"input pipeline {worker} of {workers} has no example of {split} to read")
+            decode = table.decoder()
+            # A new iterator each epoch: its start and the consumer's thread count (pipelines.epochs_by_index).
+            count = self.epoch_batches(sampler, read, batch_size, keep) if counter is not None else None
+            if count and not example.with_metadata:
+                return pipelines.epochs_by_index(
+                    sampler, read.epoch, batch_size, read.drop_remainder, keep, windows, counter, count,
+                    tf.constant(np.asarray(table.labels, np.int32)), lambda batch, seed=None: to_inputs(decode(batch), seed)[0])
             batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder, keep,
                                               windows, read.steps_per_epoch, read.step, counter)
-            decode = table.decoder()
         else:
             keys = None if example.with_metadata else schema.TRAINING_KEYS
             batches = self.streamed_batches(split, paths, sampler, read, batch_size, windows, counter, True, keys)
@@ -222,18 +228,11 @@ class DatasetBuilder:
         def prepare(batch, seed=None):  # one vectorised decode per batch
             return to_inputs(decode(batch), seed)
 
-        # A new iterator each epoch: its start and the consumer's thread count (pipelines.light_map, labelled).
-        count = self.epoch_batches(sampler, read, batch_size, keep) if table is not None and counter else None
-        labels = None
-        if count and not example.with_metadata:
-            labels = pipelines.index_batches(sampler, read.epoch, False, batch_size, read.drop_remainder, keep,
-                                             steps=read.steps_per_epoch, counter=counter, count=count,
-                                             values=tf.constant(np.asarray(table.labels, np.int32)))
-            batches = pipelines.light_map(batches, lambda batch, seed=None: prepare(batch, seed)[0], parallel=True)
-        elif table is not None and counter is not None:
+        if table is not None and counter is not None:  # with metadata, or a count unknown (light_map, counted)
             batches = pipelines.light_map(batches, prepare, parallel=True)
         else:
-            batches = batches.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            calls = pipelines.GATHERS if table is not None else tf.data.AUTOTUNE  # not autotuned: see unrewritten
+            batches = batches.map(prepare, num_parallel_calls=calls, deterministic=True)
         dtypes = pipelines.dtypes_of(batches)
         if read.data_service:
             from dancedata import data_service as service
@@ -241,11 +240,9 @@ class DatasetBuilder:
             batches = service.distribute(batches, service.check_reachable(read.data_service))
             batches = batches.repeat() if read.repeat else batches
         batches = batches.prefetch(tf.data.AUTOTUNE)
-        if labels is not None:
-            batches = pipelines.labelled(batches, labels, count)
         if table is not None:  # its functions capture the whole split: a cache, or a view of the mapped shards
             batches = pipelines.unrewritten(batches)
-        if counter is None or labels is not None:
+        if counter is None:
             return batches
         if table is None and (read.holdout is not None or damage) and self.epoch_batches(sampler, read, batch_size) is not None:
             keep = self._streamed_keep(split, paths, sampler, read, damage)  # with a holdout, one pass: its count
