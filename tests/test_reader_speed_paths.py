@@ -234,3 +234,53 @@ def test_without_the_private_stages_the_readers_give_the_same_batches(built, rea
     light = batches()
     monkeypatch.setattr(pipelines, "_light_stage", lambda: None)
     assert batches() == light and light[0][1].dtype == tf.int32
+
+
+@pytest.mark.parametrize("read", [{}, {"cache": True}])
+def test_every_batch_has_its_own_labels_with_a_warm_start_and_iterators_side_by_side(built, read):
+    """The features and the labels of an epoch come from one reading of the epoch's number: with a warm
+    start (the features' prefetch starts at iter()) and a second iterator started while the first is
+    read, a batch once had one epoch's features and the next epoch's labels. Oracle: each example's
+    label, looked up by its features' bytes in the NumPy source."""
+    source = ExampleSource(str(built["out"]), "train")
+    label_of = {}
+    for keys in source.batches(64):
+        batch = source.batch(keys)
+        label_of.update({row.tobytes(): int(label) for row, label in zip(batch["features"], batch["label"])})
+    options = tf.data.Options()
+    options.experimental_warm_start = True
+    dataset = DatasetBuilder(str(built["out"])).as_dataset(
+        "train", batch_size=3, example_config=HALF, read_config=ReadConfig(shuffle=True, seed=2, **read))
+    dataset = dataset.with_options(options)
+    first = iter(dataset)
+    next(first)
+    second = iter(dataset)  # made before the first iterator has read its epoch to the end
+    pairs = [pair for iterator in (first, second, iter(dataset)) for (features, _), labels in iterator
+             for pair in zip(features.numpy(), labels.numpy())]
+    assert len(pairs) > len(label_of) and len(label_of) > 3
+    assert all(label_of[row.tobytes()] == label for row, label in pairs)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("read", [{}, {"cache": True}])
+def test_a_users_ignore_errors_ends_an_epoch_with_a_failed_batch(built, read, monkeypatch):
+    """A failed batch cuts the epoch short of its cardinality; ignore_errors() then got that error on
+    every call, without end (the cardinality's check was the pipeline's last stage)."""
+    to_inputs = DatasetBuilder._to_inputs
+
+    def failing(self, *args, **kwargs):
+        inner = to_inputs(self, *args, **kwargs)
+
+        def checked(parsed, seed=None):  # a batch of two examples of one genre fails
+            label = parsed["label"]
+            mixed = tf.debugging.Assert((tf.size(label) < 2) | tf.reduce_any(label != label[0]), ["a failed batch"])
+            with tf.control_dependencies([mixed]):
+                return tf.nest.map_structure(tf.identity, inner(parsed, seed))
+
+        return checked
+
+    monkeypatch.setattr(DatasetBuilder, "_to_inputs", failing)
+    dataset = DatasetBuilder(str(built["out"])).as_dataset("train", batch_size=2, example_config=HALF,
+                                                           read_config=ReadConfig(**read))
+    got = [labels.numpy().tolist() for _, labels in dataset.ignore_errors()]
+    assert 0 < len(got) < dataset.cardinality().numpy()
