@@ -112,9 +112,8 @@ GATHERS = min(4, os.cpu_count() or 1)
 def light_map(dataset, fn, parallel: bool = False):
     """dataset.map(fn) (parallel: GATHERS calls at once, deterministic) with fn instantiated without
     grappler each time an iterator starts (see _SINGLE_DEVICE): a faster start, per-batch speed level
-    (measured). fn's int32 outputs come out as int64: `narrow(element, dtypes_of(the result))` in a stage of
-    TensorFlow's own gives them back (counted's stage does). Where TensorFlow lacks the private pieces this
-    needs, the public stage, its int32 kept."""
+    (measured). fn must return no int32 (TypeError: see _SINGLE_DEVICE). Where TensorFlow lacks the
+    private pieces this needs, the public stage."""
     import tensorflow as tf
 
     if _light_stage() is None:
@@ -123,25 +122,8 @@ def light_map(dataset, fn, parallel: bool = False):
 
 
 def light_flat_map(dataset, fn):
-    """dataset.flat_map(fn), fn instantiated as light_map's are (it returns a dataset: no int32 to widen)."""
+    """dataset.flat_map(fn), fn instantiated as light_map's are (it returns a dataset: no int32 to return)."""
     return dataset.flat_map(fn) if _light_stage() is None else _light_stage()(dataset, fn, "flat_map")
-
-
-def dtypes_of(dataset):
-    """The dtypes its function gave a light_map stage's elements (int32 where it returned int32), or None
-    for any other dataset: what narrow restores."""
-    return getattr(dataset, "function_dtypes", None)
-
-
-def narrow(element, dtypes):
-    """`element` with the int32 light_map widened cast back (dtypes: dtypes_of its stage; None: as it is).
-    In a function TensorFlow optimizes: see _SINGLE_DEVICE."""
-    import tensorflow as tf
-
-    if dtypes is None:
-        return element
-    return tf.nest.map_structure(lambda tensor, dtype: tf.cast(tensor, dtype) if tensor.dtype != dtype else tensor,
-                                 element, dtypes)
 
 
 @functools.cache
@@ -162,12 +144,13 @@ def _light_stage():
 
     class LightStage(base):
         def __init__(self, input_dataset, fn, kind: str):
-            self._input_dataset, self._name, self.function_dtypes = input_dataset, None, None
-            self._map_func = wrapper(fn if kind == "flat_map" else self._widening(fn), f"Dataset.{kind}()",
-                                     dataset=input_dataset, defun_kwargs=dict(_SINGLE_DEVICE))
+            self._input_dataset, self._name = input_dataset, None
+            self._map_func = wrapper(fn, f"Dataset.{kind}()", dataset=input_dataset, defun_kwargs=dict(_SINGLE_DEVICE))
             function, output = self._map_func.function, self._map_func.output_structure
             if kind == "flat_map" and not isinstance(output, dataset_ops.DatasetSpec):
                 raise TypeError(f"a flat_map's function must return a Dataset, not {output!r}")
+            if kind != "flat_map" and any(spec.dtype == tf.int32 for spec in tf.nest.flatten(output)):
+                raise TypeError(f"a light_map's function must return no int32 (see _SINGLE_DEVICE), not {output!r}")
             self._structure = output._element_spec if kind == "flat_map" else output  # noqa: SLF001
             options = {} if kind == "flat_map" else {"preserve_cardinality": True}
             if kind == "parallel_map":
@@ -175,16 +158,6 @@ def _light_stage():
             variant = ops[kind](input_dataset._variant_tensor, function.captured_inputs, f=function,  # noqa: SLF001
                                 **options, **self._common_args)
             super().__init__(input_dataset, variant)
-
-        def _widening(self, fn):
-            def widened(*args):
-                element = fn(*args)
-                self.function_dtypes = tf.nest.map_structure(lambda tensor: tf.convert_to_tensor(tensor).dtype,
-                                                             element)
-                return tf.nest.map_structure(
-                    lambda tensor: tf.cast(tensor, tf.int64) if tensor.dtype == tf.int32 else tensor, element)
-
-            return widened
 
         def _functions(self):
             return [self._map_func]
@@ -266,10 +239,9 @@ def epochs_by_index(sampler: sampler_lib.Sampler, first: int, batch_size: int, d
     return unrewritten(tf.data.Dataset.zip(epochs))
 
 
-def counted(batches, counter: EpochCounter, count: int | None, dtypes=None):
+def counted(batches, counter: EpochCounter, count: int | None):
     """The final stage of a dataset without repeat: its cardinality is `count` batches (None: unknown),
-    and `counter` advances when the consumer takes the last one (or, count unknown, asks past the end).
-    dtypes: those of a light_map stage within `batches` (dtypes_of), whose int32 this stage gives back."""
+    and `counter` advances when the consumer takes the last one (or, count unknown, asks past the end)."""
     import tensorflow as tf
 
     def advance():
@@ -281,15 +253,14 @@ def counted(batches, counter: EpochCounter, count: int | None, dtypes=None):
         def mark(position, batch):
             done = tf.cond(tf.equal(position, count - 1), advance, lambda: tf.constant(0, tf.int64))
             with tf.control_dependencies([done]):
-                return tf.nest.map_structure(tf.identity, narrow(batch, dtypes))
+                return tf.nest.map_structure(tf.identity, batch)
 
-        return batches.enumerate().map(mark)  # TensorFlow's own stage, so it may return int32 (see _SINGLE_DEVICE)
+        return batches.enumerate().map(mark)
 
     def nothing(_):  # no element, with the batches' structure: the end's marker only
         return tf.nest.map_structure(lambda spec: tf.zeros([0 if d is None else d for d in spec.shape], spec.dtype),
                                      batches.element_spec)
 
-    batches = batches if dtypes is None else batches.map(lambda *batch: narrow(batch if len(batch) > 1 else batch[0], dtypes))
     end = tf.data.Dataset.from_tensors(np.int64(0)).map(lambda _: advance()).filter(lambda _: False).map(nothing)
     return batches.concatenate(end)
 

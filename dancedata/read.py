@@ -228,12 +228,8 @@ class DatasetBuilder:
         def prepare(batch, seed=None):  # one vectorised decode per batch
             return to_inputs(decode(batch), seed)
 
-        if table is not None and counter is not None:  # with metadata, or a count unknown (light_map, counted)
-            batches = pipelines.light_map(batches, prepare, parallel=True)
-        else:
-            calls = pipelines.GATHERS if table is not None else tf.data.AUTOTUNE  # not autotuned: see unrewritten
-            batches = batches.map(prepare, num_parallel_calls=calls, deterministic=True)
-        dtypes = pipelines.dtypes_of(batches)
+        calls = pipelines.GATHERS if table is not None else tf.data.AUTOTUNE  # not autotuned: see unrewritten
+        batches = batches.map(prepare, num_parallel_calls=calls, deterministic=True)
         if read.data_service:
             from dancedata import data_service as service
 
@@ -246,7 +242,7 @@ class DatasetBuilder:
             return batches
         if table is None and (read.holdout is not None or damage) and self.epoch_batches(sampler, read, batch_size) is not None:
             keep = self._streamed_keep(split, paths, sampler, read, damage)  # with a holdout, one pass: its count
-        return pipelines.counted(batches, counter, self.epoch_batches(sampler, read, batch_size, keep), dtypes)
+        return pipelines.counted(batches, counter, self.epoch_batches(sampler, read, batch_size, keep))
 
     def epoch_batches(self, sampler: Sampler, read: ReadConfig, batch_size: int, keep=None) -> int | None:
         """The batches of each iteration of a dataset without repeat, or None where they differ: started

@@ -157,12 +157,9 @@ def test_light_stages_give_what_the_public_stages_give_with_functions_tensorflow
         assert functions and all(f.attr["experimental_ints_on_device"].b for f in functions)
         assert not any(f.attr["experimental_ints_on_device"].b for f in _stage_functions(public))
     assert light_map(numbers, lambda x: x).cardinality() == 23  # the cardinality is kept
-    widened = light_map(numbers, lambda x: (tf.cast(x, tf.int32), x))  # its int32 leave as int64; narrow restores them
-    assert [spec.dtype for spec in widened.element_spec] == [tf.int64, tf.int64]
-    assert pipelines.dtypes_of(widened) == (tf.int32, tf.int64) and pipelines.dtypes_of(numbers) is None
-    restored = widened.map(lambda *element: pipelines.narrow(element, pipelines.dtypes_of(widened)))
-    assert [spec.dtype for spec in restored.element_spec] == [tf.int32, tf.int64]
-    assert list(restored.as_numpy_iterator()) == [(np.int32(i), i) for i in range(23)]
+    if pipelines._light_stage() is not None:  # an int32 out of such a function breaks tf.data's optimizations
+        with pytest.raises(TypeError, match="no int32"):
+            light_map(numbers, lambda x: (tf.cast(x, tf.int32), x))
     with pytest.raises(tf.errors.InvalidArgumentError, match="odd"):  # and errors raised in the function reach the caller
         list(light_map(numbers, lambda x: tf.debugging.Assert(x < 7, ["odd"]) and x, parallel=True))
     with pytest.raises(TypeError, match="must return a Dataset"):
