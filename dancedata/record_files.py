@@ -26,10 +26,12 @@ def shard_error(error) -> ShardError | None:
     if not found:
         return ShardError(f"a shard is corrupted or truncated ({message.strip().splitlines()[0]})")
     path, held, expected = found.groups()
-    return ShardError(
-        f"shard {path} is corrupted or truncated: {held} of its {expected} records are readable. Rebuild it "
-        "(the same build command redoes only damaged shards), or read on without its damaged records (on_damage='skip' / --on-damage skip)"
-    )
+    rebuild = ("Rebuild it (the same build command redoes only damaged shards), or read on without its damaged records "
+               "(on_damage='skip' / --on-damage skip)")
+    if int(held) > int(expected):  # counted a chunk at a time: the check stops at the first chunk past the count
+        return ShardError(f"shard {path} holds more records than its manifest says (at least {held}, not {expected}): "
+                          f"it is not the file this build wrote. {rebuild}")
+    return ShardError(f"shard {path} is corrupted or truncated: {held} of its {expected} records are readable. {rebuild}")
 
 
 CHUNK = 64  # records checked per step: the count check's cost, once a chunk, vanishes beside reading them

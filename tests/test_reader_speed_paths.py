@@ -209,7 +209,7 @@ def test_a_shards_record_count_is_checked_whatever_its_length(tmp_path, records,
     """checked_chunks passes a file of exactly the records the manifest says, from any skip, and stops on any
     other count (chunks of 64 records: lengths around their edges). A start at the shard's end reads, and
     checks, nothing: not among the cases."""
-    from dancedata.record_files import BAD_SHARD, checked_chunks
+    from dancedata.record_files import BAD_SHARD, checked_chunks, shard_error
 
     path = str(tmp_path / "shard.tfrecord")
     with tf.io.TFRecordWriter(path) as writer:
@@ -220,8 +220,10 @@ def test_a_shards_record_count_is_checked_whatever_its_length(tmp_path, records,
         got = [record.decode() for chunk in chunks.as_numpy_iterator() for record in chunk]
         assert got == [f"record {index}" for index in range(skip, records)]
     else:
-        with pytest.raises(tf.errors.InvalidArgumentError, match=BAD_SHARD):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=BAD_SHARD) as raised:
             list(chunks)
+        said = str(shard_error(raised.value))
+        assert path in said and ("more records than its manifest says" in said) == (records > expected)
 
 
 @pytest.mark.parametrize("option", ["inject_prefetch", "slack", "map_and_batch_fusion", "deterministic"])
