@@ -67,9 +67,9 @@ def checked_chunks(path, expected, skip=0, held=None, bounds=None):
         size = tf.size(chunk, tf.int64)
         seen = skip_file + position * CHUNK + size
         # A full chunk may not pass the count, a shorter one ends it, and so does the end (after a shorter chunk,
-        # which checked the count, its position is past it).
-        complete = tf.where(tf.equal(size, CHUNK), seen <= expected,
-                            tf.where(size > 0, tf.equal(seen, expected), seen >= expected))
+        # which checked the count, its position is past it; with no chunk before it, it must be the count).
+        at_end = tf.where(position > 0, seen >= expected, tf.equal(seen, expected))
+        complete = tf.where(tf.equal(size, CHUNK), seen <= expected, tf.where(size > 0, tf.equal(seen, expected), at_end))
         check = tf.debugging.Assert(complete, [BAD_SHARD, path, "holds", seen, "readable records; the manifest says", expected])
         with tf.control_dependencies([check]):
             return tf.identity(chunk)
