@@ -219,6 +219,9 @@ class DatasetBuilder:
             batches = pipelines.index_batches(sampler, read.epoch, read.repeat, batch_size, read.drop_remainder, keep,
                                               windows, read.steps_per_epoch, read.step, counter)
         else:
+            # Its epochs would be cycled without end. Checked without the holdout: that would read the split first.
+            if read.steps_per_epoch and not read.data_service and not len(sampler.order(read.epoch)):
+                raise ConfigError(f"input pipeline {worker} of {workers} has no example of {split} to read")
             keys = None if example.with_metadata else schema.TRAINING_KEYS
             batches = self.streamed_batches(split, paths, sampler, read, batch_size, windows, counter, True, keys)
 
