@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from dancedata import manifest as manifest_lib
-from dancedata import cli, damage as damage_lib, fs, mapped_shards, pipelines, record_files, schema, shard_index
+from dancedata import cli, damage as damage_lib, fs, light_stages, mapped_shards, pipelines, record_files, schema, shard_index
 from dancedata.errors import ConfigError, ShardError
 from dancedata.read_config import (DanceDataDeprecationWarning, ExampleConfig, Holdout, ReadConfig, check_int,
                                    from_keywords)
@@ -231,7 +231,7 @@ class DatasetBuilder:
         def prepare(batch, seed=None):  # one vectorised decode per batch
             return to_inputs(decode(batch), seed)
 
-        calls = pipelines.GATHERS if table is not None else tf.data.AUTOTUNE  # not autotuned: see unrewritten
+        calls = light_stages.GATHERS if table is not None else tf.data.AUTOTUNE  # not autotuned: see unrewritten
         batches = batches.map(prepare, num_parallel_calls=calls, deterministic=True)
         if read.data_service:
             from dancedata import data_service as service

@@ -7,7 +7,7 @@ TFRecordDataset checks both CRCs of every record it reads. TFDS and plain tf.dat
 """
 from __future__ import annotations
 
-from dancedata import schema
+from dancedata import light_stages, schema
 from dancedata.errors import ShardError
 
 # In the message of the error a damaged shard raises inside tf.data; `shard_error` finds it there.
@@ -74,9 +74,7 @@ def checked_chunks(path, expected, skip=0, held=None, bounds=None):
         with tf.control_dependencies([check]):
             return tf.identity(chunk)
 
-    from dancedata import pipelines
-
-    checked = pipelines.light_map(chunks.enumerate(), count)
+    checked = light_stages.light_map(chunks.enumerate(), count)
     if held is None:
         return checked
     start = tf.minimum(bounds[0] + tf.where(from_file, tf.zeros_like(skip), skip), bounds[1])
