@@ -207,7 +207,7 @@ class DatasetBuilder:
         keep = None
         if table is not None:
             keep = self._keep(self._kept(split, table.sequences(), read.holdout), damage)
-            if read.steps_per_epoch and not len(sampler.order(0, keep)):  # its epochs would be cycled without end
+            if read.repeat and not len(sampler.order(0, keep)):  # its epochs would be cycled without end
                 raise ConfigError(f"input pipeline {worker} of {workers} has no example of {split} to read")
             decode = table.decoder()
             # A new iterator each epoch: its start and the consumer's thread count (pipelines.epochs_by_index).
@@ -220,7 +220,7 @@ class DatasetBuilder:
                                               windows, read.steps_per_epoch, read.step, counter)
         else:
             # Its epochs would be cycled without end. Checked without the holdout: that would read the split first.
-            if read.steps_per_epoch and not read.data_service and not len(sampler.order(read.epoch)):
+            if read.repeat and not read.data_service and not len(sampler.order(read.epoch)):
                 raise ConfigError(f"input pipeline {worker} of {workers} has no example of {split} to read")
             keys = None if example.with_metadata else schema.TRAINING_KEYS
             batches = self.streamed_batches(split, paths, sampler, read, batch_size, windows, counter, True, keys)

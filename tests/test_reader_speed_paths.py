@@ -336,8 +336,9 @@ def test_a_users_ignore_errors_ends_an_epoch_with_a_failed_batch(built, read, mo
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("source", ["mapped", "stream"])
 def test_an_input_pipeline_with_nothing_to_read_is_refused_instead_of_cycling_without_end(tmp_path, source):
-    """More input pipelines than examples: the last one's share is empty, and steps_per_epoch would cycle it
-    forever (the streamed reader hung; the mapped one refused it)."""
+    """More input pipelines than examples: the last one's share is empty, and repeat would cycle it forever
+    (with steps_per_epoch the streamed reader hung and the mapped one refused it; without, both hung). One
+    epoch without repeat is empty and ends."""
     import sys
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "benchmarks"))
@@ -349,5 +350,8 @@ def test_an_input_pipeline_with_nothing_to_read_is_refused_instead_of_cycling_wi
     builder = DatasetBuilder(str(tmp_path))
     assert len(list(builder.as_dataset("train", batch_size=1, read_config=read,
                                        input_context=tf.distribute.InputContext(4, 0, 1)).take(4))) == 4
-    with pytest.raises(ConfigError, match="input pipeline 3 of 4 has no example of train"):
-        builder.as_dataset("train", batch_size=1, read_config=read, input_context=tf.distribute.InputContext(4, 3, 1))
+    for refused in (read, ReadConfig(source=source, repeat=True)):
+        with pytest.raises(ConfigError, match="input pipeline 3 of 4 has no example of train"):
+            builder.as_dataset("train", batch_size=1, read_config=refused, input_context=tf.distribute.InputContext(4, 3, 1))
+    assert not list(builder.as_dataset("train", batch_size=1, read_config=ReadConfig(source=source),
+                                       input_context=tf.distribute.InputContext(4, 3, 1)))
