@@ -110,7 +110,11 @@ def test_mirrored_over_two_devices_learns_and_evaluates_as_one_device(learning_r
 
     base, _ = learning_run
     argv = ["--shards", str(base / "shards"), "--out", str(tmp_path / "run"), *LEARNING_TRAIN_FLAGS, "--strategy", "mirrored"]
-    done = subprocess.run([sys.executable, "-c", TWO_CPUS, *argv], capture_output=True, text=True, env=cli_env(), timeout=600)
+    # faulthandler: this subprocess once died of SIGSEGV in a TensorFlow thread on a loaded machine (a distributed
+    # reader by index; seen again only under load, docs/troubleshooting.md); should it again, the stacks end the
+    # stderr reported below.
+    done = subprocess.run([sys.executable, "-c", TWO_CPUS, *argv], capture_output=True, text=True,
+                          env=cli_env(PYTHONFAULTHANDLER="1"), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["distribution"] == {"strategy": "mirrored", "replicas": 2, "data_service": False}
