@@ -351,8 +351,10 @@ def streamed_windows(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: b
         return windows
 
     def permute(run, window):
-        if afresh:
-            run = tf.random.uniform([], 0, 2**62, dtype=tf.int64)
+        if afresh:  # seed 0, 0: drawn from the OS, even where a global seed is set (tf.random.uniform would
+            # take one from it, and every service job would then draw the same numbers: one order every epoch)
+            run = tf.raw_ops.RandomUniformInt(shape=tf.constant([], tf.int32), minval=tf.constant(0, tf.int64),
+                                              maxval=tf.constant(2**62, tf.int64), seed=0, seed2=0)
         order = draw(sampler.seed, epoch, run, records_in(window))
         return tf.nest.map_structure(lambda field: tf.gather(field, order), window)
 

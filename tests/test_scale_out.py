@@ -2,6 +2,7 @@
 workers on 127.0.0.1, and the `python -m dancedata.data_service` servers), MirroredStrategy over two
 logical CPUs, and MultiWorkerMirroredStrategy over two processes."""
 import collections
+import itertools
 import json
 import os
 import socket
@@ -44,6 +45,32 @@ def test_an_epoch_through_the_service_reads_every_example_once(learning_run, ser
     epochs = [[v.decode() for *_, m in through for v in m["video_id"].numpy()] for _ in range(2)]  # a job each
     assert collections.Counter(epochs[0]) == collections.Counter(epochs[1]) == local and set(local.values()) == {1}
     assert epochs[0] != epochs[1]  # windows permuted afresh each epoch: one order repeated would train worse
+
+
+def test_a_global_seed_does_not_repeat_the_service_order(learning_run):
+    """train.py --seed (keras.utils.set_random_seed) sets TensorFlow's global seed before the reader is built;
+    the service's per-epoch draw must still differ from job to job. One worker: it reads the whole split in
+    the windows' order, so a repeated draw repeats every batch (the old unseeded draw did: 16 of 16)."""
+    import tensorflow as tf
+
+    from dancedata import data_service
+
+    base, _ = learning_run
+    dispatcher = data_service.start_dispatcher(port=0)
+    worker = data_service.start_worker(dispatcher.target, port=0)
+    tf.random.set_seed(0)
+    try:
+        through = DatasetBuilder(str(base / "shards")).as_dataset(
+            "train", batch_size=4, read_config=ReadConfig(shuffle=True, seed=1, data_service=dispatcher.target),
+            example_config=ExampleConfig(with_metadata=True))
+        epochs = [[tuple(v.decode() for v in m["video_id"].numpy()) for *_, m in through] for _ in range(3)]  # a job each
+    finally:
+        tf.random.set_seed(None)
+        worker.stop()
+        dispatcher.stop()
+    assert len({frozenset(video for batch in epoch for video in batch) for epoch in epochs}) == 1  # the same examples
+    for first, second in itertools.combinations(epochs, 2):
+        assert len(set(first) & set(second)) < len(first) / 2, epochs  # fresh draws share next to no batch
 
 
 def test_training_through_the_service_learns_as_well_as_without(learning_run, service, tmp_path):
