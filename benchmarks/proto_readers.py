@@ -128,8 +128,6 @@ def proto_mapped(builder, split: str, batch_size: int, read, concatenate: bool =
     instead of pipelines.index_batches(...).map(prepare) when there are no windows."""
     import tensorflow as tf
 
-    from dancedata import pipelines
-
     paths, sampler = builder.ordered_files(split, read)
     table = builder._table(split, paths, read, False)
     rows, start, masks, labels = table._rows, table.start, table.masks, table._labels
@@ -177,8 +175,6 @@ def proto_cached_tf(builder, split: str, batch_size: int, read, table=None, **op
     the gathers of features, mask and label run on batch k's slice of the epoch's order."""
     import tensorflow as tf
 
-    from dancedata import pipelines
-
     if table is None:
         table, sampler = cached_table(builder, split, read)
     else:
@@ -198,8 +194,6 @@ def proto_cached_np(builder, split: str, batch_size: int, read, table=None, **op
     buffer, mode="clip") per batch inside one numpy_function (one C call, no Python loop; TensorFlow
     takes the aligned result without a copy), one map per batch (assemble)."""
     import tensorflow as tf
-
-    from dancedata import pipelines
 
     if table is None:
         table, sampler = cached_table(builder, split, read)
@@ -261,8 +255,6 @@ def proto_device_index(builder, split: str, batch_size: int, read, table, **opti
     """index_dataset for the whole-frames case, one map per batch (assemble): (index, positions) and the
     label's gather in the same map as the slice of the order."""
     import tensorflow as tf
-
-    from dancedata import pipelines
 
     sampler = builder.ordered_files(split, read)[1]
     offset = table.offsets[split]
@@ -373,7 +365,6 @@ def main(argv=None):
     only = set(args.only.split(","))
     half = ExampleConfig(cast=False)
     read = ReadConfig(shuffle=True, seed=0)
-    cache_read = ReadConfig(shuffle=True, seed=0, cache=True)
     table = ctable = None
     if "cached" in only:
         ctable, _ = cached_table(builder, "train", read)

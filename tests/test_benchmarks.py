@@ -39,6 +39,11 @@ def check_reader_rows(result, host_readers=True):
     assert all(row["fit_step_s"] > 0 and row["fit_step_cpu_s"] > 0 and row["fit_cpu_ratio"] > 0
                for row in result["rows"] if row["fit_step_ratio"])
     assert result["fit_reference_step_s"] > 0 and result["limit_examples_per_s"] > 0
+    drained = {row["reader"] for row in result["rows"] if row["in_graph_ratio_to_limit"]}  # Dataset.reduce's pass
+    for prefix in TF_READERS + ("tf.data floor",):
+        assert any(name.startswith(prefix) for name in drained), (prefix, drained)
+    assert all(row["in_graph_examples_per_s"] > 0 and row["in_graph_cpu_us_per_example"] > 0
+               for row in result["rows"] if row["in_graph_ratio_to_limit"])
 
 
 def optional_rows(names, skipped):
