@@ -52,12 +52,14 @@ def test_a_global_seed_does_not_repeat_the_service_order(learning_run):
     the service's per-epoch draw must still differ from job to job. One worker: it reads the whole split in
     the windows' order, so a repeated draw repeats every batch (the old unseeded draw did: 16 of 16)."""
     import tensorflow as tf
+    from tensorflow.python.eager import context
 
     from dancedata import data_service
 
     base, _ = learning_run
     dispatcher = data_service.start_dispatcher(port=0)
     worker = data_service.start_worker(dispatcher.target, port=0)
+    previous = context.global_seed()  # put back after: later tests in this process see the seed they had
     tf.random.set_seed(0)
     try:
         through = DatasetBuilder(str(base / "shards")).as_dataset(
@@ -65,7 +67,7 @@ def test_a_global_seed_does_not_repeat_the_service_order(learning_run):
             example_config=ExampleConfig(with_metadata=True))
         epochs = [[tuple(v.decode() for v in m["video_id"].numpy()) for *_, m in through] for _ in range(3)]  # a job each
     finally:
-        tf.random.set_seed(None)
+        tf.random.set_seed(previous)
         worker.stop()
         dispatcher.stop()
     assert len({frozenset(video for batch in epoch for video in batch) for epoch in epochs}) == 1  # the same examples
