@@ -6,6 +6,8 @@ repeat, a dataset's epoch is counted by the consumer (EpochCounter, counted).
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from dancedata import sampler as sampler_lib
@@ -351,14 +353,36 @@ def streamed_windows(sampler: sampler_lib.Sampler, paths: list, epoch, afresh: b
         return windows
 
     def permute(run, window):
-        if afresh:  # seed 0, 0: drawn from the OS, even where a global seed is set (tf.random.uniform would
-            # take one from it, and every service job would then draw the same numbers: one order every epoch)
-            run = tf.raw_ops.RandomUniformInt(shape=tf.constant([], tf.int32), minval=tf.constant(0, tf.int64),
-                                              maxval=tf.constant(2**62, tf.int64), seed=0, seed2=0)
+        if afresh:
+            run = fresh_run(run)
         order = draw(sampler.seed, epoch, run, records_in(window))
         return tf.nest.map_structure(lambda field: tf.gather(field, order), window)
 
+    if afresh and _op_determinism():
+        afresh = False
+        warnings.warn("op determinism is enabled (tf.config.experimental.enable_op_determinism or "
+                      "TF_DETERMINISTIC_OPS=1), which refuses an unseeded draw: through the tf.data service every "
+                      "epoch now reads its windows in one order, not a fresh one", stacklevel=5)
     return light_map(windows.enumerate(window), permute)
+
+
+def fresh_run(run):
+    """A run number drawn from the operating system's entropy each time the op runs, whatever the global
+    seed: tf.random.uniform without a seed takes one from it where one is set (train.py --seed), and every
+    tf.data service job then drew the same numbers, one order every epoch. Refused under op determinism."""
+    import tensorflow as tf
+
+    drawn = tf.raw_ops.RandomUniformInt(shape=tf.constant([], tf.int32), minval=tf.constant(0, tf.int64),
+                                        maxval=tf.constant(2**62, tf.int64), seed=0, seed2=0)
+    return tf.bitwise.bitwise_xor(drawn, tf.cast(run, tf.int64))
+
+
+def _op_determinism() -> bool:
+    try:
+        from tensorflow.python.framework import config
+    except ImportError:
+        return False
+    return bool(getattr(config, "is_op_determinism_enabled", lambda: False)())
 
 
 def records_in(batch):

@@ -47,32 +47,58 @@ def test_an_epoch_through_the_service_reads_every_example_once(learning_run, ser
     assert epochs[0] != epochs[1]  # windows permuted afresh each epoch: one order repeated would train worse
 
 
-def test_a_global_seed_does_not_repeat_the_service_order(learning_run):
+@pytest.fixture(scope="module")
+def one_worker():
+    """An in-process dispatcher with one worker, which reads the whole split in the windows' order."""
+    from dancedata import data_service
+
+    dispatcher = data_service.start_dispatcher(port=0)
+    worker = data_service.start_worker(dispatcher.target, port=0)
+    yield dispatcher.target
+    worker.stop()
+    dispatcher.stop()
+
+
+def _served_batches(base, target, epochs: int) -> list:
+    through = DatasetBuilder(str(base / "shards")).as_dataset(
+        "train", batch_size=4, read_config=ReadConfig(shuffle=True, seed=1, data_service=target),
+        example_config=ExampleConfig(with_metadata=True))
+    return [[tuple(v.decode() for v in m["video_id"].numpy()) for *_, m in through] for _ in range(epochs)]  # a job each
+
+
+def test_a_global_seed_does_not_repeat_the_service_order(learning_run, one_worker):
     """train.py --seed (keras.utils.set_random_seed) sets TensorFlow's global seed before the reader is built;
-    the service's per-epoch draw must still differ from job to job. One worker: it reads the whole split in
-    the windows' order, so a repeated draw repeats every batch (the old unseeded draw did: 16 of 16)."""
+    the service's per-epoch draw must still differ from job to job. With one worker a repeated draw repeats
+    every batch (the old unseeded draw did: 16 of 16)."""
     import tensorflow as tf
     from tensorflow.python.eager import context
 
-    from dancedata import data_service
-
     base, _ = learning_run
-    dispatcher = data_service.start_dispatcher(port=0)
-    worker = data_service.start_worker(dispatcher.target, port=0)
     previous = context.global_seed()  # put back after: later tests in this process see the seed they had
     tf.random.set_seed(0)
     try:
-        through = DatasetBuilder(str(base / "shards")).as_dataset(
-            "train", batch_size=4, read_config=ReadConfig(shuffle=True, seed=1, data_service=dispatcher.target),
-            example_config=ExampleConfig(with_metadata=True))
-        epochs = [[tuple(v.decode() for v in m["video_id"].numpy()) for *_, m in through] for _ in range(3)]  # a job each
+        epochs = _served_batches(base, one_worker, 3)
     finally:
         tf.random.set_seed(previous)
-        worker.stop()
-        dispatcher.stop()
     assert len({frozenset(video for batch in epoch for video in batch) for epoch in epochs}) == 1  # the same examples
     for first, second in itertools.combinations(epochs, 2):
         assert len(set(first) & set(second)) < len(first) / 2, epochs  # fresh draws share next to no batch
+
+
+def test_under_op_determinism_the_service_reads_one_order_and_says_so(learning_run, one_worker):
+    """Op determinism refuses an unseeded draw (and the clock): the service then reads every epoch in one
+    order, with a warning, instead of failing at its first batch."""
+    from tensorflow.python.framework import config
+
+    base, _ = learning_run
+    config.enable_op_determinism()
+    try:
+        with pytest.warns(UserWarning, match="op determinism is enabled"):
+            epochs = _served_batches(base, one_worker, 2)
+    finally:
+        config.disable_op_determinism()
+    assert epochs[0] == epochs[1] and len({video for batch in epochs[0] for video in batch}) == sum(
+        len(batch) for batch in epochs[0])
 
 
 def test_training_through_the_service_learns_as_well_as_without(learning_run, service, tmp_path):
