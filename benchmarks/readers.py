@@ -390,35 +390,17 @@ def run_pass(reader: Reader, epoch: int) -> tuple:
 
 
 def run_in_graph(reader: Reader, epoch: int) -> tuple:
-    """(seconds, process CPU seconds, examples) of one epoch of a TensorFlow reader drained by
+    """run_pass's figures of one epoch of a TensorFlow reader drained by
     Dataset.reduce: no Python per batch, as fit's traced step takes its batches (a Python loop pays
     TensorFlow's eager cost per batch, the tf.data floor's row, on top of the reader's own work)."""
     import tensorflow as tf
 
     dataset = reader.epoch(epoch)
     cpu, start = time.process_time(), time.perf_counter()
-    seen = dataset.reduce(tf.constant(0, tf.int64),
-                          lambda count, *batch: count + tf.shape(tf.nest.flatten(batch)[-1], tf.int64)[0])
-    return time.perf_counter() - start, time.process_time() - cpu, int(seen)
-
-
-def in_graph(readers: list, examples: int, best_of: int, seed: int = 1) -> dict:
-    """{name: (seconds, CPU seconds, examples) of its fastest pass drained in graph}, for each
-    TensorFlow reader (reader.dataset set) and the tf.data floor: one untimed pass each, then best_of
-    shuffled rounds."""
-    chosen = [reader for reader in readers if reader.count is tf_count]
-    rng, best = random.Random(seed), {}
-    for reader in chosen:
-        seen = run_in_graph(reader, 0)[2]
-        if reader.group != "limit" and seen != examples:
-            raise RuntimeError(f"{reader.name} gave {seen} examples in an epoch drained in graph, not {examples}")
-    for round_ in range(best_of):
-        rng.shuffle(chosen)
-        for reader in chosen:
-            result = run_in_graph(reader, round_ + 1)
-            if reader.name not in best or result[0] < best[reader.name][0]:
-                best[reader.name] = result
-    return best
+    seen = int(dataset.reduce(tf.constant(0, tf.int64),
+                              lambda count, *batch: count + tf.shape(tf.nest.flatten(batch)[-1], tf.int64)[0]))
+    seconds = time.perf_counter() - start
+    return seconds, time.process_time() - cpu, seen, seconds, seen  # no first batch seen apart: run_pass's shape
 
 
 def after_first(result: tuple) -> float | None:
@@ -430,20 +412,21 @@ def after_first(result: tuple) -> float | None:
     return (examples - first_examples) / (seconds - first_seconds)
 
 
-def throughput(readers: list, examples: int, best_of: int, seed: int = 0) -> tuple:
+def throughput(readers: list, examples: int, best_of: int, seed: int = 0, run=run_pass) -> tuple:
     """({name: (seconds, CPU seconds, examples, first-batch seconds, its examples) of its fastest pass},
     {name: its fastest rate after the first batch, or None}): one untimed pass each first (caches
-    filled, functions traced, shards mapped and checked), then best_of rounds, each in a new random order."""
+    filled, functions traced, shards mapped and checked), then best_of rounds, each in a new random order.
+    `run` times one pass (run_pass: a Python loop; run_in_graph: Dataset.reduce)."""
     rng, best, steady = random.Random(seed), {}, {}
     for reader in readers:
-        seen = run_pass(reader, 0)[2]
+        seen = run(reader, 0)[2]
         if reader.group != "limit" and seen != examples:
             raise RuntimeError(f"{reader.name} gave {seen} examples in an epoch, not {examples}")
     for round_ in range(best_of):
         order = list(readers)
         rng.shuffle(order)
         for reader in order:
-            result = run_pass(reader, round_ + 1)
+            result = run(reader, round_ + 1)
             if reader.name not in best or result[0] / result[2] < best[reader.name][0] / best[reader.name][2]:
                 best[reader.name] = result
             rate = after_first(result)
@@ -541,7 +524,8 @@ def measure(shared: Shared, batch_size: int, best_of: int, steps: int | None, mo
                if not fed_only or reader.dataset is not None or reader.group == "limit"]
     examples = len(shared.source)
     best, steady = throughput(readers, examples, best_of)
-    drained = in_graph(readers, examples, best_of)
+    # Each TensorFlow reader and the tf.data floor once more, drained in graph (run_in_graph)
+    drained = throughput([reader for reader in readers if reader.count is tf_count], examples, best_of, 1, run_in_graph)[0]
     limit = best[LIMIT][2] / best[LIMIT][0]
     steady_limit = steady[LIMIT]
     prefetched = best[ROTATING_LIMIT][2] / best[ROTATING_LIMIT][0]
@@ -555,7 +539,7 @@ def measure(shared: Shared, batch_size: int, best_of: int, steps: int | None, mo
         seconds, cpu, seen, first_seconds, _ = best[reader.name]
         rate, rate_after_first = seen / seconds, steady[reader.name]
         step, step_cpu = fits.get(reader.name, (None, None)) if fits else (None, None)
-        graph_seconds, graph_cpu, graph_seen = drained.get(reader.name, (None, None, None))
+        graph_seconds, graph_cpu, graph_seen = drained.get(reader.name, (None, None, None))[:3]
         graph_rate = graph_seen / graph_seconds if graph_seconds else None
         rows.append({"in_graph_examples_per_s": graph_rate, "in_graph_ratio_to_limit": graph_rate and graph_rate / limit,
                      "in_graph_cpu_us_per_example": graph_cpu / graph_seen * 1e6 if graph_seconds else None,
