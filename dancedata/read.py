@@ -19,7 +19,7 @@ import sys
 import numpy as np
 
 from dancedata import manifest as manifest_lib
-from dancedata import cli, damage as damage_lib, fs, light_stages, mapped_shards, pipelines, record_files, schema, shard_index
+from dancedata import cli, damage as damage_lib, fs, light_stages, mapped_shards, pipelines, ranged_windows, record_files, schema, shard_index
 from dancedata.errors import ConfigError, ShardError
 from dancedata.read_config import (DanceDataDeprecationWarning, ExampleConfig, Holdout, ReadConfig, check_int,
                                    from_keywords)
@@ -304,10 +304,15 @@ class DatasetBuilder:
         def decode(serialized):
             return self.decode(serialized, wanted, cast=False)
 
+        ranged = self._ranged(split, paths, sampler, wanted) if early and not read.data_service else None
+
         def one_epoch(epoch, entry=None, first=0):
-            windows = pipelines.streamed_windows(sampler, paths, epoch, afresh=bool(read.data_service),
-                                                 entry=None if entry is None else tf.unstack(entry)[:4], held=in_memory,
-                                                 decode=decode if early else None)
+            if ranged is not None:
+                windows = ranged.windows(epoch, 0 if entry is None else entry[3])
+            else:
+                windows = pipelines.streamed_windows(sampler, paths, epoch, afresh=bool(read.data_service),
+                                                     entry=None if entry is None else tf.unstack(entry)[:4],
+                                                     held=in_memory, decode=decode if early else None)
             if in_memory is not None:  # the lost records' places, after the permutation: the intact order minus them
                 windows = windows.map(lambda window: tf.boolean_mask(window, tf.strings.length(window) > 0))
             if read.holdout is not None:
@@ -348,6 +353,16 @@ class DatasetBuilder:
             return pipelines.exactly(batches, read.steps_per_epoch, skipped, one_epoch(epoch))
 
         return pipelines.started(pipelines.each_epoch(read.epoch, read.repeat, started_epoch, counter))
+
+    def _ranged(self, split: str, paths: list, sampler: Sampler, keys):
+        """The streamed windows read by byte range (ranged_windows.RangedWindows) where they can be: training
+        fields of schema-4 shards whose indexes load, on a little-endian host; else None (records streamed)."""
+        shards = self.manifest["splits"][split]["shards"]
+        if (keys is None or not set(keys) <= set(ranged_windows.FIELDS) or sys.byteorder != "little"
+                or any("index" not in shard for shard in shards)):
+            return None
+        loaded = ranged_windows.indexes(self.path, self.manifest, shards)
+        return None if loaded is None else ranged_windows.RangedWindows(self.manifest, paths, loaded, sampler, keys)
 
     def damage(self, split: str) -> list:
         """What ReadConfig(on_damage="skip") leaves out of `split`, and damage that cost nothing: one dict

@@ -22,6 +22,8 @@ def shard_error(error) -> ShardError | None:
         return None
     import re
 
+    if said := re.search(re.escape(BAD_SHARD) + r": (shard .*)", message):  # ranged_windows.BadShard's own words
+        return ShardError(said.group(1).strip())
     found = re.search(r"\[" + re.escape(BAD_SHARD) + r"\] \[(.+?)\] \[holds\] \[(\d+)\] \[[^\]]*\] \[(\d+)\]", message)
     if not found:
         return ShardError(f"a shard is corrupted or truncated ({message.strip().splitlines()[0]})")

@@ -159,8 +159,8 @@ class Sampler:
         most the records of that window before it are read and dropped. Past the end: nothing is read."""
         shards, order = self.shards(epoch), self.order(epoch)
         kept = np.arange(len(order)) if keep is None else np.flatnonzero(np.asarray(keep, bool)[order])
-        if position >= len(kept):
-            return Entry(len(shards), 0, 0, 0, 0)
+        if position >= len(kept):  # no shard read, and the window after the last (ranged reads count windows)
+            return Entry(len(shards), 0, 0, -(-len(order) // self.window), 0)
         window = int(kept[position]) // self.window
         start = window * self.window  # in the worker's stream; in the shards' records when it takes every workers-th
         if len(self.counts) < self.workers:

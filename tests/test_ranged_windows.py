@@ -1,0 +1,175 @@
+"""The streamed reader's windows read by byte range (dancedata.ranged_windows): the batches the records
+path gives (TFRecordDataset and parse_example, the reader it stands in for), every example's bytes as
+written (the same features written as one .npy array beside the build), and each kind of damage met
+while reading named as the records path names it, as an InvalidArgumentError shard_error turns into a
+ShardError naming the file."""
+import os
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dancedata import DatasetBuilder, ExampleConfig, Holdout, ReadConfig, ranged_windows
+from dancedata.read import shard_error
+from dancedata.errors import ShardError
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import readers  # noqa: E402
+
+HALF = ExampleConfig(cast=False)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """300 distinct examples of [4, 64] float16 in 5 shards of 60, and the same features as one array."""
+    folder = tmp_path_factory.mktemp("ranged") / "build"
+    written = np.load(readers.make_build(str(folder), 300, 5, frames=4, dim=64, distinct=300))
+    return folder, written
+
+
+def _records_path(monkeypatch):
+    """The records path from here on: what builds without indexes, a damaged index or a service get."""
+    monkeypatch.setattr(DatasetBuilder, "_ranged", lambda *args: None)
+
+
+def _epochs(folder, epochs=2, batch_size=7, input_context=None, **read):
+    """Two epochs' batches (repeat: three epochs of steps_per_epoch batches, as one)."""
+    dataset = DatasetBuilder(str(folder)).as_dataset(
+        "train", batch_size=batch_size, read_config=ReadConfig(source="stream", **read), example_config=HALF,
+        input_context=input_context)
+    if read.get("repeat"):
+        dataset, epochs = dataset.take(3 * read["steps_per_epoch"]), 1
+    return [[(f.numpy(), m.numpy(), y.numpy()) for (f, m), y in dataset] for _ in range(epochs)]
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(len(x) == len(y) and all(
+        all(np.array_equal(p, q) for p, q in zip(s, t)) for s, t in zip(x, y)) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("read", [
+    dict(shuffle=True, seed=3, shuffle_buffer=16),  # windows of 16 across the shards' ends (60 each)
+    dict(shuffle=True, seed=3),  # the default window: 256, more than four shards
+    dict(shuffle=False),
+    dict(shuffle=True, seed=5, shuffle_buffer=16, holdout=Holdout(0.3, by="sequence", part="rest")),
+    dict(shuffle=True, seed=5, shuffle_buffer=16, step=9),  # entered in its 5th window, mid-shard
+    dict(shuffle=True, seed=5, shuffle_buffer=16, drop_remainder=True, repeat=True, steps_per_epoch=11, epoch=1, step=7),
+])
+def test_ranged_windows_give_the_records_paths_batches(synthetic, monkeypatch, read):
+    folder, written = synthetic
+    ranged = _epochs(folder, **read)
+    with monkeypatch.context() as patched:
+        _records_path(patched)
+        streamed = _epochs(folder, **read)
+    assert _same(ranged, streamed) and sum(len(f) for f, _, _ in ranged[0]) > 0
+    if "holdout" not in read and "step" not in read:  # every example once, as written
+        features = np.concatenate([f for f, _, _ in ranged[0]])
+        assert sorted(map(bytes, features)) == sorted(map(bytes, written))
+        labels = np.concatenate([y for _, _, y in ranged[0]])
+        order = [int(np.flatnonzero((written == f).all(axis=(1, 2)))[0]) for f in features[:20]]
+        assert [i % 10 for i in order] == labels[:20].tolist()  # make_build's label: i % 10
+        if read.get("shuffle"):
+            assert not _same([ranged[0]], [ranged[1]])
+
+
+@pytest.mark.parametrize("pipelines", [2, 7])  # a share of the shards each; more workers than shards: of records
+def test_ranged_windows_give_each_input_pipeline_its_part(synthetic, monkeypatch, pipelines):
+    folder, _ = synthetic
+    context = tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=1)
+    ranged = _epochs(folder, input_context=context, shuffle=True, seed=1, shuffle_buffer=16)
+    with monkeypatch.context() as patched:
+        _records_path(patched)
+        assert _same(ranged, _epochs(folder, input_context=context, shuffle=True, seed=1, shuffle_buffer=16))
+
+
+def test_a_stream_reads_ranges_not_records(synthetic):
+    """No TFRecordDataset and no parse in the ranged pipeline: its windows are read by a numpy_function."""
+    dataset = DatasetBuilder(str(synthetic[0])).as_dataset(
+        "train", batch_size=7, read_config=ReadConfig(source="stream", shuffle=True, seed=1), example_config=HALF)
+    graph = tf.compat.v1.GraphDef.FromString(dataset._as_serialized_graph().numpy())  # noqa: SLF001
+    ops = {node.op for node in graph.node} | {node.op for f in graph.library.function for node in f.node_def}
+    assert "PyFunc" in ops or "EagerPyFunc" in ops
+    assert not ops & {"TFRecordDataset", "ParseExampleV2", "ParallelInterleaveDatasetV4"}
+
+
+@pytest.fixture
+def copy(synthetic, tmp_path):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(synthetic[0], folder)
+    return folder
+
+
+def _record(folder, shard, number):
+    """(path, offset of record `number`'s data, its length) from the index the build wrote."""
+    from dancedata import manifest, shard_index
+
+    document = manifest.load(str(folder))
+    entry = document["splits"]["train"]["shards"][shard]
+    _, table = shard_index.load(str(folder), entry)
+    return folder / entry["file"], int(table[number, 0]) + 12, int(table[number, 1])
+
+
+def _damage_named(folder, monkeypatch=None) -> ShardError:
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        _epochs(folder, epochs=1, shuffle=True, seed=2, shuffle_buffer=16)
+    found = shard_error(raised.value)
+    assert isinstance(found, ShardError)
+    return found
+
+
+@pytest.mark.parametrize("records_path", [False, True])
+def test_a_flipped_byte_is_named_with_its_file(copy, monkeypatch, records_path):
+    path, data, length = _record(copy, 2, 17)
+    raw = bytearray(path.read_bytes())
+    raw[data + length // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+    if records_path:
+        _records_path(monkeypatch)
+    found = str(_damage_named(copy))
+    assert str(path) in found
+    if not records_path:  # the record too: each one is checked against the index
+        assert "record 17 of 60 fails its checksum" in found
+
+
+def test_a_cut_shard_is_named_as_truncated(copy):
+    path, _, _ = _record(copy, 4, 0)
+    raw = path.read_bytes()
+    path.write_bytes(raw[:len(raw) - 100])
+    found = str(_damage_named(copy))
+    assert str(path) in found and "truncated" in found
+
+
+def test_bytes_appended_to_a_shard_are_found(copy):
+    path, _, _ = _record(copy, 1, 0)
+    with open(path, "ab") as handle:
+        handle.write(b"\0" * 64)
+    found = str(_damage_named(copy))
+    assert str(path) in found and "not the" in found and "it was built with" in found
+
+
+def test_a_shard_gone_while_read_is_named_missing(copy):
+    path, _, _ = _record(copy, 3, 0)
+    dataset = DatasetBuilder(str(copy)).as_dataset(
+        "train", batch_size=7, read_config=ReadConfig(source="stream", shuffle=True, seed=2, shuffle_buffer=16),
+        example_config=HALF)
+    os.remove(path)
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        list(dataset)
+    found = shard_error(raised.value)
+    assert isinstance(found, ShardError) and str(path) in str(found) and "missing" in str(found)
+
+
+def test_a_damaged_index_leaves_its_records_streamed(copy, synthetic, monkeypatch):
+    """A damaged index costs no example: the records path reads the shards (their CRCs checked)."""
+    expected = _epochs(synthetic[0], epochs=1, shuffle=True, seed=4)
+    index = next(copy.glob("*.index"))
+    raw = bytearray(index.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    index.write_bytes(bytes(raw))
+    builder = DatasetBuilder(str(copy))
+    shards = builder.manifest["splits"]["train"]["shards"]
+    assert ranged_windows.indexes(builder.path, builder.manifest, shards) is None
+    assert _same(_epochs(copy, epochs=1, shuffle=True, seed=4), expected)
