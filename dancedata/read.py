@@ -274,7 +274,8 @@ class DatasetBuilder:
         job), repeated by the caller. The reader of every field and of stored frames (frames_input).
         decoded: batches of `keys` (None: every field) decoded instead (self.decode, the stored dtype),
         each record parsed where it is read and then moved as dense rows; where shards with lost records
-        are held in memory, each batch is parsed as it is made.
+        are held in memory, each batch is parsed as it is made. Training fields of schema-4 shards are
+        read a window at a time by byte range instead (ranged_windows; not through a service).
         With read.step, the first epoch is entered where sampler.locate says: the shards before the
         window (read.shuffle_buffer examples) holding the start are not opened, and at most the records
         of one shard before it are read and dropped. With a holdout, finding the start also reads every

@@ -1,8 +1,9 @@
 """Reading the TFRecord shards: each file's records with their count checked against the manifest,
 and the error that names a damaged file.
 
-`DatasetBuilder` streams them where its mapped reader cannot serve (metadata wanted, builds before
-schema 4, object storage, tf.data service, ReadConfig(source="stream")); `device_table.load_table` reads them too.
+`DatasetBuilder` streams them where neither its mapped reader nor ranged reads (ranged_windows) serve:
+metadata wanted, builds before schema 4 or with a damaged index, a tf.data service, held damage, stored
+frames; `device_table.load_table` reads them too.
 TFRecordDataset checks both CRCs of every record it reads. TFDS and plain tf.data read the same files.
 """
 from __future__ import annotations
