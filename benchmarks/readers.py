@@ -1,7 +1,7 @@
 """Every reader of a build side by side with what users would write instead, against this machine's limits.
 
     python benchmarks/readers.py [--examples 13939] [--shards 12] [--batch-sizes 64,32] [--best-of 3]
-                                 [--fit-steps 20] [--fit-rounds 5] [--no-fit] [--tiny]
+                                 [--fit-steps 20] [--fit-rounds 5] [--no-fit] [--only REGEX] [--tiny]
                                  [--out benchmarks/results/readers]
 
 Writes a synthetic schema-4 build with the build's own writer (dancedata.write.ShardWriter: TFRecords,
@@ -517,11 +517,15 @@ def reference_batch(shared: Shared, batch_size: int):
 
 
 def measure(shared: Shared, batch_size: int, best_of: int, steps: int | None, models: dict, fit_rounds: int = 5,
-            classes: int = 10, fed_only: bool = False) -> dict:
+            classes: int = 10, fed_only: bool = False, only: str | None = None) -> dict:
     """The figures of one batch size: {"rows": [...], "limit_examples_per_s", "fit_reference_step_s", ...};
-    fed_only: only the readers fit can be fed (TensorFlow's), and the limits."""
+    fed_only: only the readers fit can be fed (TensorFlow's), and the limits; only: the readers whose name
+    matches that regular expression, and the limits."""
+    import re
+
     readers = [reader for reader in make_readers(shared, batch_size)
-               if not fed_only or reader.dataset is not None or reader.group == "limit"]
+               if reader.group == "limit" or ((not fed_only or reader.dataset is not None)
+                                              and (only is None or re.search(only, reader.name)))]
     examples = len(shared.source)
     best, steady = throughput(readers, examples, best_of)
     # Each TensorFlow reader and the tf.data floor once more, drained in graph (run_in_graph)
@@ -604,6 +608,8 @@ def parse_args(argv=None):
     parser.add_argument("--fit-rounds", type=int, default=5,
                         help="timed fit rounds, smallest kept (default 5: fit's steps swing most on a shared machine)")
     parser.add_argument("--no-fit", action="store_true", help="skip the fit column (the input overhead)")
+    parser.add_argument("--only", metavar="REGEX",
+                        help="only the readers whose name this regular expression finds (the limits always run)")
     parser.add_argument("--out", default=os.path.join(BENCHMARKS, "results", "readers"),
                         help="folder for readers.json and readers.md (default benchmarks/results/readers)")
     parser.add_argument("--tiny", action="store_true",
@@ -626,7 +632,7 @@ def run(args, folder: str) -> dict:
     models, results = {}, []
     for batch_size in args.batch_sizes:
         results.append(measure(shared, batch_size, args.best_of, None if args.no_fit else args.fit_steps, models,
-                               args.fit_rounds))
+                               args.fit_rounds, only=args.only))
     size = sum(os.path.getsize(path) for path in shared.files)
     return {"machine": machine(), "examples": args.examples, "shards": args.shards, "frames": args.frames,
             "feature_dim": args.dim, "shard_bytes": size, "write_s": written, "best_of": args.best_of,

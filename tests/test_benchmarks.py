@@ -68,6 +68,14 @@ def test_readers_benchmark_gives_every_row(tmp_path):
         optional_rows([row["reader"] for row in result["rows"]], document["skipped"])
 
 
+def test_readers_benchmark_runs_only_the_readers_asked_for_and_the_limits(tmp_path):
+    run_script("readers.py", tmp_path, "--only", "NumPy|streamed", "--no-fit")
+    rows = json.loads((tmp_path / "readers.json").read_text())["results"][0]["rows"]
+    assert [row["reader"] for row in rows if row["group"] != "limit"] == [
+        'dancedata streamed (ReadConfig(source="stream"))', "ExampleSource.batches + .batch (NumPy loop)"]
+    assert any(row["reader"].startswith("limit: np.take") for row in rows)
+
+
 def test_gpu_check_runs_every_part_and_says_no_gpu_is_visible(tmp_path):
     printed = run_script("gpu_check.py", tmp_path)
     document = json.loads((tmp_path / "gpu_check.json").read_text())
