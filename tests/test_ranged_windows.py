@@ -173,3 +173,44 @@ def test_a_damaged_index_leaves_its_records_streamed(copy, synthetic, monkeypatc
     shards = builder.manifest["splits"]["train"]["shards"]
     assert ranged_windows.indexes(builder.path, builder.manifest, shards) is None
     assert _same(_epochs(copy, epochs=1, shuffle=True, seed=4), expected)
+
+
+def test_a_windows_features_reach_tensorflow_without_a_copy(synthetic):
+    """A numpy_function's result is taken as it is only when it starts at a multiple of 64 bytes (numpy's large
+    arrays start 16 bytes into a page): TensorFlow copied every window once more before."""
+    builder = DatasetBuilder(str(synthetic[0]))
+    paths, sampler = builder.ordered_files("train", ReadConfig(shuffle=True, seed=1))
+    ranged = builder._ranged("train", paths, sampler, ("features", "mask", "label"))  # noqa: SLF001
+    features = ranged.read(0, 1)[0]
+    assert features.ctypes.data % 64 == 0
+
+    class Exported:
+        def __init__(self, capsule):
+            self.capsule = capsule
+
+        def __dlpack__(self, **_):
+            return self.capsule
+
+        def __dlpack_device__(self):
+            return 1, 0
+
+    made = {}
+
+    def read():
+        made["window"] = ranged.read(0, 1)[0]
+        return made["window"]
+
+    tensor = next(iter(tf.data.Dataset.range(1).map(lambda _: tf.numpy_function(read, [], tf.float16))))  # as windows()
+    seen = np.from_dlpack(Exported(tf.experimental.dlpack.to_dlpack(tensor)))
+    assert seen.ctypes.data == made["window"].ctypes.data and np.array_equal(seen, features)
+
+
+def test_read_buffers_are_reused_and_at_most_kept_stay():
+    pool = ranged_windows._Buffers(2)  # noqa: SLF001
+    first = pool.take(100)
+    pool.give(first)
+    assert pool.take(80) is first  # the smallest that fits
+    assert pool.take(80) is not first and len(pool.take(120)) == 120
+    for size in (10, 20, 30):
+        pool.give(np.empty(size, np.uint8))
+    assert sorted(len(buffer) for buffer in pool._free) == [20, 30]  # noqa: SLF001
