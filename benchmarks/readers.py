@@ -8,7 +8,8 @@ Writes a synthetic schema-4 build with the build's own writer (dancedata.write.S
 their indexes; a sealed manifest and the TFDS metadata a build writes), all of AIST's size by
 default (13,939 examples of [20, 2048] float16 in 12 shards: 1.15 GB of /tmp, and up to five copies in
 memory, one per cache), and beside it the same features as one contiguous .npy file. Then, in one
-process, interleaved in a shuffled order each round, the fastest of --best-of shuffled epochs of:
+process, interleaved in a shuffled order each round, each pass started once the process is quiet (settle),
+the fastest of --best-of shuffled epochs of:
 
   ours     as_dataset mapped (the default; and as builds before feature rows have it, gathered by a
            numpy_function: the same files with their row alignment ignored), cached (ReadConfig(cache=True)), the device table
@@ -412,6 +413,22 @@ def after_first(result: tuple) -> float | None:
     return (examples - first_examples) / (seconds - first_seconds)
 
 
+def settle(quiet: float = 0.1, window: float = 0.02, limit: float = 2.0) -> None:
+    """Waits (at most `limit` seconds) until this process uses under `quiet` of a core over `window` seconds,
+    after a garbage collection: the reader timed before may still be winding down (an iterator's threads
+    ending, its buffers freed) on the clock of the one timed next. Without it the NumPy loop read 0.86-0.91x
+    the limit among every reader, 0.92-0.94x with only the limits beside it (same machine, same session)."""
+    import gc
+
+    gc.collect()
+    end = time.perf_counter() + limit
+    while time.perf_counter() < end:
+        cpu, start = time.process_time(), time.perf_counter()
+        time.sleep(window)
+        if time.process_time() - cpu < quiet * (time.perf_counter() - start):
+            return
+
+
 def throughput(readers: list, examples: int, best_of: int, seed: int = 0, run=run_pass) -> tuple:
     """({name: (seconds, CPU seconds, examples, first-batch seconds, its examples) of its fastest pass},
     {name: its fastest rate after the first batch, or None}): one untimed pass each first (caches
@@ -426,6 +443,7 @@ def throughput(readers: list, examples: int, best_of: int, seed: int = 0, run=ru
         order = list(readers)
         rng.shuffle(order)
         for reader in order:
+            settle()
             result = run(reader, round_ + 1)
             if reader.name not in best or result[0] / result[2] < best[reader.name][0] / best[reader.name][2]:
                 best[reader.name] = result
