@@ -57,8 +57,11 @@ class RangedWindows:
     their indexes): dicts of `keys` (FIELDS), each field batched over the window's records, features in
     the stored dtype, mask bool, label int64, sequence id bytes."""
 
-    def __init__(self, manifest: dict, paths: list, loaded: list, sampler, keys):
+    def __init__(self, manifest: dict, paths: list, loaded: list, sampler, keys, appended_ok: bool = False):
+        """appended_ok: bytes after a shard's last record are not damage here (on_damage="skip" ignores
+        them: its scan has listed them)."""
         self.paths, self.sampler, self.keys = list(paths), sampler, tuple(keys)
+        self.appended_ok = appended_ok
         self.headers = [header for header, _ in loaded]
         self.tables = [table for _, table in loaded]
         self.frames, self.dim = manifest["num_frames"], manifest["feature_dim"]
@@ -158,6 +161,8 @@ class RangedWindows:
                 pooled = _BUFFERS.take(end - begin)
                 data = _read_into(pooled, path, begin, end - begin)
             size = fs.size(path) if to_the_end else built
+            if self.appended_ok and size > built:
+                size = built
             if len(data) != end - begin:
                 raise _bad(f"shard {path} is corrupted or truncated: it ends at byte {begin + len(data)}, not the {built} "
                            "it was built with")

@@ -305,7 +305,7 @@ class DatasetBuilder:
         def decode(serialized):
             return self.decode(serialized, wanted, cast=False)
 
-        ranged = self._ranged(split, paths, sampler, wanted) if early and not read.data_service else None
+        ranged = self._ranged(split, paths, sampler, wanted, read) if early and not read.data_service else None
 
         def one_epoch(epoch, entry=None, first=0):
             if ranged is not None:
@@ -355,7 +355,7 @@ class DatasetBuilder:
 
         return pipelines.started(pipelines.each_epoch(read.epoch, read.repeat, started_epoch, counter))
 
-    def _ranged(self, split: str, paths: list, sampler: Sampler, keys):
+    def _ranged(self, split: str, paths: list, sampler: Sampler, keys, read: ReadConfig | None = None):
         """The streamed windows read by byte range (ranged_windows.RangedWindows) where they can be: training
         fields of schema-4 shards whose indexes load, on a little-endian host; else None (records streamed)."""
         shards = self.manifest["splits"][split]["shards"]
@@ -363,7 +363,8 @@ class DatasetBuilder:
                 or any("index" not in shard for shard in shards)):
             return None
         loaded = ranged_windows.indexes(self.path, self.manifest, shards)
-        return None if loaded is None else ranged_windows.RangedWindows(self.manifest, paths, loaded, sampler, keys)
+        skip = read is not None and read.on_damage == "skip"
+        return None if loaded is None else ranged_windows.RangedWindows(self.manifest, paths, loaded, sampler, keys, skip)
 
     def damage(self, split: str) -> list:
         """What ReadConfig(on_damage="skip") leaves out of `split`, and damage that cost nothing: one dict

@@ -153,3 +153,32 @@ def test_random_damage_to_indexes_costs_no_record(intact, tmp_path):
             _damage(index, kind, rng)
         with pytest.warns(UserWarning, match="no record lost"):
             assert _source_order(folder, on_damage="skip") == reference, f"case {seed} ({kind})"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_kind_of_shard_damage_in_a_streamed_read(intact, tmp_path, kind):
+    """Streamed (by byte range where no record is lost, the records path where some are): under "skip" exactly
+    the touched records are left out, whatever the kind (bytes appended: none); under "stop" the read stops
+    with an error naming the file."""
+    import tensorflow as tf
+
+    from dancedata.read import shard_error
+
+    def order(folder, **fields):
+        read = ReadConfig(shuffle=True, seed=3, shuffle_buffer=4, source="stream", **fields)
+        dataset = dancedata.DatasetBuilder(str(folder)).as_dataset(
+            "train", batch_size=3, read_config=read, example_config=ExampleConfig(cast=False))
+        return _identities(features.numpy() for (features, _), _ in dataset)
+
+    reference = order(intact)
+    rng = random.Random(KINDS.index(kind))
+    folder = shutil.copytree(intact, tmp_path / "case")
+    path = rng.choice(_shards(folder))
+    before = path.read_bytes()
+    lost = {_record(before, number) for number in _touched(before, _damage(path, kind, rng))}
+    with pytest.warns(UserWarning, match="damaged shard"):
+        assert order(folder, on_damage="skip") == [identity for identity in reference if identity not in lost]
+    with pytest.raises((tf.errors.InvalidArgumentError, ShardError)) as raised:
+        order(folder)
+    named = raised.value if isinstance(raised.value, ShardError) else shard_error(raised.value)
+    assert isinstance(named, ShardError) and str(path) in str(named), raised.value
