@@ -37,12 +37,20 @@ class BadShard(ValueError):
 
 def indexes(folder: str, manifest: dict, shards: list) -> list | None:
     """Each shard's (header, table) from its index (sha256 checked against the manifest, the records
-    tiling the size it was built with), loaded in parallel (object storage: one request each); None
-    when one cannot be used: the records are then streamed, checked by their CRCs alone."""
+    tiling the size it was built with, which the file holds at least: no read is sized by a number the
+    file does not back), loaded in parallel (object storage: two requests each); None when one cannot be
+    used (a damaged index, a shorter or missing file): the records are then streamed, checked by their
+    CRCs alone, and damage is named where it is reached."""
     def one(shard):
         header, table = shard_index.load(folder, shard)
-        shard_index._layout(int(header["shard_bytes"]), table, fs.join(folder, shard["file"]), manifest["num_frames"],
-                            shard_index.feature_bytes(manifest))
+        path, built = fs.join(folder, shard["file"]), int(header["shard_bytes"])
+        shard_index._layout(built, table, path, manifest["num_frames"], shard_index.feature_bytes(manifest))
+        try:
+            size = fs.size(path)
+        except Exception:  # noqa: BLE001 - OSError locally, tf.errors on object storage: missing or unreadable
+            raise ValueError(f"cannot read the size of {path}") from None
+        if size < built:
+            raise ValueError(f"{path} is shorter than its index says")
         return header, table.astype(np.int64)
 
     try:
