@@ -35,12 +35,13 @@ class BadShard(ValueError):
     as TFRecordDataset does; record_files.shard_error finds the ShardError's message in it."""
 
 
-def indexes(folder: str, manifest: dict, shards: list) -> list | None:
-    """Each shard's (header, table) from its index (sha256 checked against the manifest, the records
-    tiling the size it was built with, which the file holds at least: no read is sized by a number the
-    file does not back), loaded in parallel (object storage: two requests each); None when one cannot be
-    used (a damaged index, a shorter or missing file): the records are then streamed, checked by their
-    CRCs alone, and damage is named where it is reached."""
+def indexes(folder: str, manifest: dict, shards: list) -> tuple:
+    """(each shard's (header, table) from its index, None): sha256 checked against the manifest, the
+    records tiling the size it was built with, which the file holds at least (no read is sized by a
+    number the file does not back); loaded in parallel (object storage: two requests a shard). Or
+    (None, why) when an index cannot be used (damaged, missing, another build's), (None, None) when a
+    file is shorter than its index or cannot be read: the records are then streamed, checked by their
+    CRCs alone, and a damaged shard is named where it is reached."""
     def one(shard):
         header, table = shard_index.load(folder, shard)
         path, built = fs.join(folder, shard["file"]), int(header["shard_bytes"])
@@ -48,16 +49,22 @@ def indexes(folder: str, manifest: dict, shards: list) -> list | None:
         try:
             size = fs.size(path)
         except Exception:  # noqa: BLE001 - OSError locally, tf.errors on object storage: missing or unreadable
-            raise ValueError(f"cannot read the size of {path}") from None
+            raise _Short from None
         if size < built:
-            raise ValueError(f"{path} is shorter than its index says")
+            raise _Short
         return header, table.astype(np.int64)
 
     try:
         with concurrent.futures.ThreadPoolExecutor(min(16, max(1, len(shards)))) as pool:
-            return list(pool.map(one, shards))
-    except (ShardError, ValueError):
-        return None
+            return list(pool.map(one, shards)), None
+    except _Short:
+        return None, None
+    except ShardError as error:
+        return None, str(error).split(". Rebuild it")[0]
+
+
+class _Short(Exception):
+    """A shard file shorter than its index says, or unreadable."""
 
 
 class RangedWindows:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import warnings
 
 import numpy as np
 
@@ -362,8 +363,11 @@ class DatasetBuilder:
         if (keys is None or not set(keys) <= set(ranged_windows.FIELDS) or sys.byteorder != "little"
                 or any("index" not in shard for shard in shards)):
             return None
-        loaded = ranged_windows.indexes(self.path, self.manifest, shards)
+        loaded, why = ranged_windows.indexes(self.path, self.manifest, shards)
         skip = read is not None and read.on_damage == "skip"
+        if why is not None and not skip:  # under "skip" the split's damage was said already
+            warnings.warn(f"{why}: the split's records are streamed instead of read by byte range (the same batches, "
+                          f"slower); python -m dancedata.inspect {self.path} --repair rewrites it", stacklevel=4)
         return None if loaded is None else ranged_windows.RangedWindows(self.manifest, paths, loaded, sampler, keys, skip)
 
     def damage(self, split: str) -> list:

@@ -171,14 +171,15 @@ def test_each_kind_of_shard_damage_in_a_streamed_read(intact, tmp_path, kind):
         return _identities(features.numpy() for (features, _), _ in dataset)
 
     reference = order(intact)
-    rng = random.Random(KINDS.index(kind))
-    folder = shutil.copytree(intact, tmp_path / "case")
-    path = rng.choice(_shards(folder))
-    before = path.read_bytes()
-    lost = {_record(before, number) for number in _touched(before, _damage(path, kind, rng))}
-    with pytest.warns(UserWarning, match="damaged shard"):
-        assert order(folder, on_damage="skip") == [identity for identity in reference if identity not in lost]
-    with pytest.raises((tf.errors.InvalidArgumentError, ShardError)) as raised:
-        order(folder)
-    named = raised.value if isinstance(raised.value, ShardError) else shard_error(raised.value)
-    assert isinstance(named, ShardError) and str(path) in str(named), raised.value
+    for case in range(3):  # seeded: a shard and a place in it each
+        rng = random.Random(f"{kind} {case}")
+        folder = shutil.copytree(intact, tmp_path / f"case{case}")
+        path = rng.choice(_shards(folder))
+        before = path.read_bytes()
+        lost = {_record(before, number) for number in _touched(before, _damage(path, kind, rng))}
+        with pytest.warns(UserWarning, match="damaged shard"):
+            assert order(folder, on_damage="skip") == [identity for identity in reference if identity not in lost], case
+        with pytest.raises((tf.errors.InvalidArgumentError, ShardError)) as raised:
+            order(folder)
+        named = raised.value if isinstance(raised.value, ShardError) else shard_error(raised.value)
+        assert isinstance(named, ShardError) and str(path) in str(named), (case, raised.value)

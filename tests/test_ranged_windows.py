@@ -163,7 +163,7 @@ def test_a_shard_gone_while_read_is_named_missing(copy):
 
 
 def test_a_damaged_index_leaves_its_records_streamed(copy, synthetic, monkeypatch):
-    """A damaged index costs no example: the records path reads the shards (their CRCs checked)."""
+    """A damaged index costs no example: the records path reads the shards (their CRCs checked), and says so."""
     expected = _epochs(synthetic[0], epochs=1, shuffle=True, seed=4)
     index = next(copy.glob("*.index"))
     raw = bytearray(index.read_bytes())
@@ -171,8 +171,10 @@ def test_a_damaged_index_leaves_its_records_streamed(copy, synthetic, monkeypatc
     index.write_bytes(bytes(raw))
     builder = DatasetBuilder(str(copy))
     shards = builder.manifest["splits"]["train"]["shards"]
-    assert ranged_windows.indexes(builder.path, builder.manifest, shards) is None
-    assert _same(_epochs(copy, epochs=1, shuffle=True, seed=4), expected)
+    loaded, why = ranged_windows.indexes(builder.path, builder.manifest, shards)
+    assert loaded is None and str(index) in why
+    with pytest.warns(UserWarning, match=r"does not match the manifest .*: the split's records are streamed instead"):
+        assert _same(_epochs(copy, epochs=1, shuffle=True, seed=4), expected)
 
 
 def test_a_windows_features_reach_tensorflow_without_a_copy(synthetic):
