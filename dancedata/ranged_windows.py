@@ -35,13 +35,14 @@ class BadShard(ValueError):
     as TFRecordDataset does; record_files.shard_error finds the ShardError's message in it."""
 
 
-def indexes(folder: str, manifest: dict, shards: list) -> tuple:
-    """(each shard's (header, table) from its index, None): sha256 checked against the manifest, the
-    records tiling the size it was built with, which the file holds at least (no read is sized by a
-    number the file does not back); loaded in parallel (object storage: two requests a shard). Or
-    (None, why) when an index cannot be used (damaged, missing, another build's), (None, None) when a
-    file is shorter than its index or cannot be read: the records are then streamed, checked by their
-    CRCs alone, and a damaged shard is named where it is reached."""
+def indexes(folder: str, manifest: dict, shards: list, appended_ok: bool = False) -> tuple:
+    """(each shard's (header, table) from its index, None): sha256 checked against the manifest, and the
+    records tiling the size it was built with, which the file holds (no read is sized by a number the
+    file does not back; appended_ok: or more); loaded in parallel (object storage: two requests a shard).
+    Or (None, why) when an index cannot be used (damaged, missing, another build's): the records are then
+    streamed, checked by their CRCs alone; (None, None) when a file is missing or unreadable, named where
+    it is reached. Raises ShardError naming a file of another size than its index's (cut, replaced,
+    grown), as the mapped reader does before anything is read."""
     def one(shard):
         header, table = shard_index.load(folder, shard)
         path, built = fs.join(folder, shard["file"]), int(header["shard_bytes"])
@@ -49,22 +50,28 @@ def indexes(folder: str, manifest: dict, shards: list) -> tuple:
         try:
             size = fs.size(path)
         except Exception:  # noqa: BLE001 - OSError locally, tf.errors on object storage: missing or unreadable
-            raise _Short from None
-        if size < built:
-            raise _Short
+            raise _Unread from None
+        if size != built and not (appended_ok and size > built):
+            raise _WrongSize(f"shard {path} {shard_index.size_problem(path, size, built)}. {shard_index.REBUILD}")
         return header, table.astype(np.int64)
 
     try:
         with concurrent.futures.ThreadPoolExecutor(min(16, max(1, len(shards)))) as pool:
             return list(pool.map(one, shards)), None
-    except _Short:
+    except _Unread:
         return None, None
+    except _WrongSize as error:
+        raise ShardError(str(error)) from None
     except ShardError as error:
         return None, str(error).split(". Rebuild it")[0]
 
 
-class _Short(Exception):
-    """A shard file shorter than its index says, or unreadable."""
+class _Unread(Exception):
+    """A shard file missing or unreadable."""
+
+
+class _WrongSize(Exception):
+    """A shard file of another size than its index's."""
 
 
 class RangedWindows:
@@ -121,6 +128,15 @@ class RangedWindows:
         return tuple(out[key] for key in self.keys)
 
     def _gather(self, shard: int, records: np.ndarray, rows: np.ndarray, features, mask, label, sequence) -> None:
+        """Reads `records` (of `shard`) a run of adjacent ones at a time, checks them and puts their fields at
+        `rows`. A window's records of one shard are one run, but with more input pipelines than shards each
+        takes every n-th record: one range over them would read (and hold) n times the bytes it uses."""
+        by_record = np.argsort(records, kind="stable")
+        for run in np.split(by_record, np.flatnonzero(np.diff(records[by_record]) != 1) + 1):
+            run = np.sort(run)  # in the window's order: a window of one run is gathered straight into place
+            self._gather_run(shard, records[run], rows[run], features, mask, label, sequence)
+
+    def _gather_run(self, shard: int, records: np.ndarray, rows: np.ndarray, features, mask, label, sequence) -> None:
         """Reads the byte range of `records` (of `shard`), checks them and puts their fields at `rows`."""
         table = self.tables[shard]
         first, last = int(records.min()), int(records.max())

@@ -176,8 +176,8 @@ class DatasetBuilder:
         one of several input pipelines, each reading its part (sampler workers) at its per-replica batch.
         Every order is a dancedata.sampler.Sampler's: the same batches from mapped shards, a cache,
         streamed TFRecords or ExampleSource. Damaged shards raise ShardError naming the file before
-        anything is read (mapped), or tf.errors.InvalidArgumentError when reached (streamed:
-        `shard_error(error)` turns it into a ShardError); ReadConfig(on_damage="skip") leaves the damaged records with on_damage="skip" (`damage(split)` lists them). Through a tf.data service (ReadConfig(data_service=...)) each shard is read by one worker
+        anything is read (mapped; streamed by byte range, a shard of another size than built), or
+        tf.errors.InvalidArgumentError when reached (streamed: `shard_error(error)` turns it into a ShardError); ReadConfig(on_damage="skip") leaves the damaged records with on_damage="skip" (`damage(split)` lists them). Through a tf.data service (ReadConfig(data_service=...)) each shard is read by one worker
         per epoch and the order is the workers' (files handed out in the sampler's order, windows of
         each worker's stream permuted afresh every epoch: not reproducible); the result's cardinality is
         unknown: repeat and give fit steps_per_epoch.
@@ -363,8 +363,8 @@ class DatasetBuilder:
         if (keys is None or not set(keys) <= set(ranged_windows.FIELDS) or sys.byteorder != "little"
                 or any("index" not in shard for shard in shards)):
             return None
-        loaded, why = ranged_windows.indexes(self.path, self.manifest, shards)
         skip = read is not None and read.on_damage == "skip"
+        loaded, why = ranged_windows.indexes(self.path, self.manifest, shards, appended_ok=skip)
         if why is not None and not skip:  # under "skip" the split's damage was said already
             warnings.warn(f"{why}: the split's records are streamed instead of read by byte range (the same batches, "
                           f"slower); python -m dancedata.inspect {self.path} --repair rewrites it", stacklevel=4)

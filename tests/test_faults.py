@@ -210,6 +210,7 @@ def test_a_corrupted_shard_is_named_by_as_dataset_and_train(reference, tmp_path,
 def test_a_truncated_shard_is_named_too(reference, tmp_path):
     import tensorflow as tf
 
+    from dancedata.errors import ShardError
     from dancedata.read import shard_error
 
     shards = tmp_path / "shards"
@@ -217,9 +218,12 @@ def test_a_truncated_shard_is_named_too(reference, tmp_path):
     shard = sorted(shards.glob("val-*.tfrecord"))[0]
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) - 100])
-    with pytest.raises(tf.errors.InvalidArgumentError) as caught:
+    # Streamed by byte range, found as the dataset is made (its size against its index); streamed records,
+    # where they are reached.
+    with pytest.raises((tf.errors.InvalidArgumentError, ShardError)) as caught:
         list(dancedata.DatasetBuilder(str(shards)).as_dataset("val", batch_size=4, read_config=dancedata.ReadConfig(source="stream")))
-    assert f"shard {shard} is corrupted or truncated" in str(shard_error(caught.value))
+    named = caught.value if isinstance(caught.value, ShardError) else shard_error(caught.value)
+    assert f"shard {shard} is corrupted or truncated" in str(named) or f"shard {shard} holds" in str(named)
 
 
 def run_module(*args, env=None):

@@ -112,10 +112,12 @@ def _record(folder, shard, number):
     return folder / entry["file"], int(table[number, 0]) + 12, int(table[number, 1])
 
 
-def _damage_named(folder, monkeypatch=None) -> ShardError:
-    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+def _damage_named(folder) -> ShardError:
+    """The ShardError a streamed read of damaged `folder` stops with: raised as the dataset is made, or
+    named by shard_error from the error a read raises."""
+    with pytest.raises((tf.errors.InvalidArgumentError, ShardError)) as raised:
         _epochs(folder, epochs=1, shuffle=True, seed=2, shuffle_buffer=16)
-    found = shard_error(raised.value)
+    found = raised.value if isinstance(raised.value, ShardError) else shard_error(raised.value)
     assert isinstance(found, ShardError)
     return found
 
@@ -134,20 +136,35 @@ def test_a_flipped_byte_is_named_with_its_file(copy, monkeypatch, records_path):
         assert "record 17 of 60 fails its checksum" in found
 
 
-def test_a_cut_shard_is_named_as_truncated(copy):
-    path, _, _ = _record(copy, 4, 0)
+def _cut(path):
     raw = path.read_bytes()
     path.write_bytes(raw[:len(raw) - 100])
-    found = str(_damage_named(copy))
-    assert str(path) in found and "truncated" in found
 
 
-def test_bytes_appended_to_a_shard_are_found(copy):
-    path, _, _ = _record(copy, 1, 0)
+def _grown(path):
     with open(path, "ab") as handle:
         handle.write(b"\0" * 64)
-    found = str(_damage_named(copy))
-    assert str(path) in found and "not the" in found and "it was built with" in found
+
+
+@pytest.mark.parametrize("change, said", [(_cut, "truncated"), (_grown, "it was built with")])
+@pytest.mark.parametrize("when", ["before", "while read"])
+def test_a_shard_of_another_size_is_named(copy, change, said, when):
+    """Found when the dataset is made (ShardError, as the mapped reader raises it), or when a read reaches
+    the shard's changed end (the error shard_error names)."""
+    path, _, _ = _record(copy, 4 if change is _cut else 1, 0)
+    if when == "before":
+        change(path)
+        with pytest.raises(ShardError, match=f"shard {path} .*{said}"):
+            _epochs(copy, epochs=1, shuffle=True, seed=2, shuffle_buffer=16)
+        return
+    dataset = DatasetBuilder(str(copy)).as_dataset(
+        "train", batch_size=7, read_config=ReadConfig(source="stream", shuffle=True, seed=2, shuffle_buffer=16),
+        example_config=HALF)
+    change(path)
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        list(dataset)
+    found = shard_error(raised.value)
+    assert isinstance(found, ShardError) and str(path) in str(found) and said in str(found)
 
 
 def test_a_shard_gone_while_read_is_named_missing(copy):
@@ -216,3 +233,42 @@ def test_read_buffers_are_reused_and_at_most_kept_stay():
     for size in (10, 20, 30):
         pool.give(np.empty(size, np.uint8))
     assert sorted(len(buffer) for buffer in pool._free) == [20, 30]  # noqa: SLF001
+
+
+def test_a_shard_swapped_for_another_of_the_build_is_named(copy):
+    """Same size, same count, valid records: only the index's CRCs (the build's) tell them apart."""
+    first, _, _ = _record(copy, 0, 0)
+    second, _, _ = _record(copy, 1, 0)
+    second.write_bytes(first.read_bytes())  # 2 bytes shorter here (its padding): named as the dataset is made
+    found = str(_damage_named(copy))
+    assert str(second) in found and ("fails its checksum" in found or "it was built with" in found)
+
+
+def test_an_empty_shard_replaced_is_named(tmp_path):
+    folder = tmp_path / "build"
+    readers.make_build(str(folder), 4, 6, frames=4, dim=64)  # shards of 0 and 1 records
+    builder = DatasetBuilder(str(folder))
+    shards = builder.manifest["splits"]["train"]["shards"]
+    empty = next(folder / s["file"] for s in shards if s["num_examples"] == 0)
+    full = next(folder / s["file"] for s in shards if s["num_examples"] == 1)
+    assert len(_epochs(folder, epochs=1, shuffle=True, seed=1)[0]) == 1  # 4 examples, batches of 7
+    empty.write_bytes(full.read_bytes())
+    with pytest.raises(ShardError, match=f"shard {empty} holds .* not the 0 it was built with"):
+        _epochs(folder, epochs=1, shuffle=True, seed=1)
+
+
+def test_more_input_pipelines_than_shards_read_only_their_records(synthetic, monkeypatch):
+    """Each of 7 pipelines over 5 shards takes every 7th record: read one by one, not as one range 7 times
+    the bytes it uses."""
+    sizes = []
+    read_into = ranged_windows._read_into  # noqa: SLF001
+
+    def counted(buffer, path, begin, count):
+        sizes.append(count)
+        return read_into(buffer, path, begin, count)
+
+    monkeypatch.setattr(ranged_windows, "_read_into", counted)
+    context = tf.distribute.InputContext(num_input_pipelines=7, input_pipeline_id=3)
+    batches = _epochs(synthetic[0], epochs=1, input_context=context, shuffle=True, seed=1, shuffle_buffer=16)
+    record = 4 * 64 * 2  # the features alone; a record adds its other fields and at most a row's padding
+    assert sum(len(f) for f, _, _ in batches[0]) == len(sizes) > 0 and max(sizes) < 4 * record
