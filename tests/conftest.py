@@ -115,6 +115,23 @@ def build_outputs(folder, same_input=True):
     return found
 
 
+def host_array(tensor):
+    """A CPU tensor's own memory as a numpy array (DLPack: no copy), to check what memory TensorFlow uses."""
+    import tensorflow as tf
+
+    class Exported:
+        def __init__(self, capsule):
+            self.capsule = capsule
+
+        def __dlpack__(self, **_):
+            return self.capsule
+
+        def __dlpack_device__(self):
+            return 1, 0  # the CPU
+
+    return np.from_dlpack(Exported(tf.experimental.dlpack.to_dlpack(tensor)))
+
+
 def cli_env(**extra):
     """The environment for a dancedata subprocess: tests/ importable (the fault-injecting decoder)."""
     return {**os.environ, "PYTHONPATH": TESTS + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import host_array
 from dancedata import DatasetBuilder, ExampleConfig, ReadConfig, manifest, mapped_shards, schema, shard_index, write
 
 HALF = ExampleConfig(cast=False)
@@ -92,22 +93,11 @@ def test_the_mapped_reader_gathers_the_rows_in_tensorflow_as_the_stream_reads_th
     assert mapped[0] != mapped[1] and mapped == _epochs(built["out"], source="stream")
 
 
-class _Exported:
-    def __init__(self, capsule):
-        self.capsule = capsule
-
-    def __dlpack__(self, **_):
-        return self.capsule
-
-    def __dlpack_device__(self):
-        return 1, 0  # the CPU
-
-
 def test_tensorflow_reads_the_mapped_files_own_pages(built):
     """The table TensorFlow gathers from is the files' bytes where the kernel mapped them: no copy."""
     shards = _mapped(built["out"])
     table, first = shards._aligned()
-    pages = np.from_dlpack(_Exported(tf.experimental.dlpack.to_dlpack(table)))
+    pages = host_array(table)
     assert pages.ctypes.data == shards._pages.ctypes.data and pages.shape == shards._pages.shape
     flat, at = pages.reshape(-1), 0
     for path, offsets, _ in shards._files:

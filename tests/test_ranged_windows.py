@@ -16,6 +16,7 @@ from dancedata.errors import ShardError
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import readers  # noqa: E402
+from conftest import host_array  # noqa: E402
 
 HALF = ExampleConfig(cast=False)
 
@@ -203,16 +204,6 @@ def test_a_windows_features_reach_tensorflow_without_a_copy(synthetic):
     features = ranged.read(0, 1)[0]
     assert features.ctypes.data % 64 == 0
 
-    class Exported:
-        def __init__(self, capsule):
-            self.capsule = capsule
-
-        def __dlpack__(self, **_):
-            return self.capsule
-
-        def __dlpack_device__(self):
-            return 1, 0
-
     made = {}
 
     def read():
@@ -220,7 +211,7 @@ def test_a_windows_features_reach_tensorflow_without_a_copy(synthetic):
         return made["window"]
 
     tensor = next(iter(tf.data.Dataset.range(1).map(lambda _: tf.numpy_function(read, [], tf.float16))))  # as windows()
-    seen = np.from_dlpack(Exported(tf.experimental.dlpack.to_dlpack(tensor)))
+    seen = host_array(tensor)
     assert seen.ctypes.data == made["window"].ctypes.data and np.array_equal(seen, features)
 
 
