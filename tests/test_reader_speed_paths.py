@@ -96,21 +96,27 @@ def test_fit_sees_consecutive_epochs_and_no_ran_out_of_data_warning(built):
     assert [label.numpy().tolist() for _, label in dataset] == expected
 
 
-def test_a_shard_cut_short_still_stops_the_streamed_reader_naming_it(built, tmp_path):
+@pytest.mark.parametrize("records", [False, True])
+def test_a_shard_cut_short_still_stops_the_streamed_reader_naming_it(built, tmp_path, records, monkeypatch):
+    """By byte range: a ShardError as the dataset is made (the file's size against its index); the records
+    path: when its count check reaches the cut."""
     import shutil
 
+    from dancedata.errors import ShardError
     from dancedata.record_files import shard_error
 
+    if records:
+        monkeypatch.setattr(DatasetBuilder, "_ranged", lambda *args: None)
     folder = tmp_path / "copy"
     shutil.copytree(built["out"], folder)
     builder = DatasetBuilder(str(folder))
     victim = builder.files("train")[1]
     data = open(victim, "rb").read()
     open(victim, "wb").write(data[: len(data) - 100])
-    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+    with pytest.raises(tf.errors.InvalidArgumentError if records else ShardError) as raised:
         for _ in builder.as_dataset("train", batch_size=3, read_config=ReadConfig(source="stream")):
             pass
-    assert victim in str(shard_error(raised.value))
+    assert victim in str(raised.value if not records else shard_error(raised.value))
 
 
 def test_a_missing_shard_stops_the_streamed_reader_instead_of_hanging(built, tmp_path):
