@@ -1,8 +1,10 @@
 """The streamed reader's windows read by byte range from schema-4 shards, on any filesystem.
 
 A window of an epoch (sampler.window records, consecutive in the shards' reading order) spans one
-shard or a few. It is read with one ranged read per shard it spans, each record checked against the
-shard's index (the length, both CRCs, the stored CRC equal to the one the build wrote), and its training
+shard or a few. It is read with one ranged read per shard it spans (per run of adjacent records: with
+more input pipelines than shards, per record), each record checked against the shard's index (the
+length, both CRCs, the stored CRC equal to the one the build wrote; each file's size against it when the
+dataset is made and when a read reaches the file's end), and its training
 fields gathered from those bytes straight into the window's permuted order: the bytes are copied once
 from storage and once into the window, with no protobuf parsing and no string per record, where
 TFRecordDataset and parse_example copy each record three times and the permutation a fourth
