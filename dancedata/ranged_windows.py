@@ -197,18 +197,17 @@ class RangedWindows:
             if self.appended_ok and size > built:
                 size = built
             if len(data) != end - begin:
-                raise _bad(f"shard {path} is corrupted or truncated: it ends at byte {begin + len(data)}, not the {built} "
-                           "it was built with")
+                raise _bad(f"shard {path} is corrupted or truncated: it ends at byte {begin + len(data)}, "
+                           f"not the {built} it was built with")
             if problem := shard_index.size_problem(path, size, built):
                 raise _bad(f"shard {path} {problem}")
-        except BaseException as error:
+        except BaseException as error:  # the buffer goes back whatever ends the read (Ctrl-C too)
             if pooled is not None:
                 _BUFFERS.give(pooled)
-            if isinstance(error, BadShard):
-                raise
-            if isinstance(error, FileNotFoundError) or not fs.exists(path):  # tf.errors.NotFoundError on object storage
+            if isinstance(error, Exception) and not isinstance(error, BadShard) and (
+                    isinstance(error, FileNotFoundError) or not fs.exists(path)):  # tf's NotFoundError remotely
                 raise _bad(f"shard {path} is missing") from None
-            raise  # the machine's failure (I/O, memory), not damage
+            raise  # damage already named, or the machine's failure (I/O, memory)
         return data, pooled
 
     def _check(self, data: np.ndarray, at: np.ndarray, picked: np.ndarray, records: np.ndarray, shard: int) -> None:
@@ -218,8 +217,9 @@ class RangedWindows:
         stored = data[(at + 12 + lengths)[:, None] + np.arange(4)].view("<u4")[:, 0]
         good = (header[:, :8].copy().view("<u8")[:, 0] == lengths) & (stored == crcs)
         crc = shard_index._crc32c()
-        header_crcs = {int(length): shard_index._mask(crc(struct.pack("<Q", int(length)))) for length in np.unique(lengths)}
-        good &= header[:, 8:].copy().view("<u4")[:, 0] == np.array([header_crcs[n] for n in lengths.tolist()], np.uint32)
+        header_crcs = {int(n): shard_index._mask(crc(struct.pack("<Q", int(n)))) for n in np.unique(lengths)}
+        expected_headers = np.array([header_crcs[n] for n in lengths.tolist()], np.uint32)
+        good &= header[:, 8:].copy().view("<u4")[:, 0] == expected_headers
         for k, (start, length, expected) in enumerate(zip((at + 12).tolist(), lengths.tolist(), crcs.tolist())):
             if good[k] and shard_index._mask(crc(data[start:start + length])) != expected:
                 good[k] = False

@@ -20,7 +20,8 @@ import warnings
 import numpy as np
 
 from dancedata import manifest as manifest_lib
-from dancedata import cli, damage as damage_lib, fs, light_stages, mapped_shards, pipelines, ranged_windows, record_files, schema, shard_index
+from dancedata import cli, damage as damage_lib, fs, light_stages, mapped_shards, pipelines, record_files, schema, shard_index
+from dancedata import ranged_windows
 from dancedata.errors import ConfigError, ShardError
 from dancedata.read_config import (DanceDataDeprecationWarning, ExampleConfig, Holdout, ReadConfig, check_int,
                                    from_keywords)

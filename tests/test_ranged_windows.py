@@ -55,7 +55,8 @@ def _same(a, b):
     dict(shuffle=False),
     dict(shuffle=True, seed=5, shuffle_buffer=16, holdout=Holdout(0.3, by="sequence", part="rest")),
     dict(shuffle=True, seed=5, shuffle_buffer=16, step=9),  # entered in its 5th window, mid-shard
-    dict(shuffle=True, seed=5, shuffle_buffer=16, drop_remainder=True, repeat=True, steps_per_epoch=11, epoch=1, step=7),
+    dict(shuffle=True, seed=5, shuffle_buffer=16, drop_remainder=True, repeat=True, steps_per_epoch=11, epoch=1,
+         step=7),
 ])
 def test_ranged_windows_give_the_records_paths_batches(synthetic, monkeypatch, read):
     folder, written = synthetic
