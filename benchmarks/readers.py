@@ -212,6 +212,7 @@ def make_readers(shared: Shared, batch_size: int) -> list:
 
     from dancedata import ExampleConfig, ReadConfig
     from dancedata.device_table import index_dataset
+    from dancedata.light_stages import light_map
 
     builder, source, autotune = shared.builder, shared.source, tf.data.AUTOTUNE
     half = ExampleConfig(cast=False)  # float16 out, as train.py feeds the model (it casts on its device)
@@ -238,9 +239,14 @@ def make_readers(shared: Shared, batch_size: int) -> list:
     def gather(inputs, label):  # what the on-device model does with each batch of indices (training.GatherFromTable)
         index, positions = inputs
         rows = index[:, None] * frames + tf.cast(positions, index.dtype)
-        return (tf.gather(features, rows), tf.gather(masks, rows)), label
+        return (tf.gather(features, rows), tf.gather(masks, rows)), tf.cast(label, tf.int64)
 
-    gathered = indices.map(gather, num_parallel_calls=autotune).prefetch(autotune)
+    # In training the gather runs inside the model's traced step, optimized once. A Dataset.map would have
+    # grappler optimize it again at every epoch's new iterator (~8 ms of a batch-32 epoch's ~120, measured),
+    # a cost fit never pays, so the stand-in is a light map: the same ops per batch, GATHERS at once, as the
+    # other index readers run theirs. (Its label comes out int64: a light function returns no int32, and
+    # only its count is read here; the fit column trains on index_dataset itself.)
+    gathered = light_map(indices, gather, parallel=True).prefetch(autotune)
 
     def numpy_loop(epoch):
         return (source.batch(keys) for keys in source.batches(batch_size, seed=0, epoch=epoch))

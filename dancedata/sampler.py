@@ -73,15 +73,19 @@ def window_draws(seed: int, epoch: int, count: int, window: int) -> np.ndarray:
     whole = count // window * window
     order = np.empty(count, np.int64)
     if whole:
-        rows = np.argsort(keys[:whole].reshape(-1, window), axis=1, kind="stable")
+        rows = np.argsort(keys[:whole].reshape(-1, window), axis=1)
         order[:whole] = (rows + np.arange(0, whole, window)[:, None]).ravel()
-    order[whole:] = np.argsort(keys[whole:], kind="stable") + whole
+    order[whole:] = np.argsort(keys[whole:]) + whole
     return order
 
 
 def draw(seed: int, epoch: int, run: int, count: int) -> np.ndarray:
-    """A permutation of range(count) drawn for (seed, epoch, run): positions sorted by their hashes."""
-    return np.argsort(hashes(seed, epoch, run, count), kind="stable")
+    """A permutation of range(count) drawn for (seed, epoch, run): positions sorted by their hashes.
+
+    The hashes of one run are distinct (GOLDEN is odd, so position -> hash is a bijection of uint64), so
+    every sort gives this one permutation: NumPy's default (SIMD where the CPU has it) sorts an AIST
+    epoch's windows in 0.09 ms, a stable sort in 0.41 (measured), on every reader's start of an epoch."""
+    return np.argsort(hashes(seed, epoch, run, count))
 
 
 class Entry(NamedTuple):

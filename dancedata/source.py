@@ -111,7 +111,7 @@ class ExampleSource:
     def batch(self, keys) -> dict:
         """{"features": [B, T, D] (stored dtype), "mask": [B, T] bool, "label": [B] int64} of examples `keys`."""
         keys = check_indices("keys", keys)
-        if len(keys) and (keys.min() < 0 or keys.max() >= len(self)):
+        if len(keys) and keys.view(np.uint64).max() >= len(self):  # one pass: a negative key is huge as uint64
             raise IndexError(f"examples must be in 0..{len(self) - 1} for {self.split}")
         table = self.table
         if self._damaged() is not None and self._kept is not None:

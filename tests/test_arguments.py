@@ -142,6 +142,10 @@ def test_example_source_takes_numpy_indices(small_build):
     assert [item["label"] for item in source._getitems([np.int32(0), 1])] == [source[0]["label"], source[1]["label"]]
     assert source.batch(np.array([1, 0], np.uint16))["label"].tolist() == [source[1]["label"], source[0]["label"]]
     assert source.batch([])["label"].shape == (0,)
+    assert source.batch(np.array([2, 1], ">i8"))["label"].tolist() == [source[2]["label"], source[1]["label"]]
+    for keys in ([-1], np.array([0, -len(source)]), [len(source)], np.arange(len(source) + 1)[::-1]):
+        with pytest.raises(IndexError, match=rf"^examples must be in 0\.\.{len(source) - 1} for train$"):
+            source.batch(keys)  # a negative key is refused, not counted from the end
     assert [list(b) for b in source.batches(np.int64(2), seed=np.int64(0), shuffle=np.bool_(True))] == \
         [list(b) for b in source.batches(2, seed=0, shuffle=True)]
 

@@ -51,6 +51,16 @@ def test_each_window_is_in_its_own_draw(counts, window):
         assert sampler.order(epoch).tolist() == expected
 
 
+def test_a_run_has_distinct_hashes_so_any_sort_draws_the_same_order():
+    # draw and window_draws sort without asking for a stable sort: right only while no two hashes of a run tie.
+    for seed, epoch, run, count in ((0, 0, 0, 4096), (3, 9, 2, 257), (2**63 - 1, 2**40, sampler_lib.SHARD_RUN, 5000)):
+        keys = sampler_lib.hashes(seed, epoch, run, count)
+        assert len(np.unique(keys)) == count
+        assert np.array_equal(sampler_lib.draw(seed, epoch, run, count), np.argsort(keys, kind="stable"))
+        assert np.array_equal(sampler_lib.window_draws(seed, epoch, count, count), np.argsort(
+            sampler_lib.hashes(seed, epoch, 0, count), kind="stable"))
+
+
 def test_workers_read_disjoint_parts_that_cover_the_split():
     for counts in (COUNTS, (4, 4)):  # more shards than workers, and fewer
         parts = [Sampler(counts, seed=2, shuffle=True, worker=w, workers=3).order(1) for w in range(3)]
