@@ -15,7 +15,8 @@ the fastest of --best-of shuffled epochs of:
            numpy_function: the same files with their row alignment ignored), cached (ReadConfig(cache=True)), the device table
            (index_dataset, with the gather the model does on its device done here in a light tf.data map),
            streamed (ReadConfig(source="stream")), the ExampleSource NumPy loop, grain over ExampleSource
-           (DataLoader with Batch, as docs/reading.md shows; MapDataset per record and per batch), and
+           (DataLoader with Batch, as docs/reading.md shows; MapDataset per record and per batch, the latter
+           also as docs/reading.md shows it first: grain_batches read with 1 thread, 2 batches ahead), and
            PyTorch's DataLoader over ExampleSource where torch imports;
   users'   plain tf.data per example and per batch, each with and without .cache(), and TFDS's
            builder_from_directory(folder).as_dataset on the same folder;
