@@ -307,7 +307,7 @@ def grain_readers(source, batch_size: int) -> list:
         return grain.MapDataset.source(list(source.batches(batch_size, seed=0, epoch=epoch))).map(source.batch)
 
     # What docs/reading.md shows first. grain's default ReadOptions (16 threads, 500 elements ahead) hold up to
-    # 500 fresh batches, each paid for in page faults: at batch 64 the row above swung 26,000-77,000
+    # 500 fresh batches, each paid for in page faults: at batch 64 the row above swung 22,000-107,000
     # examples/s between runs on the 2-core VM, with 4-7 minor faults per example (measured).
     options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=2)
 
